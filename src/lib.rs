@@ -1,0 +1,1 @@
+//! wsgate: a thread-per-core WebSocket gateway that fans an upstream feed out to many clients.
