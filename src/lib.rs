@@ -1,1 +1,3 @@
 //! wsgate: a thread-per-core WebSocket gateway that fans an upstream feed out to many clients.
+
+pub mod proto;

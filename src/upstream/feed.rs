@@ -1,0 +1,409 @@
+//! The feed thread: one `mio::Poll` driving the upstream client, the ingest listener and the demo
+//! generator, in phases: wait, dispatch readiness, read, sweep timers. Shutdown comes through a `Waker`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Waker};
+use tracing::{error, info};
+
+use super::client::{Backoff, Client};
+use super::demo::Demo;
+use super::ingest::Ingest;
+use super::pump::Out;
+use super::rng::Rng;
+use super::{FeedConfig, FeedStats, Sink, UpstreamState, UPSTREAM_TOKEN, WAKER_TOKEN};
+
+/// Size of the one read buffer all sources share.
+const READ_BUF: usize = 64 * 1024;
+
+/// The running feed thread. Dropping it also shuts the thread down (and joins it).
+#[derive(Debug)]
+pub struct FeedHandle {
+    /// Counters, readable from any thread.
+    pub stats: Arc<FeedStats>,
+    /// The address the ingest listener is bound to (the real port when 0 was asked for).
+    pub ingest_addr: Option<SocketAddr>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FeedHandle {
+    /// Wakes the feed thread, which closes its sockets and returns, and joins it. If the thread panicked
+    /// (e.g. in the sink), the panic is resumed here.
+    pub fn shutdown(mut self) {
+        if let Err(panic) = self.stop_and_join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn stop_and_join(&mut self) -> std::thread::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            error!(error = %e, "could not wake the feed thread");
+        }
+        thread.join()
+    }
+}
+
+impl Drop for FeedHandle {
+    fn drop(&mut self) {
+        if self.stop_and_join().is_err() {
+            error!("the feed thread panicked");
+        }
+    }
+}
+
+/// Validates `cfg`, binds the ingest listener (if any), and starts the thread named `wsgate-feed`.
+/// Configuration and bind errors are returned here, not logged later.
+pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
+    validate(&cfg)?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+    let ingest = match cfg.ingest {
+        Some(addr) => Some(Ingest::bind(addr, cfg.max_line_bytes, poll.registry())?),
+        None => None,
+    };
+    let ingest_addr = ingest.as_ref().map(Ingest::local_addr);
+    let stats = Arc::new(FeedStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let feed = Feed {
+        poll,
+        cfg,
+        client: None,
+        ingest,
+        demo: None,
+        buf: vec![0; READ_BUF],
+        sink,
+        stats: stats.clone(),
+        stop: stop.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("wsgate-feed".into())
+        .spawn(move || feed.run())?;
+    Ok(FeedHandle {
+        stats,
+        ingest_addr,
+        waker,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn validate(cfg: &FeedConfig) -> io::Result<()> {
+    let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    if cfg.max_line_bytes == 0 {
+        return invalid("max_line_bytes must be > 0".into());
+    }
+    if cfg.backoff_initial.is_zero() || cfg.backoff_max < cfg.backoff_initial {
+        return invalid("need 0 < backoff_initial <= backoff_max".into());
+    }
+    if let Some(target) = &cfg.upstream {
+        let port_ok = target
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return invalid(format!("upstream {target:?} is not HOST:PORT"));
+        }
+    }
+    if let Some(demo) = &cfg.demo {
+        if demo.rate_per_sec == 0 || demo.symbols.is_empty() {
+            return invalid("demo needs rate_per_sec > 0 and at least one symbol".into());
+        }
+    }
+    Ok(())
+}
+
+/// Everything the feed thread owns.
+struct Feed<S> {
+    poll: Poll,
+    cfg: FeedConfig,
+    client: Option<Client>,
+    ingest: Option<Ingest>,
+    demo: Option<Demo>,
+    /// Shared read buffer, reused by every read.
+    buf: Vec<u8>,
+    sink: S,
+    stats: Arc<FeedStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<S: Sink> Feed<S> {
+    fn run(mut self) {
+        let now = Instant::now();
+        let mut rng = Rng::seeded();
+        if let Some(target) = self.cfg.upstream.clone() {
+            let backoff = Backoff::new(
+                self.cfg.backoff_initial,
+                self.cfg.backoff_max,
+                Rng::from_seed(rng.next_u64()),
+            );
+            let registry = self.poll.registry();
+            self.client = Some(Client::start(
+                target,
+                self.cfg.max_line_bytes,
+                backoff,
+                registry,
+                &self.stats,
+                now,
+            ));
+        }
+        if let Some(demo) = &self.cfg.demo {
+            self.demo = Some(Demo::new(demo, now, Rng::from_seed(rng.next_u64())));
+        }
+        info!(
+            upstream = self.cfg.upstream.as_deref().unwrap_or("-"),
+            ingest = ?self.ingest.as_ref().map(Ingest::local_addr),
+            demo = self.demo.is_some(),
+            "feed thread started"
+        );
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(error = %e, "feed poll failed; stopping the feed thread");
+                break;
+            }
+            self.dispatch(&events, Instant::now());
+            self.read_ready(Instant::now());
+            self.sweep_timers(Instant::now());
+        }
+        self.close();
+        info!("feed thread stopped");
+    }
+
+    /// How long the wait phase may block: zero when a source still has data to read, else until the
+    /// earliest timer (demo tick, reconnect, connect timeout), else until an event.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let pending = self.client.as_ref().is_some_and(Client::wants_read)
+            || self.ingest.as_ref().is_some_and(Ingest::wants_read);
+        if pending {
+            return Some(Duration::ZERO);
+        }
+        let client = self.client.as_ref().and_then(Client::next_deadline);
+        let demo = self.demo.as_ref().map(Demo::next_due);
+        let deadline = [client, demo].into_iter().flatten().min()?;
+        Some(deadline.saturating_duration_since(now))
+    }
+
+    /// Routes readiness to its source. Reading happens in the next phase.
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        let registry = self.poll.registry();
+        for event in events {
+            match event.token() {
+                WAKER_TOKEN => {} // the loop condition reads the stop flag
+                UPSTREAM_TOKEN => {
+                    if let Some(client) = &mut self.client {
+                        client.handle_ready(event, registry, &self.stats, now);
+                    }
+                }
+                token if Ingest::owns(token) => {
+                    if let Some(ingest) = &mut self.ingest {
+                        ingest.handle_ready(token, registry, &self.stats, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn read_ready(&mut self, now: Instant) {
+        let registry = self.poll.registry();
+        let mut out = Out {
+            sink: &mut self.sink,
+            stats: &self.stats,
+        };
+        if let Some(client) = &mut self.client {
+            client.handle_read(registry, &mut self.buf, &mut out, now);
+        }
+        if let Some(ingest) = &mut self.ingest {
+            ingest.handle_read(registry, &mut self.buf, &mut out, now);
+        }
+    }
+
+    fn sweep_timers(&mut self, now: Instant) {
+        if let Some(client) = &mut self.client {
+            client.handle_timeout(self.poll.registry(), &self.stats, now);
+        }
+        if let Some(demo) = &mut self.demo {
+            demo.handle_timeout(
+                now,
+                &mut Out {
+                    sink: &mut self.sink,
+                    stats: &self.stats,
+                },
+            );
+        }
+    }
+
+    fn close(&mut self) {
+        let registry = self.poll.registry();
+        if let Some(client) = &mut self.client {
+            client.close(registry);
+        }
+        if let Some(ingest) = &mut self.ingest {
+            ingest.close(registry, &self.stats);
+        }
+        self.stats.set_upstream_state(UpstreamState::Disabled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::demo::tests::check_tick;
+    use crate::upstream::test_support::{channel_sink, wait_until};
+    use crate::upstream::DemoConfig;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn demo_publishes_about_rate_messages_in_batches() {
+        let (sink, rx, flushes) = channel_sink();
+        let cfg = FeedConfig {
+            demo: Some(DemoConfig {
+                rate_per_sec: 200,
+                ..DemoConfig::default()
+            }),
+            ..FeedConfig::default()
+        };
+        let started = Instant::now();
+        let feed = spawn(cfg, sink).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let stats = feed.stats.clone();
+        feed.shutdown();
+        let elapsed = started.elapsed().as_secs_f64();
+        let msgs: Vec<String> = rx.try_iter().collect();
+        // The schedule allows 1 + 200 * elapsed; loaded CI machines may lag, never run ahead.
+        let expected = 1.0 + 200.0 * elapsed;
+        assert!(
+            msgs.len() as f64 <= expected + 1.0,
+            "{} > {expected}",
+            msgs.len()
+        );
+        assert!(
+            msgs.len() >= 60,
+            "only {} messages in {elapsed:.2}s",
+            msgs.len()
+        );
+        msgs.iter().for_each(|m| {
+            check_tick(m);
+        });
+        assert_eq!(stats.messages_published(), msgs.len() as u64);
+        let flushes = flushes.load(Relaxed);
+        assert!(
+            flushes >= 1 && flushes <= msgs.len(),
+            "one flush per batch: {flushes}"
+        );
+        assert_eq!(stats.upstream_state(), UpstreamState::Disabled);
+    }
+
+    #[test]
+    fn shutdown_is_prompt_with_all_sources_idle() {
+        let (sink, _rx, _) = channel_sink();
+        let cfg = FeedConfig {
+            // A long backoff and a slow demo: the thread is parked in poll with a long timeout.
+            upstream: Some("127.0.0.1:1".into()),
+            ingest: Some("127.0.0.1:0".parse().unwrap()),
+            demo: Some(DemoConfig {
+                rate_per_sec: 1,
+                ..DemoConfig::default()
+            }),
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(60),
+            ..FeedConfig::default()
+        };
+        let feed = spawn(cfg, sink).unwrap();
+        let stats = feed.stats.clone();
+        wait_until("the first attempt to fail", || {
+            stats.connect_failures() >= 1
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        feed.shutdown();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "shutdown took {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_the_thread() {
+        let (sink, rx, _) = channel_sink();
+        let cfg = FeedConfig {
+            demo: Some(DemoConfig::default()),
+            ..FeedConfig::default()
+        };
+        drop(spawn(cfg, sink).unwrap());
+        // The sink (and its sender) went away with the thread.
+        while rx.recv_timeout(Duration::from_secs(5)).is_ok() {}
+        assert!(matches!(
+            rx.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_config_and_surfaces_bind_errors() {
+        let bad = [
+            FeedConfig {
+                max_line_bytes: 0,
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                backoff_initial: Duration::ZERO,
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                backoff_max: Duration::from_millis(1),
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                upstream: Some("no-port".into()),
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                upstream: Some(":80".into()),
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                demo: Some(DemoConfig {
+                    rate_per_sec: 0,
+                    ..DemoConfig::default()
+                }),
+                ..FeedConfig::default()
+            },
+            FeedConfig {
+                demo: Some(DemoConfig {
+                    symbols: vec![],
+                    ..DemoConfig::default()
+                }),
+                ..FeedConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = spawn(cfg.clone(), channel_sink().0).expect_err(&format!("{cfg:?}"));
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        }
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = FeedConfig {
+            ingest: Some(taken.local_addr().unwrap()),
+            ..FeedConfig::default()
+        };
+        assert_eq!(
+            spawn(cfg, channel_sink().0).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+    }
+}

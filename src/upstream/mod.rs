@@ -1,0 +1,164 @@
+//! The feed side of the gateway: one thread that reads market-data lines from up to three sources (an
+//! upstream TCP server it connects to, publishers that connect to it, a built-in demo generator) and hands
+//! every line to a [`Sink`] supplied by the gateway.
+//!
+//! It knows nothing of WebSocket or of the gateway's event loops; the sink does. See `docs/upstream.md`.
+//!
+//! Files: `codec` (sans-IO line framing), `pump` (stream → codec → sink), `client` (upstream connection with
+//! reconnect), `ingest` (publisher listener), `demo` (simulated ticks), `feed` (the thread and its loop),
+//! `stats` (counters other threads read), `rng` (jitter and random walk).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub mod codec;
+
+mod client;
+mod demo;
+mod feed;
+mod ingest;
+mod pump;
+mod rng;
+mod stats;
+
+pub use feed::{spawn, FeedHandle};
+pub use stats::{FeedStats, UpstreamState};
+
+/// mio tokens of the feed thread's one `Poll`.
+const WAKER_TOKEN: mio::Token = mio::Token(0);
+const UPSTREAM_TOKEN: mio::Token = mio::Token(1);
+const LISTENER_TOKEN: mio::Token = mio::Token(2);
+/// Publisher `i` of the ingest listener has token `FIRST_PUBLISHER_TOKEN + i`.
+const FIRST_PUBLISHER_TOKEN: usize = 3;
+
+/// One feed message: a line without its newline (and without a trailing `\r`), guaranteed valid UTF-8.
+///
+/// Non-exhaustive so that fields (a topic) can be added later; build one with [`Message::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message<'a> {
+    /// The line's bytes; valid UTF-8, never empty, never containing `\n`.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    /// A message carrying `payload` (the feed only ever passes valid UTF-8 lines).
+    pub fn new(payload: &'a [u8]) -> Self {
+        Message { payload }
+    }
+}
+
+/// Where the feed thread delivers messages. Called only from the feed thread.
+///
+/// Contract: `publish` must not block (a slow consumer is the sink's business: drop, conflate or
+/// disconnect, but return). After each batch of publishes (one `read()` that produced lines, one demo tick
+/// batch) the feed calls `flush` once, so the sink can wake its consumers once per batch, not per message.
+pub trait Sink: Send + 'static {
+    /// Takes one message; the payload is only borrowed for the duration of the call.
+    fn publish(&mut self, msg: Message<'_>);
+    /// Ends a batch of publishes.
+    fn flush(&mut self);
+}
+
+/// What the feed thread connects to, listens on and generates.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// `"HOST:PORT"` of an upstream server to connect to as a client. Resolved on every attempt
+    /// (blocking `getaddrinfo` on the feed thread), addresses tried in order.
+    pub upstream: Option<String>,
+    /// Address to listen on for publisher connections (port 0 allowed; see [`FeedHandle::ingest_addr`]).
+    pub ingest: Option<SocketAddr>,
+    /// Built-in simulated market feed.
+    pub demo: Option<DemoConfig>,
+    /// Longest line payload delivered; longer lines are dropped and counted. Must be > 0.
+    pub max_line_bytes: usize,
+    /// First reconnect delay ceiling. Must be > 0.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay ceiling. Must be >= `backoff_initial`.
+    pub backoff_max: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            upstream: None,
+            ingest: None,
+            demo: None,
+            max_line_bytes: 64 * 1024,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The simulated market feed: ticks from a random walk per symbol, round-robin over `symbols`.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Total messages per second over all symbols. Must be > 0.
+    pub rate_per_sec: u32,
+    /// Symbols to simulate. Must not be empty.
+    pub symbols: Vec<String>,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            rate_per_sec: 10,
+            symbols: ["BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT", "EUR-USD"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test_support {
+    use super::{Message, Sink};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::{Duration, Instant};
+
+    /// Sends every message into a channel as a `String`; counts flushes.
+    pub(crate) struct ChannelSink {
+        pub tx: mpsc::Sender<String>,
+        pub flushes: Arc<AtomicUsize>,
+    }
+
+    impl Sink for ChannelSink {
+        fn publish(&mut self, msg: Message<'_>) {
+            let s = String::from_utf8(msg.payload.to_vec()).expect("payload must be UTF-8");
+            let _ = self.tx.send(s);
+        }
+        fn flush(&mut self) {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn channel_sink() -> (ChannelSink, mpsc::Receiver<String>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::channel();
+        let flushes = Arc::new(AtomicUsize::new(0));
+        (
+            ChannelSink {
+                tx,
+                flushes: flushes.clone(),
+            },
+            rx,
+            flushes,
+        )
+    }
+
+    /// Generous wait for a condition another thread makes true.
+    pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub(crate) fn recv(rx: &mpsc::Receiver<String>) -> String {
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("timed out waiting for a message")
+    }
+}
