@@ -35,20 +35,13 @@ pub(super) struct Backoff {
 
 impl Backoff {
     pub(super) fn new(initial: Duration, max: Duration, rng: Rng) -> Self {
-        Backoff {
-            initial,
-            max,
-            attempt: 0,
-            rng,
-        }
+        Backoff { initial, max, attempt: 0, rng }
     }
 
     /// The ceiling for the current attempt.
     fn ceiling(&self) -> Duration {
         let factor = 1u32 << self.attempt.min(30);
-        self.initial
-            .checked_mul(factor)
-            .map_or(self.max, |d| d.min(self.max))
+        self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
     }
 
     /// The delay before the next attempt; advances the attempt count.
@@ -69,19 +62,9 @@ enum Conn {
     /// Waiting until `until` before resolving and connecting again.
     Backoff { until: Instant },
     /// A non-blocking connect to `addr` is in flight.
-    Connecting {
-        stream: TcpStream,
-        addr: SocketAddr,
-        deadline: Instant,
-    },
+    Connecting { stream: TcpStream, addr: SocketAddr, deadline: Instant },
     /// Reading lines.
-    Connected {
-        stream: TcpStream,
-        addr: SocketAddr,
-        since: Instant,
-        delivered: u64,
-        readable: bool,
-    },
+    Connected { stream: TcpStream, addr: SocketAddr, since: Instant, delivered: u64, readable: bool },
 }
 
 /// The upstream client; see the module docs.
@@ -134,13 +117,7 @@ impl Client {
     }
 
     /// A readiness event for [`UPSTREAM_TOKEN`].
-    pub(super) fn handle_ready(
-        &mut self,
-        event: &Event,
-        registry: &Registry,
-        stats: &FeedStats,
-        now: Instant,
-    ) {
+    pub(super) fn handle_ready(&mut self, event: &Event, registry: &Registry, stats: &FeedStats, now: Instant) {
         match &mut self.conn {
             Conn::Backoff { .. } => {} // stale event for a socket already closed
             Conn::Connected { readable, .. } => {
@@ -165,28 +142,14 @@ impl Client {
         out: &mut Out<'_, S>,
         now: Instant,
     ) {
-        let Conn::Connected {
-            stream,
-            addr,
-            delivered,
-            readable,
-            ..
-        } = &mut self.conn
-        else {
+        let Conn::Connected { stream, addr, delivered, readable, .. } = &mut self.conn else {
             return;
         };
         if !*readable {
             return;
         }
         let addr = *addr;
-        match pump(
-            stream,
-            &mut self.codec,
-            buf,
-            out,
-            &format_args!("upstream {addr}"),
-            delivered,
-        ) {
+        match pump(stream, &mut self.codec, buf, out, &format_args!("upstream {addr}"), delivered) {
             Pumped::Drained => *readable = false,
             Pumped::Budget => {}
             Pumped::Closed(err) => self.on_disconnected(registry, out.stats, now, err),
@@ -210,9 +173,7 @@ impl Client {
         if let Conn::Connecting { stream, .. } | Conn::Connected { stream, .. } = &mut self.conn {
             let _ = registry.deregister(stream);
         }
-        self.conn = Conn::Backoff {
-            until: Instant::now(),
-        };
+        self.conn = Conn::Backoff { until: Instant::now() };
     }
 
     /// Resolves the target and tries its addresses.
@@ -234,46 +195,26 @@ impl Client {
     fn try_next_addr(&mut self, registry: &Registry, stats: &FeedStats, now: Instant) {
         while let Some(addr) = self.addrs.pop() {
             let attempt = TcpStream::connect(addr).and_then(|mut stream| {
-                registry.register(
-                    &mut stream,
-                    UPSTREAM_TOKEN,
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
+                registry.register(&mut stream, UPSTREAM_TOKEN, Interest::READABLE | Interest::WRITABLE)?;
                 Ok(stream)
             });
             match attempt {
                 Ok(stream) => {
-                    self.conn = Conn::Connecting {
-                        stream,
-                        addr,
-                        deadline: now + CONNECT_TIMEOUT,
-                    };
+                    self.conn = Conn::Connecting { stream, addr, deadline: now + CONNECT_TIMEOUT };
                     stats.set_upstream_state(UpstreamState::Connecting);
                     return;
                 }
                 Err(e) if !self.addrs.is_empty() => {
                     warn!(upstream = %self.target, %addr, error = %e, "upstream connect failed; trying next address");
                 }
-                Err(e) => {
-                    return self.schedule_retry(
-                        stats,
-                        now,
-                        &format_args!("connect to {addr} failed: {e}"),
-                    )
-                }
+                Err(e) => return self.schedule_retry(stats, now, &format_args!("connect to {addr} failed: {e}")),
             }
         }
         self.schedule_retry(stats, now, &"no addresses resolved");
     }
 
     /// The in-flight connect failed: try the next address of this round, or back off.
-    fn fail_attempt(
-        &mut self,
-        registry: &Registry,
-        stats: &FeedStats,
-        now: Instant,
-        e: &io::Error,
-    ) {
+    fn fail_attempt(&mut self, registry: &Registry, stats: &FeedStats, now: Instant, e: &io::Error) {
         let Conn::Connecting { stream, addr, .. } = &mut self.conn else {
             return;
         };
@@ -298,26 +239,19 @@ impl Client {
     }
 
     fn on_connected(&mut self, registry: &Registry, stats: &FeedStats, now: Instant) {
-        let Conn::Connecting { stream, addr, .. } =
-            std::mem::replace(&mut self.conn, Conn::Backoff { until: now })
+        let Conn::Connecting { stream, addr, .. } = std::mem::replace(&mut self.conn, Conn::Backoff { until: now })
         else {
             return;
         };
         let mut stream = stream;
         self.addrs.clear();
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL);
+        let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             warn!(%addr, error = %e, "could not enable TCP keepalive on the upstream connection");
         }
         // We never write: stop asking for writability.
         if let Err(e) = registry.reregister(&mut stream, UPSTREAM_TOKEN, Interest::READABLE) {
-            self.conn = Conn::Connecting {
-                stream,
-                addr,
-                deadline: now,
-            };
+            self.conn = Conn::Connecting { stream, addr, deadline: now };
             return self.fail_attempt(registry, stats, now, &e);
         }
         if self.ever_connected {
@@ -327,29 +261,12 @@ impl Client {
         stats.set_upstream_state(UpstreamState::Connected);
         info!(upstream = %self.target, %addr, "upstream connected");
         // Data may have arrived with the connect's readiness edge: read once to find out.
-        self.conn = Conn::Connected {
-            stream,
-            addr,
-            since: now,
-            delivered: 0,
-            readable: true,
-        };
+        self.conn = Conn::Connected { stream, addr, since: now, delivered: 0, readable: true };
     }
 
-    fn on_disconnected(
-        &mut self,
-        registry: &Registry,
-        stats: &FeedStats,
-        now: Instant,
-        err: Option<io::Error>,
-    ) {
-        let Conn::Connected {
-            mut stream,
-            addr,
-            since,
-            delivered,
-            ..
-        } = std::mem::replace(&mut self.conn, Conn::Backoff { until: now })
+    fn on_disconnected(&mut self, registry: &Registry, stats: &FeedStats, now: Instant, err: Option<io::Error>) {
+        let Conn::Connected { mut stream, addr, since, delivered, .. } =
+            std::mem::replace(&mut self.conn, Conn::Backoff { until: now })
         else {
             return;
         };
@@ -385,12 +302,7 @@ fn connect_outcome(stream: &TcpStream) -> io::Result<bool> {
     }
     match stream.peer_addr() {
         Ok(_) => Ok(true),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotConnected
-                || e.raw_os_error() == Some(libc::EINPROGRESS) =>
-        {
-            Ok(false)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -405,11 +317,7 @@ mod tests {
 
     #[test]
     fn backoff_ceiling_doubles_caps_and_resets() {
-        let mut b = Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            Rng::from_seed(7),
-        );
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), Rng::from_seed(7));
         let mut ceilings = Vec::new();
         for _ in 0..6 {
             let c = b.ceiling();
@@ -428,11 +336,7 @@ mod tests {
 
     #[test]
     fn full_jitter_spreads_delays() {
-        let mut b = Backoff::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Rng::from_seed(1),
-        );
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1), Rng::from_seed(1));
         let delays: Vec<Duration> = (0..200).map(|_| b.next_delay()).collect();
         assert!(delays.iter().any(|d| *d < Duration::from_millis(250)));
         assert!(delays.iter().any(|d| *d > Duration::from_millis(750)));
@@ -480,12 +384,8 @@ mod tests {
         // The server goes away, leaving "thr" unterminated: it must be discarded, not joined to later data.
         drop(conn);
         drop(listener);
-        wait_until("backoff after the drop", || {
-            stats.upstream_state() == UpstreamState::Backoff
-        });
-        wait_until("the partial line to be discarded", || {
-            stats.partial_lines_discarded() == 1
-        });
+        wait_until("backoff after the drop", || stats.upstream_state() == UpstreamState::Backoff);
+        wait_until("the partial line to be discarded", || stats.partial_lines_discarded() == 1);
 
         let listener = TcpListener::bind(addr).unwrap();
         let mut conn = accept(&listener);
@@ -503,11 +403,7 @@ mod tests {
     #[test]
     fn unreachable_upstream_backs_off_and_counts_failures() {
         // Bind then drop to get a port that refuses connections.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (sink, _rx, _) = channel_sink();
         let feed = spawn(fast_cfg(format!("localhost:{port}")), sink).unwrap();
         let stats = feed.stats.clone();

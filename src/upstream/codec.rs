@@ -35,11 +35,7 @@ pub struct LineCodec {
 impl LineCodec {
     /// A codec that drops lines whose payload is longer than `max_line_bytes`.
     pub fn new(max_line_bytes: usize) -> Self {
-        LineCodec {
-            max_line: max_line_bytes,
-            partial: Vec::new(),
-            discarding: false,
-        }
+        LineCodec { max_line: max_line_bytes, partial: Vec::new(), discarding: false }
     }
 
     /// The line length limit this codec enforces.
@@ -66,11 +62,7 @@ impl LineCodec {
     /// consistent: the tail is still buffered).
     #[must_use = "lines are only produced by polling the cursor"]
     pub fn handle_chunk<'s, 'c>(&'s mut self, chunk: &'c [u8]) -> Lines<'s, 'c> {
-        Lines {
-            codec: self,
-            rest: chunk,
-            release_partial: false,
-        }
+        Lines { codec: self, rest: chunk, release_partial: false }
     }
 }
 
@@ -216,10 +208,7 @@ mod tests {
         let mut out = Vec::new();
         for c in chunks {
             feed(&mut codec, c, &mut out);
-            assert!(
-                codec.buffered() <= max + 1,
-                "partial buffer exceeds its bound"
-            );
+            assert!(codec.buffered() <= max + 1, "partial buffer exceeds its bound");
         }
         out
     }
@@ -268,9 +257,7 @@ mod tests {
         let chunk = b"abc\ndef\n";
         let mut codec = LineCodec::new(64);
         let mut lines = codec.handle_chunk(chunk);
-        let Some(Event::Line(s)) = lines.poll_event() else {
-            panic!("expected a line")
-        };
+        let Some(Event::Line(s)) = lines.poll_event() else { panic!("expected a line") };
         assert_eq!(s.as_ptr(), chunk.as_ptr(), "line should borrow the chunk");
     }
 
@@ -278,10 +265,7 @@ mod tests {
     fn too_long_dropped_once_and_skipped_to_newline() {
         // Exactly max is fine; max + 1 is not; a CR does not count toward the limit.
         let out = decode_chunks(4, &[b"abcd\nabcde\nabcd\r\nok\n"]);
-        assert_eq!(
-            out,
-            vec![line("abcd"), Owned::TooLong, line("abcd"), line("ok")]
-        );
+        assert_eq!(out, vec![line("abcd"), Owned::TooLong, line("abcd"), line("ok")]);
         // Detected while still unterminated, reported once, rest skipped across chunks.
         let out = decode_chunks(4, &[b"abc", b"defgh", b"ijk", b"lm\nok\n"]);
         assert_eq!(out, vec![Owned::TooLong, line("ok")]);

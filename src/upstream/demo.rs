@@ -64,13 +64,7 @@ impl Demo {
                 let mut prefix = b"{\"type\":\"tick\",\"symbol\":".to_vec();
                 write_json_str(&mut prefix, name);
                 prefix.extend_from_slice(b",\"seq\":");
-                Symbol {
-                    prefix,
-                    mid,
-                    tick: 10f64.powi(-(decimals as i32)),
-                    decimals,
-                    seq: 0,
-                }
+                Symbol { prefix, mid, tick: 10f64.powi(-(decimals as i32)), decimals, seq: 0 }
             })
             .collect();
         Demo {
@@ -97,9 +91,7 @@ impl Demo {
             self.start = now;
             self.sent = 0;
         }
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut published = 0;
         while self.next_due() <= now {
             let i = self.next_symbol;
@@ -181,10 +173,7 @@ pub(super) mod tests {
     /// The text after `"field":` up to the next `,` or `}`.
     fn field<'a>(msg: &'a str, name: &str) -> &'a str {
         let key = format!("\"{name}\":");
-        let start = msg
-            .find(&key)
-            .unwrap_or_else(|| panic!("no {name} in {msg}"))
-            + key.len();
+        let start = msg.find(&key).unwrap_or_else(|| panic!("no {name} in {msg}")) + key.len();
         let rest = &msg[start..];
         &rest[..rest.find([',', '}']).unwrap()]
     }
@@ -197,39 +186,23 @@ pub(super) mod tests {
         let seq: u64 = field(msg, "seq").parse().unwrap();
         let ts: u64 = field(msg, "ts_ms").parse().unwrap();
         assert!(ts > 1_600_000_000_000, "{msg}");
-        let num = |n: &str| -> f64 {
-            field(msg, n)
-                .parse()
-                .unwrap_or_else(|_| panic!("{n} in {msg}"))
-        };
+        let num = |n: &str| -> f64 { field(msg, n).parse().unwrap_or_else(|_| panic!("{n} in {msg}")) };
         let (bid, ask, last, size) = (num("bid"), num("ask"), num("last"), num("size"));
-        assert!(
-            bid > 0.0 && bid < ask && bid <= last && last <= ask && size > 0.0,
-            "{msg}"
-        );
+        assert!(bid > 0.0 && bid < ask && bid <= last && last <= ask && size > 0.0, "{msg}");
         (symbol, seq)
     }
 
     fn run(demo: &mut Demo, now: Instant) -> Vec<String> {
         let (mut sink, rx, _) = channel_sink();
         let stats = FeedStats::default();
-        demo.handle_timeout(
-            now,
-            &mut Out {
-                sink: &mut sink,
-                stats: &stats,
-            },
-        );
+        demo.handle_timeout(now, &mut Out { sink: &mut sink, stats: &stats });
         rx.try_iter().collect()
     }
 
     #[test]
     fn schedule_does_not_drift_and_batches() {
         let t0 = Instant::now();
-        let cfg = DemoConfig {
-            rate_per_sec: 10,
-            ..DemoConfig::default()
-        };
+        let cfg = DemoConfig { rate_per_sec: 10, ..DemoConfig::default() };
         let mut demo = Demo::new(&cfg, t0, Rng::from_seed(3));
         assert_eq!(run(&mut demo, t0).len(), 1, "message 0 is due at start");
         assert_eq!(run(&mut demo, t0 + Duration::from_millis(99)).len(), 0);
@@ -242,25 +215,17 @@ pub(super) mod tests {
     #[test]
     fn skips_backlog_when_far_behind() {
         let t0 = Instant::now();
-        let cfg = DemoConfig {
-            rate_per_sec: 1000,
-            ..DemoConfig::default()
-        };
+        let cfg = DemoConfig { rate_per_sec: 1000, ..DemoConfig::default() };
         let mut demo = Demo::new(&cfg, t0, Rng::from_seed(3));
         assert_eq!(run(&mut demo, t0 + Duration::from_secs(5)).len(), 1);
-        assert_eq!(
-            demo.next_due(),
-            t0 + Duration::from_secs(5) + Duration::from_millis(1)
-        );
+        assert_eq!(demo.next_due(), t0 + Duration::from_secs(5) + Duration::from_millis(1));
     }
 
     #[test]
     fn ticks_have_the_shape_and_per_symbol_seq() {
         let t0 = Instant::now();
-        let cfg = DemoConfig {
-            rate_per_sec: 1000,
-            symbols: vec!["BTC-USD".into(), "EUR-USD".into(), "odd\"sym".into()],
-        };
+        let cfg =
+            DemoConfig { rate_per_sec: 1000, symbols: vec!["BTC-USD".into(), "EUR-USD".into(), "odd\"sym".into()] };
         let mut demo = Demo::new(&cfg, t0, Rng::from_seed(11));
         let msgs = run(&mut demo, t0 + Duration::from_millis(899));
         assert_eq!(msgs.len(), 900);
@@ -272,10 +237,6 @@ pub(super) mod tests {
         }
         assert_eq!(last_seq.len(), 3);
         assert!(msgs[2].contains(r#""symbol":"odd\"sym""#), "{}", msgs[2]);
-        assert!(
-            msgs[1].contains("\"bid\":1.0") || msgs[1].contains("\"bid\":1.1"),
-            "{}",
-            msgs[1]
-        );
+        assert!(msgs[1].contains("\"bid\":1.0") || msgs[1].contains("\"bid\":1.1"), "{}", msgs[1]);
     }
 }

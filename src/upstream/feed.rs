@@ -86,16 +86,8 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         stats: stats.clone(),
         stop: stop.clone(),
     };
-    let thread = std::thread::Builder::new()
-        .name("wsgate-feed".into())
-        .spawn(move || feed.run())?;
-    Ok(FeedHandle {
-        stats,
-        ingest_addr,
-        waker,
-        stop,
-        thread: Some(thread),
-    })
+    let thread = std::thread::Builder::new().name("wsgate-feed".into()).spawn(move || feed.run())?;
+    Ok(FeedHandle { stats, ingest_addr, waker, stop, thread: Some(thread) })
 }
 
 fn validate(cfg: &FeedConfig) -> io::Result<()> {
@@ -107,9 +99,8 @@ fn validate(cfg: &FeedConfig) -> io::Result<()> {
         return invalid("need 0 < backoff_initial <= backoff_max".into());
     }
     if let Some(target) = &cfg.upstream {
-        let port_ok = target
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let port_ok =
+            target.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !port_ok {
             return invalid(format!("upstream {target:?} is not HOST:PORT"));
         }
@@ -141,20 +132,9 @@ impl<S: Sink> Feed<S> {
         let now = Instant::now();
         let mut rng = Rng::seeded();
         if let Some(target) = self.cfg.upstream.clone() {
-            let backoff = Backoff::new(
-                self.cfg.backoff_initial,
-                self.cfg.backoff_max,
-                Rng::from_seed(rng.next_u64()),
-            );
+            let backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max, Rng::from_seed(rng.next_u64()));
             let registry = self.poll.registry();
-            self.client = Some(Client::start(
-                target,
-                self.cfg.max_line_bytes,
-                backoff,
-                registry,
-                &self.stats,
-                now,
-            ));
+            self.client = Some(Client::start(target, self.cfg.max_line_bytes, backoff, registry, &self.stats, now));
         }
         if let Some(demo) = &self.cfg.demo {
             self.demo = Some(Demo::new(demo, now, Rng::from_seed(rng.next_u64())));
@@ -220,10 +200,7 @@ impl<S: Sink> Feed<S> {
 
     fn read_ready(&mut self, now: Instant) {
         let registry = self.poll.registry();
-        let mut out = Out {
-            sink: &mut self.sink,
-            stats: &self.stats,
-        };
+        let mut out = Out { sink: &mut self.sink, stats: &self.stats };
         if let Some(client) = &mut self.client {
             client.handle_read(registry, &mut self.buf, &mut out, now);
         }
@@ -237,13 +214,7 @@ impl<S: Sink> Feed<S> {
             client.handle_timeout(self.poll.registry(), &self.stats, now);
         }
         if let Some(demo) = &mut self.demo {
-            demo.handle_timeout(
-                now,
-                &mut Out {
-                    sink: &mut self.sink,
-                    stats: &self.stats,
-                },
-            );
+            demo.handle_timeout(now, &mut Out { sink: &mut self.sink, stats: &self.stats });
         }
     }
 
@@ -271,10 +242,7 @@ mod tests {
     fn demo_publishes_about_rate_messages_in_batches() {
         let (sink, rx, flushes) = channel_sink();
         let cfg = FeedConfig {
-            demo: Some(DemoConfig {
-                rate_per_sec: 200,
-                ..DemoConfig::default()
-            }),
+            demo: Some(DemoConfig { rate_per_sec: 200, ..DemoConfig::default() }),
             ..FeedConfig::default()
         };
         let started = Instant::now();
@@ -286,25 +254,14 @@ mod tests {
         let msgs: Vec<String> = rx.try_iter().collect();
         // The schedule allows 1 + 200 * elapsed; loaded CI machines may lag, never run ahead.
         let expected = 1.0 + 200.0 * elapsed;
-        assert!(
-            msgs.len() as f64 <= expected + 1.0,
-            "{} > {expected}",
-            msgs.len()
-        );
-        assert!(
-            msgs.len() >= 60,
-            "only {} messages in {elapsed:.2}s",
-            msgs.len()
-        );
+        assert!(msgs.len() as f64 <= expected + 1.0, "{} > {expected}", msgs.len());
+        assert!(msgs.len() >= 60, "only {} messages in {elapsed:.2}s", msgs.len());
         msgs.iter().for_each(|m| {
             check_tick(m);
         });
         assert_eq!(stats.messages_published(), msgs.len() as u64);
         let flushes = flushes.load(Relaxed);
-        assert!(
-            flushes >= 1 && flushes <= msgs.len(),
-            "one flush per batch: {flushes}"
-        );
+        assert!(flushes >= 1 && flushes <= msgs.len(), "one flush per batch: {flushes}");
         assert_eq!(stats.upstream_state(), UpstreamState::Disabled);
     }
 
@@ -315,95 +272,47 @@ mod tests {
             // A long backoff and a slow demo: the thread is parked in poll with a long timeout.
             upstream: Some("127.0.0.1:1".into()),
             ingest: Some("127.0.0.1:0".parse().unwrap()),
-            demo: Some(DemoConfig {
-                rate_per_sec: 1,
-                ..DemoConfig::default()
-            }),
+            demo: Some(DemoConfig { rate_per_sec: 1, ..DemoConfig::default() }),
             backoff_initial: Duration::from_secs(30),
             backoff_max: Duration::from_secs(60),
             ..FeedConfig::default()
         };
         let feed = spawn(cfg, sink).unwrap();
         let stats = feed.stats.clone();
-        wait_until("the first attempt to fail", || {
-            stats.connect_failures() >= 1
-        });
+        wait_until("the first attempt to fail", || stats.connect_failures() >= 1);
         std::thread::sleep(Duration::from_millis(20));
         let t = Instant::now();
         feed.shutdown();
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "shutdown took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(500), "shutdown took {:?}", t.elapsed());
     }
 
     #[test]
     fn dropping_the_handle_stops_the_thread() {
         let (sink, rx, _) = channel_sink();
-        let cfg = FeedConfig {
-            demo: Some(DemoConfig::default()),
-            ..FeedConfig::default()
-        };
+        let cfg = FeedConfig { demo: Some(DemoConfig::default()), ..FeedConfig::default() };
         drop(spawn(cfg, sink).unwrap());
         // The sink (and its sender) went away with the thread.
         while rx.recv_timeout(Duration::from_secs(5)).is_ok() {}
-        assert!(matches!(
-            rx.try_recv(),
-            Err(std::sync::mpsc::TryRecvError::Disconnected)
-        ));
+        assert!(matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected)));
     }
 
     #[test]
     fn rejects_bad_config_and_surfaces_bind_errors() {
         let bad = [
-            FeedConfig {
-                max_line_bytes: 0,
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                backoff_initial: Duration::ZERO,
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                backoff_max: Duration::from_millis(1),
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                upstream: Some("no-port".into()),
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                upstream: Some(":80".into()),
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                demo: Some(DemoConfig {
-                    rate_per_sec: 0,
-                    ..DemoConfig::default()
-                }),
-                ..FeedConfig::default()
-            },
-            FeedConfig {
-                demo: Some(DemoConfig {
-                    symbols: vec![],
-                    ..DemoConfig::default()
-                }),
-                ..FeedConfig::default()
-            },
+            FeedConfig { max_line_bytes: 0, ..FeedConfig::default() },
+            FeedConfig { backoff_initial: Duration::ZERO, ..FeedConfig::default() },
+            FeedConfig { backoff_max: Duration::from_millis(1), ..FeedConfig::default() },
+            FeedConfig { upstream: Some("no-port".into()), ..FeedConfig::default() },
+            FeedConfig { upstream: Some(":80".into()), ..FeedConfig::default() },
+            FeedConfig { demo: Some(DemoConfig { rate_per_sec: 0, ..DemoConfig::default() }), ..FeedConfig::default() },
+            FeedConfig { demo: Some(DemoConfig { symbols: vec![], ..DemoConfig::default() }), ..FeedConfig::default() },
         ];
         for cfg in bad {
             let err = spawn(cfg.clone(), channel_sink().0).expect_err(&format!("{cfg:?}"));
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         }
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = FeedConfig {
-            ingest: Some(taken.local_addr().unwrap()),
-            ..FeedConfig::default()
-        };
-        assert_eq!(
-            spawn(cfg, channel_sink().0).unwrap_err().kind(),
-            io::ErrorKind::AddrInUse
-        );
+        let cfg = FeedConfig { ingest: Some(taken.local_addr().unwrap()), ..FeedConfig::default() };
+        assert_eq!(spawn(cfg, channel_sink().0).unwrap_err().kind(), io::ErrorKind::AddrInUse);
     }
 }

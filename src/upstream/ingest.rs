@@ -41,22 +41,12 @@ pub(super) struct Ingest {
 
 impl Ingest {
     /// Binds and registers the listener.
-    pub(super) fn bind(
-        addr: SocketAddr,
-        max_line_bytes: usize,
-        registry: &Registry,
-    ) -> io::Result<Self> {
+    pub(super) fn bind(addr: SocketAddr, max_line_bytes: usize, registry: &Registry) -> io::Result<Self> {
         let mut listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
         info!(%local_addr, "ingest listening for publishers");
-        Ok(Ingest {
-            listener,
-            local_addr,
-            publishers: Vec::new(),
-            open: 0,
-            max_line_bytes,
-        })
+        Ok(Ingest { listener, local_addr, publishers: Vec::new(), open: 0, max_line_bytes })
     }
 
     pub(super) fn local_addr(&self) -> SocketAddr {
@@ -69,13 +59,7 @@ impl Ingest {
     }
 
     /// A readiness event for one of this listener's tokens.
-    pub(super) fn handle_ready(
-        &mut self,
-        token: Token,
-        registry: &Registry,
-        stats: &FeedStats,
-        now: Instant,
-    ) {
+    pub(super) fn handle_ready(&mut self, token: Token, registry: &Registry, stats: &FeedStats, now: Instant) {
         if token == LISTENER_TOKEN {
             self.accept_all(registry, stats, now);
         } else if let Some(Some(p)) = self.publishers.get_mut(token.0 - FIRST_PUBLISHER_TOKEN) {
@@ -101,14 +85,7 @@ impl Ingest {
                 continue;
             };
             let peer = p.peer;
-            match pump(
-                &mut p.stream,
-                &mut p.codec,
-                buf,
-                out,
-                &format_args!("publisher {peer}"),
-                &mut p.delivered,
-            ) {
+            match pump(&mut p.stream, &mut p.codec, buf, out, &format_args!("publisher {peer}"), &mut p.delivered) {
                 Pumped::Drained => p.readable = false,
                 Pumped::Budget => {}
                 Pumped::Closed(err) => {
@@ -137,14 +114,7 @@ impl Ingest {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(conn) => conn,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
                 Err(e) => {
                     // E.g. out of file descriptors: pending connections are retried on the next event.
                     warn!(error = %e, "ingest accept failed");
@@ -183,13 +153,7 @@ impl Ingest {
     }
 }
 
-fn close_publisher(
-    p: &mut Publisher,
-    registry: &Registry,
-    stats: &FeedStats,
-    now: Instant,
-    err: Option<io::Error>,
-) {
+fn close_publisher(p: &mut Publisher, registry: &Registry, stats: &FeedStats, now: Instant, err: Option<io::Error>) {
     let _ = registry.deregister(&mut p.stream);
     let lived = now.saturating_duration_since(p.since);
     let partial = p.codec.reset();
@@ -217,10 +181,7 @@ mod tests {
     use std::time::Duration;
 
     fn ingest_cfg() -> FeedConfig {
-        FeedConfig {
-            ingest: Some("127.0.0.1:0".parse().unwrap()),
-            ..FeedConfig::default()
-        }
+        FeedConfig { ingest: Some("127.0.0.1:0".parse().unwrap()), ..FeedConfig::default() }
     }
 
     #[test]
@@ -257,22 +218,12 @@ mod tests {
         let feed = spawn(ingest_cfg(), sink).unwrap();
         let addr = feed.ingest_addr.unwrap();
         let stats = feed.stats.clone();
-        let conns: Vec<StdStream> = (0..MAX_PUBLISHERS)
-            .map(|_| StdStream::connect(addr).unwrap())
-            .collect();
-        wait_until("the limit to fill", || {
-            stats.ingest_publishers() == MAX_PUBLISHERS as u64
-        });
+        let conns: Vec<StdStream> = (0..MAX_PUBLISHERS).map(|_| StdStream::connect(addr).unwrap()).collect();
+        wait_until("the limit to fill", || stats.ingest_publishers() == MAX_PUBLISHERS as u64);
         let mut extra = StdStream::connect(addr).unwrap();
         wait_until("a refusal", || stats.ingest_refused() == 1);
-        extra
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(
-            extra.read(&mut [0u8; 8]).unwrap(),
-            0,
-            "the refused connection is closed"
-        );
+        extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(extra.read(&mut [0u8; 8]).unwrap(), 0, "the refused connection is closed");
         assert_eq!(stats.ingest_publishers(), MAX_PUBLISHERS as u64);
         drop(conns);
         wait_until("publishers to go", || stats.ingest_publishers() == 0);

@@ -138,14 +138,7 @@ mod test_support {
     pub(crate) fn channel_sink() -> (ChannelSink, mpsc::Receiver<String>, Arc<AtomicUsize>) {
         let (tx, rx) = mpsc::channel();
         let flushes = Arc::new(AtomicUsize::new(0));
-        (
-            ChannelSink {
-                tx,
-                flushes: flushes.clone(),
-            },
-            rx,
-            flushes,
-        )
+        (ChannelSink { tx, flushes: flushes.clone() }, rx, flushes)
     }
 
     /// Generous wait for a condition another thread makes true.
@@ -158,7 +151,6 @@ mod test_support {
     }
 
     pub(crate) fn recv(rx: &mpsc::Receiver<String>) -> String {
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("timed out waiting for a message")
+        rx.recv_timeout(Duration::from_secs(5)).expect("timed out waiting for a message")
     }
 }

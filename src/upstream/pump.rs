@@ -52,12 +52,7 @@ pub(super) struct Out<'a, S> {
 
 impl<S: Sink> Out<'_, S> {
     /// Decodes one chunk, publishes its lines, flushes once if any, and returns how many were published.
-    pub(super) fn publish_chunk(
-        &mut self,
-        codec: &mut LineCodec,
-        chunk: &[u8],
-        source: &dyn Display,
-    ) -> u64 {
+    pub(super) fn publish_chunk(&mut self, codec: &mut LineCodec, chunk: &[u8], source: &dyn Display) -> u64 {
         let max = codec.max_line_bytes();
         let mut published = 0;
         let mut lines = codec.handle_chunk(chunk);
@@ -124,35 +119,16 @@ mod tests {
     fn publishes_lines_flushes_per_productive_read_and_counts_drops() {
         let (mut sink, rx, flushes) = channel_sink();
         let stats = FeedStats::default();
-        let mut out = Out {
-            sink: &mut sink,
-            stats: &stats,
-        };
+        let mut out = Out { sink: &mut sink, stats: &stats };
         let mut codec = LineCodec::new(8);
-        let mut stream = Chunks(vec![
-            b"a\nb\n",
-            b"par",
-            b"tial\n\xff\n",
-            b"waytoolongline\n",
-        ]);
+        let mut stream = Chunks(vec![b"a\nb\n", b"par", b"tial\n\xff\n", b"waytoolongline\n"]);
         let mut buf = [0u8; 64];
         let mut delivered = 0;
-        let r = pump(
-            &mut stream,
-            &mut codec,
-            &mut buf,
-            &mut out,
-            &"test",
-            &mut delivered,
-        );
+        let r = pump(&mut stream, &mut codec, &mut buf, &mut out, &"test", &mut delivered);
         assert!(matches!(r, Pumped::Drained));
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["a", "b", "partial"]);
         assert_eq!(delivered, 3);
-        assert_eq!(
-            flushes.load(Ordering::Relaxed),
-            2,
-            "one flush per read that produced lines"
-        );
+        assert_eq!(flushes.load(Ordering::Relaxed), 2, "one flush per read that produced lines");
         assert_eq!(stats.messages_published(), 3);
         assert_eq!(stats.lines_invalid_utf8(), 1);
         assert_eq!(stats.lines_too_long(), 1);

@@ -8,9 +8,7 @@ pub(super) struct Rng(u64);
 impl Rng {
     /// Seeded from the wall clock and the process id, so gateways restarted together jitter differently.
     pub(super) fn seeded() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Rng::from_seed(nanos ^ (u64::from(std::process::id()) << 32))
     }
 

@@ -142,12 +142,8 @@ mod tests {
     fn state_round_trips() {
         let stats = FeedStats::default();
         assert_eq!(stats.upstream_state(), UpstreamState::Disabled);
-        for s in [
-            UpstreamState::Disabled,
-            UpstreamState::Connecting,
-            UpstreamState::Connected,
-            UpstreamState::Backoff,
-        ] {
+        for s in [UpstreamState::Disabled, UpstreamState::Connecting, UpstreamState::Connected, UpstreamState::Backoff]
+        {
             stats.set_upstream_state(s);
             assert_eq!(stats.upstream_state(), s);
         }
