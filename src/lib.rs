@@ -1,4 +1,17 @@
 //! wsgate: a thread-per-core WebSocket gateway that fans an upstream feed out to many clients.
+//!
+//! Module map (dependencies point one way: `shard` → everything else):
+//! - [`proto`]: RFC 6455, sans-IO — handshake, frames, masking, UTF-8, close rules.
+//! - [`reactor`]: sockets and process limits; knows nothing of WebSocket.
+//! - [`conn`]: per-connection state as plain data in a generational slab.
+//! - [`fanout`]: the broadcast log and subscriber sets; frames are opaque bytes.
+//! - [`upstream`]: the feed (upstream client, publisher ingest, demo), on its own thread.
+//! - [`shard`]: the loop threads, wiring all of the above.
 
+pub mod config;
+pub mod conn;
+pub mod fanout;
 pub mod proto;
+pub mod reactor;
+pub mod shard;
 pub mod upstream;

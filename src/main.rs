@@ -1,1 +1,80 @@
-fn main() {}
+//! `wsgate`: run the gateway until SIGINT/SIGTERM, then close every client with 1001 and exit 0.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use wsgate::config::{Cli, Config};
+use wsgate::shard::Gateway;
+
+enum Stop {
+    Signal(i32),
+    LoopExited,
+}
+
+fn main() -> ExitCode {
+    let cfg = match Config::load(Cli::parse()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("wsgate: invalid --log-level {:?}: {e}", cfg.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsgate: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal_tx = stop_tx.clone();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = signal_tx.send(Stop::Signal(sig));
+        }
+    });
+
+    let gateway = match Gateway::start(&cfg, move || {
+        let _ = stop_tx.send(Stop::LoopExited);
+    }) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(listen = %cfg.listen, error = %e, "cannot start the gateway");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts and tests read these lines to find the ports (the listen address may use port 0).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "wsgate: listening on ws://{}/ws", gateway.local_addr());
+    if let Some(ingest) = gateway.ingest_addr() {
+        let _ = writeln!(out, "wsgate: ingest listening on {ingest}");
+    }
+    let _ = out.flush();
+    drop(out);
+
+    let code = match stop_rx.recv() {
+        Ok(Stop::Signal(sig)) => {
+            tracing::info!(signal = sig, "stopping");
+            ExitCode::SUCCESS
+        }
+        Ok(Stop::LoopExited) | Err(_) => {
+            tracing::error!("a loop thread exited unexpectedly: stopping");
+            ExitCode::FAILURE
+        }
+    };
+    gateway.shutdown();
+    code
+}

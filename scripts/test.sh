@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit + property + integration tests, benches compiled
+# and run once in test mode, and the portable (SIMD-off) unmasking path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit, property and integration tests; benches once in test mode)"
+cargo test --all-targets
+
+step "unmasking with SIMD disabled (--cfg wsgate_disable_simd)"
+CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd" cargo test --lib proto::mask
+
+step "all tests passed"

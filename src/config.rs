@@ -1,0 +1,276 @@
+//! Gateway settings: one struct, filled from defaults, then an optional TOML file, then command-line flags.
+//!
+//! Every queue and buffer in the gateway has its limit here, with a default and the policy applied when the
+//! limit is reached.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Which readiness backend drives the loop threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    /// epoll through mio.
+    Epoll,
+}
+
+/// The complete configuration of one gateway process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP/WebSocket listener (`GET /ws`, `GET /healthz`). Every loop thread binds it with
+    /// `SO_REUSEPORT`, so several processes may share one port too.
+    pub listen: SocketAddr,
+    /// Loop threads; 0 = one per available core.
+    pub threads: usize,
+    /// Readiness backend.
+    pub io: IoBackend,
+    /// Upstream feed to connect to, `HOST:PORT` (newline-delimited messages).
+    pub upstream: Option<String>,
+    /// Address on which publishers may connect and push newline-delimited messages.
+    pub ingest: Option<SocketAddr>,
+    /// Run the built-in simulated market feed.
+    pub demo: bool,
+    /// Messages per second of the demo feed (all symbols together).
+    pub demo_rate: u32,
+    /// Echo client data messages back (conformance testing). Otherwise they are validated and discarded.
+    pub echo: bool,
+    /// `tracing` filter, e.g. `info` or `wsgate=debug`.
+    pub log_level: String,
+    /// Most connections this process holds (all loop threads together). Over it, new connections get `503`.
+    pub max_connections: usize,
+    /// Most bytes of an HTTP request head; over it → `431`.
+    pub max_header_bytes: usize,
+    /// Largest client frame payload accepted; over it → close `1009`.
+    pub max_frame_bytes: u64,
+    /// Largest client message (all fragments together); over it → close `1009`.
+    pub max_message_bytes: u64,
+    /// Subprotocols the server speaks, in no particular order; the client's first supported offer wins.
+    pub subprotocols: Vec<String>,
+    /// Allowed `Origin` values; empty = allow any.
+    pub allowed_origins: Vec<String>,
+    /// A connection whose unsent broadcast backlog exceeds this many bytes is a slow consumer: it is closed
+    /// with `1008` so that it can never hold memory for the others.
+    pub max_lag_bytes: u64,
+    /// Most bytes queued for one connection alone (pongs, echoes, close); over it → close `1008`.
+    pub max_private_bytes: usize,
+    /// Capacity, in batches, of each loop thread's queue from the feed thread. A full queue drops that batch for
+    /// that thread, counted and logged (policy: drop-newest; the feed reader never blocks).
+    pub feed_queue_batches: usize,
+    /// Longest line accepted from the feed; longer lines are dropped and counted.
+    pub max_line_bytes: usize,
+    /// Time a client has to send its complete upgrade request.
+    #[serde(with = "millis")]
+    pub handshake_timeout: Duration,
+    /// Time to wait for clients' close frames at shutdown before dropping them.
+    #[serde(with = "millis")]
+    pub shutdown_timeout: Duration,
+    /// Listen backlog of each loop thread's listener.
+    pub backlog: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            threads: 0,
+            io: IoBackend::Epoll,
+            upstream: None,
+            ingest: None,
+            demo: false,
+            demo_rate: 10,
+            echo: false,
+            log_level: "info".into(),
+            max_connections: 1_000_000,
+            max_header_bytes: 8 * 1024,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            subprotocols: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_lag_bytes: 4 << 20,
+            max_private_bytes: 2 << 20,
+            feed_queue_batches: 65_536,
+            max_line_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+            backlog: 4096,
+        }
+    }
+}
+
+/// Command line. Every flag overrides the same key of `--config`.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate", version, about = "Thread-per-core WebSocket gateway for real-time feeds")]
+pub struct Cli {
+    /// TOML file with the same keys as the flags (snake_case).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Loop threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Readiness backend.
+    #[arg(long, value_enum)]
+    pub io: Option<IoBackend>,
+    /// Upstream feed server, HOST:PORT.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Accept publisher connections on this address.
+    #[arg(long)]
+    pub ingest: Option<SocketAddr>,
+    /// Run the built-in simulated market feed.
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo feed messages per second.
+    #[arg(long)]
+    pub demo_rate: Option<u32>,
+    /// Echo client data messages back (conformance testing).
+    #[arg(long)]
+    pub echo: bool,
+    /// Log filter [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Most connections held by this process.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Subprotocol the server speaks (repeatable).
+    #[arg(long = "subprotocol")]
+    pub subprotocols: Vec<String>,
+    /// Allowed Origin (repeatable); none = any.
+    #[arg(long = "allow-origin")]
+    pub allowed_origins: Vec<String>,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config`, then the flags.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let mut cfg = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        cfg.apply_cli(cli);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &PathBuf) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })
+    }
+
+    fn apply_cli(&mut self, cli: Cli) {
+        macro_rules! set {
+            ($field:ident) => {
+                if let Some(v) = cli.$field {
+                    self.$field = v;
+                }
+            };
+        }
+        set!(listen);
+        set!(threads);
+        set!(io);
+        set!(demo_rate);
+        set!(log_level);
+        set!(max_connections);
+        if cli.upstream.is_some() {
+            self.upstream = cli.upstream;
+        }
+        if cli.ingest.is_some() {
+            self.ingest = cli.ingest;
+        }
+        self.demo |= cli.demo;
+        self.echo |= cli.echo;
+        if !cli.subprotocols.is_empty() {
+            self.subprotocols = cli.subprotocols;
+        }
+        if !cli.allowed_origins.is_empty() {
+            self.allowed_origins = cli.allowed_origins;
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.demo && self.demo_rate == 0 {
+            return bad("demo_rate must be at least 1");
+        }
+        if self.max_header_bytes < 256 {
+            return bad("max_header_bytes must be at least 256");
+        }
+        if self.max_frame_bytes == 0 || self.max_message_bytes < self.max_frame_bytes.min(125) {
+            return bad("max_frame_bytes and max_message_bytes must be positive");
+        }
+        if self.feed_queue_batches == 0 || self.max_connections == 0 || self.max_lag_bytes == 0 {
+            return bad("feed_queue_batches, max_connections and max_lag_bytes must be positive");
+        }
+        if self.max_private_bytes < 4096 {
+            return bad("max_private_bytes must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// Loop threads to start: the setting, or one per core.
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("wsgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nthreads = 3\necho = true\nhandshake_timeout = 2500\n")
+            .unwrap();
+        let cli = Cli::parse_from(["wsgate", "--config", path.to_str().unwrap(), "--threads", "2"]);
+        let cfg = Config::load(cli).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.threads, 2, "flag overrides file");
+        assert!(cfg.echo);
+        assert_eq!(cfg.handshake_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("wsgate-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let cli = Cli::parse_from(["wsgate", "--config", path.to_str().unwrap()]);
+        let err = Config::load(cli).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

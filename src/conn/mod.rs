@@ -1,0 +1,99 @@
+//! Per-connection state as plain data, kept in a generational slab.
+//!
+//! Nothing here performs I/O or knows the event loop: the loop thread (`shard`) reads and writes the socket
+//! and drives the protocol session; this module only defines what one connection remembers between wake-ups
+//! and keeps that small (an idle connection holds no heap memory at all).
+
+mod pool;
+mod slab;
+
+pub use pool::BufPool;
+pub use slab::{ConnKey, GenSlab};
+
+use mio::net::TcpStream;
+
+use crate::fanout::Cursor;
+use crate::proto::session::Session;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// Upgraded: exchanging frames and receiving broadcasts.
+    Open,
+    /// A close frame or a final HTTP response is queued or sent: no data frame may follow it. The connection
+    /// finishes writing what is queued, then half-closes and waits (bounded) for the peer to hang up.
+    Closing,
+    /// To be freed in the reap phase. Nothing more is read or written.
+    Dead,
+}
+
+/// What one connection remembers between wake-ups.
+///
+/// INVARIANT: `out_pos <= outbuf.len()`; `outbuf` empty ⇒ `out_pos == 0`.
+/// INVARIANT: `sub_index != NOT_SUBSCRIBED` ⇔ the connection is in its topic's subscriber list at that index.
+/// INVARIANT: bytes of `outbuf` are written only while `cursor` stands on a chunk boundary of the broadcast log
+/// (chunks end on frame boundaries), so private frames never land inside a broadcast frame.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub phase: Phase,
+    /// Our close frame (or final HTTP response) is queued: no broadcast after the current chunk.
+    pub close_queued: bool,
+    /// Write side shut down after the last queued byte left; reads are drained and discarded.
+    pub write_shut: bool,
+    /// Last write stopped short (EAGAIN): wait for writability before writing again.
+    pub write_blocked: bool,
+    /// In the loop thread's list of blocked connections (the list is cleaned lazily).
+    pub in_blocked_list: bool,
+    /// The socket may hold more bytes than the last read pass consumed.
+    pub read_pending: bool,
+    /// Queued to be flushed in this loop pass.
+    pub dirty: bool,
+    pub session: Session,
+    /// Bytes received but not yet consumed: a partial request head or a partial frame.
+    pub inbuf: Vec<u8>,
+    /// Bytes for this connection alone: handshake response, pongs, echoes, close, HTTP responses.
+    pub outbuf: Vec<u8>,
+    /// Bytes of `outbuf` already written.
+    pub out_pos: usize,
+    /// Next broadcast byte this connection will receive.
+    pub cursor: Cursor,
+    /// Index in the topic's subscriber list, or [`NOT_SUBSCRIBED`].
+    pub sub_index: u32,
+}
+
+pub const NOT_SUBSCRIBED: u32 = u32::MAX;
+
+// Budget: 100k idle connections must fit in well under 512 bytes each, slab entry included.
+const _: () = assert!(std::mem::size_of::<Conn>() <= 160);
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            phase: Phase::Handshake,
+            close_queued: false,
+            write_shut: false,
+            write_blocked: false,
+            in_blocked_list: false,
+            read_pending: false,
+            dirty: false,
+            session: Session::new(crate::proto::session::Role::Server),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            out_pos: 0,
+            cursor: 0,
+            sub_index: NOT_SUBSCRIBED,
+        }
+    }
+
+    /// Private bytes still to write.
+    pub fn private_pending(&self) -> &[u8] {
+        &self.outbuf[self.out_pos..]
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.sub_index != NOT_SUBSCRIBED
+    }
+}

@@ -1,0 +1,147 @@
+//! The broadcast log of one loop thread: a window over an append-only byte stream of complete frames.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A position in the broadcast stream, in bytes since the loop thread started.
+pub type Cursor = u64;
+
+/// Append-only stream of batches of complete frames, trimmed from the front once nobody needs them.
+///
+/// INVARIANT: `starts.len() == chunks.len()`, `starts` is strictly increasing, `starts[i] + chunks[i].len()
+/// == starts[i + 1]`, and `head == starts.back() + chunks.back().len()` (or `head == tail` when empty).
+/// Every chunk ends on a frame boundary, so a subscriber that has finished a chunk stands between frames.
+#[derive(Debug, Default)]
+pub struct FrameLog {
+    chunks: VecDeque<Arc<[u8]>>,
+    starts: VecDeque<Cursor>,
+    tail: Cursor,
+    head: Cursor,
+}
+
+/// Where a cursor falls in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// Inside chunk `index`, `offset` bytes in (`offset == 0`: at a frame boundary).
+    At { index: usize, offset: usize },
+    /// At the head: nothing pending.
+    Head,
+    /// Before the retained window: those bytes were trimmed.
+    Trimmed,
+}
+
+impl FrameLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a batch of complete frames. Empty batches are ignored.
+    pub fn push(&mut self, chunk: Arc<[u8]>) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.starts.push_back(self.head);
+        self.head += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Position just after the newest byte: where a new subscriber starts.
+    pub fn head(&self) -> Cursor {
+        self.head
+    }
+
+    /// Oldest retained position.
+    pub fn tail(&self) -> Cursor {
+        self.tail
+    }
+
+    /// Bytes held by the log.
+    pub fn retained_bytes(&self) -> u64 {
+        self.head - self.tail
+    }
+
+    pub fn chunk(&self, index: usize) -> &[u8] {
+        &self.chunks[index]
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn locate(&self, cursor: Cursor) -> Located {
+        if cursor >= self.head {
+            return Located::Head;
+        }
+        if cursor < self.tail {
+            return Located::Trimmed;
+        }
+        // Subscribers are nearly always in the newest chunks: look there before searching.
+        let last = self.starts.len() - 1;
+        let index = if cursor >= self.starts[last] { last } else { self.starts.partition_point(|&s| s <= cursor) - 1 };
+        Located::At { index, offset: (cursor - self.starts[index]) as usize }
+    }
+
+    /// Drops every chunk that ends at or before `keep_from`.
+    pub fn trim_to(&mut self, keep_from: Cursor) {
+        while let Some(&start) = self.starts.front() {
+            let end = start + self.chunks[0].len() as u64;
+            if end > keep_from {
+                break;
+            }
+            self.starts.pop_front();
+            self.chunks.pop_front();
+            self.tail = end;
+        }
+        if self.chunks.is_empty() {
+            self.tail = self.head;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: usize) -> Arc<[u8]> {
+        vec![7u8; n].into()
+    }
+
+    #[test]
+    fn locate_and_trim() {
+        let mut log = FrameLog::new();
+        assert_eq!(log.locate(0), Located::Head);
+        log.push(chunk(10));
+        log.push(chunk(5));
+        log.push(chunk(0));
+        assert_eq!(log.head(), 15);
+        assert_eq!(log.chunk_count(), 2);
+        assert_eq!(log.locate(0), Located::At { index: 0, offset: 0 });
+        assert_eq!(log.locate(9), Located::At { index: 0, offset: 9 });
+        assert_eq!(log.locate(10), Located::At { index: 1, offset: 0 });
+        assert_eq!(log.locate(14), Located::At { index: 1, offset: 4 });
+        assert_eq!(log.locate(15), Located::Head);
+        log.trim_to(12);
+        assert_eq!(log.tail(), 10);
+        assert_eq!(log.locate(3), Located::Trimmed);
+        assert_eq!(log.locate(12), Located::At { index: 0, offset: 2 });
+        log.trim_to(15);
+        assert_eq!(log.retained_bytes(), 0);
+        assert_eq!(log.tail(), 15);
+        log.push(chunk(4));
+        assert_eq!(log.locate(15), Located::At { index: 0, offset: 0 });
+    }
+
+    #[test]
+    fn locate_searches_older_chunks() {
+        let mut log = FrameLog::new();
+        for n in 1..=50 {
+            log.push(chunk(n));
+        }
+        let mut pos = 0u64;
+        for n in 1..=50usize {
+            assert_eq!(log.locate(pos), Located::At { index: n - 1, offset: 0 });
+            assert_eq!(log.locate(pos + n as u64 - 1), Located::At { index: n - 1, offset: n - 1 });
+            pos += n as u64;
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Fan-out: broadcast frames shared by every subscriber of a loop thread, and the subscriber set.
+//!
+//! Frames are opaque bytes here: this module knows neither the WebSocket protocol nor sockets. A topic keeps
+//! one [`FrameLog`] (the frames every subscriber will receive, encoded once) and the list of its subscribers;
+//! each subscriber is a single stream position ([`Cursor`]) into that log, so a message costs no per-subscriber
+//! copy, allocation or reference-count update. Topics (a later feature) are several of these per loop thread.
+
+mod log;
+mod subscribers;
+
+pub use log::{Cursor, FrameLog, Located};
+pub use subscribers::Subscribers;

@@ -1,0 +1,177 @@
+//! What a connection's incoming bytes do: the HTTP request head (upgrade, `/healthz`, refusals), then frames.
+//! All protocol decisions come from `proto`; this file only applies them to the connection's state.
+
+use super::stats::{ShardStats, Shared};
+use super::Settings;
+use crate::conn::{BufPool, Conn, ConnKey, Phase};
+use crate::fanout::{FrameLog, Subscribers};
+use crate::proto::frame::{encode_frame_into, OpCode};
+use crate::proto::handshake::{self, Parsed, Rejection};
+use crate::proto::session::{encode_close_frame_into, Event, MessageKind};
+
+/// What input handling needs from the loop thread besides the connection.
+pub struct InputCx<'a> {
+    pub settings: &'a Settings,
+    pub shared: &'a Shared,
+    pub stats: &'a ShardStats,
+    pub pool: &'a mut BufPool,
+    pub log: &'a FrameLog,
+    pub subscribers: &'a mut Subscribers,
+    pub dirty: &'a mut Vec<ConnKey>,
+}
+
+/// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
+/// `conn.inbuf` (bounded: the head by `max_header_bytes`, a frame by `max_frame_bytes`).
+pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx<'_>) {
+    if conn.write_shut || conn.phase == Phase::Dead {
+        return; // Draining after our close: the peer's bytes no longer matter.
+    }
+    if conn.inbuf.is_empty() {
+        let used = consume(conn, key, data, cx);
+        if used < data.len() && accepts_input(conn) {
+            conn.inbuf = cx.pool.take();
+            conn.inbuf.extend_from_slice(&data[used..]);
+        }
+    } else {
+        conn.inbuf.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let used = consume(conn, key, &mut buf, cx);
+        if used < buf.len() && accepts_input(conn) {
+            buf.drain(..used);
+            conn.inbuf = buf;
+        } else {
+            cx.pool.give(&mut buf);
+        }
+    }
+}
+
+fn accepts_input(conn: &Conn) -> bool {
+    matches!(conn.phase, Phase::Handshake | Phase::Open)
+}
+
+/// Consumes what it can of `buf`; returns how many bytes were used.
+fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) -> usize {
+    let mut pos = 0;
+    if conn.phase == Phase::Handshake {
+        match handshake::parse_request(buf, &cx.settings.handshake) {
+            Ok(Parsed::Partial) => return 0,
+            Err(rejection) => {
+                refuse(conn, key, &rejection, cx);
+                return buf.len();
+            }
+            Ok(Parsed::Complete { head, consumed }) => {
+                pos = consumed;
+                route(conn, key, &head, cx);
+            }
+        }
+    }
+    while conn.phase == Phase::Open {
+        let Conn { session, outbuf, .. } = &mut *conn;
+        match session.handle_bytes(&mut buf[pos..], &cx.settings.limits) {
+            Ok((0, None)) => break,
+            Ok((n, event)) => {
+                pos += n;
+                let Some(event) = event else { continue };
+                match event {
+                    Event::Message { kind, payload } => {
+                        if cx.settings.echo {
+                            let op = match kind {
+                                MessageKind::Text => OpCode::Text,
+                                MessageKind::Binary => OpCode::Binary,
+                            };
+                            encode_frame_into(private(outbuf, cx.pool), op, payload);
+                        }
+                    }
+                    Event::Ping(payload) => encode_frame_into(private(outbuf, cx.pool), OpCode::Pong, payload),
+                    Event::Pong(_) => {}
+                    Event::Close { code, .. } => {
+                        // Echo the peer's code (or an empty close), then hang up once it is written.
+                        encode_close_frame_into(private(outbuf, cx.pool), code, "", None);
+                        start_closing(conn, key, cx.dirty);
+                        return buf.len();
+                    }
+                }
+                if conn.outbuf.len() - conn.out_pos > cx.settings.max_private_bytes {
+                    tracing::debug!(?key, "client does not read its own replies: closing");
+                    ShardStats::add(&cx.stats.slow_consumers, 1);
+                    queue_close(conn, key, 1008, "slow consumer: replies not read", cx);
+                    return buf.len();
+                }
+                mark_dirty(conn, key, cx.dirty);
+            }
+            Err(e) => {
+                tracing::debug!(?key, error = %e, "protocol error");
+                ShardStats::add(&cx.stats.protocol_errors, 1);
+                queue_close(conn, key, e.close_code(), &e.to_string(), cx);
+                return buf.len();
+            }
+        }
+    }
+    pos
+}
+
+fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    match head.path_only() {
+        "/ws" => match handshake::accept_upgrade(head, &cx.settings.handshake) {
+            Ok(accepted) => {
+                private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
+                conn.phase = Phase::Open;
+                conn.cursor = cx.log.head();
+                conn.sub_index = cx.subscribers.add(key.0);
+                ShardStats::add(&cx.stats.upgraded, 1);
+                mark_dirty(conn, key, cx.dirty);
+            }
+            Err(rejection) => refuse(conn, key, &rejection, cx),
+        },
+        "/healthz" if head.method == "GET" => {
+            let body = cx.shared.health_json();
+            respond(conn, key, &handshake::http_response(200, "application/json", body.as_bytes()), cx);
+        }
+        "/healthz" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
+        _ => {
+            let not_found = handshake::http_response(404, "text/plain", b"not found: the WebSocket endpoint is /ws\n");
+            ShardStats::add(&cx.stats.rejected, 1);
+            respond(conn, key, &not_found, cx);
+        }
+    }
+}
+
+fn refuse(conn: &mut Conn, key: ConnKey, rejection: &Rejection, cx: &mut InputCx<'_>) {
+    tracing::debug!(?key, status = rejection.status, reason = rejection.reason, "request refused");
+    ShardStats::add(&cx.stats.rejected, 1);
+    respond(conn, key, &rejection.to_response(), cx);
+}
+
+/// Queues a final HTTP response; the connection closes once it is written.
+fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>) {
+    private(&mut conn.outbuf, cx.pool).extend_from_slice(response);
+    start_closing(conn, key, cx.dirty);
+}
+
+/// Queues our close frame (`code`, `reason`); nothing but it follows, and the connection hangs up once it is
+/// written.
+pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &mut InputCx<'_>) {
+    encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
+    start_closing(conn, key, cx.dirty);
+}
+
+pub fn start_closing(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
+    conn.phase = Phase::Closing;
+    conn.close_queued = true;
+    mark_dirty(conn, key, dirty);
+}
+
+pub fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}
+
+/// The connection's private output buffer, borrowed from the pool on first use.
+fn private<'b>(outbuf: &'b mut Vec<u8>, pool: &mut BufPool) -> &'b mut Vec<u8> {
+    if outbuf.capacity() == 0 {
+        *outbuf = pool.take();
+    }
+    outbuf
+}

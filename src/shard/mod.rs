@@ -1,0 +1,181 @@
+//! The loop threads and their wiring: the only module that knows every other one.
+//!
+//! [`Gateway::start`] binds one `SO_REUSEPORT` listener per loop thread, starts the feed thread with a sink that
+//! encodes each message once and hands batches to every loop thread over bounded queues, and starts one pinned
+//! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
+//! for them.
+
+mod event_loop;
+mod feed_queue;
+mod input;
+mod output;
+mod stats;
+mod timers;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Waker};
+
+pub use feed_queue::{Batch, BroadcastSink};
+pub use stats::{ShardStats, Shared};
+
+use crate::config::Config;
+use crate::proto::handshake::HandshakeConfig;
+use crate::proto::session::Limits;
+use crate::upstream::{self, DemoConfig, FeedConfig, FeedHandle};
+use event_loop::{Shard, WAKER};
+
+/// What the loop threads need of the configuration, resolved once.
+pub struct Settings {
+    pub handshake: HandshakeConfig,
+    pub limits: Limits,
+    pub echo: bool,
+    pub max_lag_bytes: u64,
+    pub max_private_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    fn from_config(cfg: &Config) -> Self {
+        Self {
+            handshake: HandshakeConfig {
+                max_header_bytes: cfg.max_header_bytes,
+                subprotocols: cfg.subprotocols.clone(),
+                allowed_origins: (!cfg.allowed_origins.is_empty()).then(|| cfg.allowed_origins.clone()),
+            },
+            limits: Limits { max_frame_bytes: cfg.max_frame_bytes, max_message_bytes: cfg.max_message_bytes },
+            echo: cfg.echo,
+            max_lag_bytes: cfg.max_lag_bytes,
+            max_private_bytes: cfg.max_private_bytes,
+            handshake_timeout: cfg.handshake_timeout,
+            shutdown_timeout: cfg.shutdown_timeout,
+        }
+    }
+}
+
+/// A running gateway: loop threads plus the feed thread.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    ingest_addr: Option<SocketAddr>,
+    loops: Vec<JoinHandle<()>>,
+    wakers: Vec<Arc<Waker>>,
+    feed: Option<FeedHandle>,
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Binds, spawns every thread, and returns once the gateway accepts connections. `on_exit` is called from
+    /// each loop thread when it ends (for whatever reason), so the caller can notice a thread that died.
+    pub fn start(cfg: &Config, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
+        let threads = cfg.thread_count();
+        crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
+
+        let first = crate::reactor::bind_reuseport(cfg.listen, cfg.backlog)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(crate::reactor::bind_reuseport(local_addr, cfg.backlog)?);
+        }
+
+        let mut polls = Vec::with_capacity(threads);
+        let mut wakers = Vec::with_capacity(threads);
+        let mut queues = Vec::with_capacity(threads);
+        let mut receivers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = feed_queue::queue(cfg.feed_queue_batches, waker.clone());
+            polls.push(poll);
+            wakers.push(waker);
+            queues.push(tx);
+            receivers.push(rx);
+        }
+        let shard_stats: Arc<[ShardStats]> = (0..threads).map(|_| ShardStats::default()).collect();
+
+        let feed = match feed_config(cfg) {
+            Some(feed_cfg) => Some(upstream::spawn(feed_cfg, BroadcastSink::new(queues, shard_stats.clone()))?),
+            None => {
+                tracing::info!("no feed configured (--upstream, --ingest or --demo): clients receive no broadcasts");
+                None
+            }
+        };
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            shards: shard_stats,
+            feed: feed.as_ref().map(|f| f.stats.clone()),
+            started: Instant::now(),
+        });
+
+        let settings = Arc::new(Settings::from_config(cfg));
+        let per_thread_max = cfg.max_connections.div_ceil(threads);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let on_exit = Arc::new(on_exit);
+        let mut loops = Vec::with_capacity(threads);
+        for (id, ((poll, listener), rx)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
+            let shard = Shard::new(id, poll, listener, rx, per_thread_max, settings.clone(), shared.clone())?;
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let on_exit = on_exit.clone();
+            let handle = std::thread::Builder::new().name(format!("wsgate-loop-{id}")).spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(shard = id, "could not pin loop thread to core {}", core.id);
+                    }
+                }
+                shard.run();
+                on_exit();
+            })?;
+            loops.push(handle);
+        }
+        tracing::info!(%local_addr, threads, "gateway started");
+        Ok(Self { local_addr, ingest_addr: feed.as_ref().and_then(|f| f.ingest_addr), loops, wakers, feed, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn ingest_addr(&self) -> Option<SocketAddr> {
+        self.ingest_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, closes every client with 1001, waits up to `shutdown_timeout` for their close frames,
+    /// then stops the feed.
+    pub fn shutdown(self) {
+        self.shared.shutdown.store(true, Relaxed);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+        for handle in self.loops {
+            if handle.join().is_err() {
+                tracing::error!("a loop thread panicked");
+            }
+        }
+        if let Some(feed) = self.feed {
+            feed.shutdown();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+fn feed_config(cfg: &Config) -> Option<FeedConfig> {
+    if cfg.upstream.is_none() && cfg.ingest.is_none() && !cfg.demo {
+        return None;
+    }
+    Some(FeedConfig {
+        upstream: cfg.upstream.clone(),
+        ingest: cfg.ingest,
+        demo: cfg.demo.then(|| DemoConfig { rate_per_sec: cfg.demo_rate, ..DemoConfig::default() }),
+        max_line_bytes: cfg.max_line_bytes,
+        ..FeedConfig::default()
+    })
+}

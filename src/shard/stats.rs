@@ -1,0 +1,69 @@
+//! Counters. Each loop thread writes only its own [`ShardStats`] (relaxed atomics, one cache line apart);
+//! readers sum them. Nothing here is on a lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::upstream::FeedStats;
+
+/// One loop thread's counters. Aligned to 128 bytes so two threads never share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardStats {
+    /// Connections currently held (any phase).
+    pub connections: AtomicU64,
+    /// Connections upgraded to WebSocket, ever.
+    pub upgraded: AtomicU64,
+    /// HTTP requests refused (4xx/5xx), ever.
+    pub rejected: AtomicU64,
+    /// Connections failed for a protocol violation, ever.
+    pub protocol_errors: AtomicU64,
+    /// Connections closed as slow consumers, ever.
+    pub slow_consumers: AtomicU64,
+    /// Feed messages received by this thread.
+    pub feed_messages: AtomicU64,
+    /// Feed batches dropped because this thread's queue was full (written by the feed thread).
+    pub feed_batches_dropped: AtomicU64,
+}
+
+impl ShardStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+}
+
+/// What the loop threads and the control thread share: read-mostly, never on the per-message path.
+pub struct Shared {
+    pub shutdown: AtomicBool,
+    pub shards: Arc<[ShardStats]>,
+    pub feed: Option<Arc<FeedStats>>,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Sum of one counter over all loop threads.
+    pub fn total(&self, pick: impl Fn(&ShardStats) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| pick(s).load(Relaxed)).sum()
+    }
+
+    /// The `/healthz` body.
+    pub fn health_json(&self) -> String {
+        let upstream = self.feed.as_ref().map_or("disabled", |f| f.upstream_state().as_str());
+        let published = self.feed.as_ref().map_or(0, |f| f.messages_published());
+        let status = if self.shutdown.load(Relaxed) { "shutting_down" } else { "ok" };
+        format!(
+            "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
+             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"slow_consumers\":{},\"uptime_s\":{}}}\n",
+            self.total(|s| &s.connections),
+            self.shards.len(),
+            self.total(|s| &s.feed_batches_dropped),
+            self.total(|s| &s.slow_consumers),
+            self.started.elapsed().as_secs(),
+        )
+    }
+}
