@@ -45,7 +45,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Most bytes of an HTTP request head; over it → `431`.
     pub max_header_bytes: usize,
-    /// Largest client frame payload accepted; over it → close `1009`.
+    /// Largest client frame payload accepted; over it → close `1009`. A partial frame is buffered per
+    /// connection, so this bounds what one client can make the gateway hold (clients of a fan-out gateway
+    /// send small control messages).
     pub max_frame_bytes: u64,
     /// Largest client message (all fragments together); over it → close `1009`.
     pub max_message_bytes: u64,
@@ -87,13 +89,13 @@ impl Default for Config {
             log_level: "info".into(),
             max_connections: 1_000_000,
             max_header_bytes: 8 * 1024,
-            max_frame_bytes: 1 << 20,
-            max_message_bytes: 1 << 20,
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
             subprotocols: Vec::new(),
             allowed_origins: Vec::new(),
             max_lag_bytes: 4 << 20,
             max_private_bytes: 2 << 20,
-            feed_queue_batches: 65_536,
+            feed_queue_batches: 4096,
             max_line_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
