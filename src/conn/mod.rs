@@ -40,7 +40,13 @@ pub struct Conn {
     pub phase: Phase,
     /// Our close frame (or final HTTP response) is queued: no broadcast after the current chunk.
     pub close_queued: bool,
-    /// Write side shut down after the last queued byte left; reads are drained and discarded.
+    /// Upgraded to WebSocket (as opposed to a plain HTTP exchange).
+    pub upgraded: bool,
+    /// The peer's close frame has arrived: the closing handshake is complete once ours is written.
+    pub peer_closed: bool,
+    /// The peer broke the protocol: its further bytes are discarded, never decoded.
+    pub input_failed: bool,
+    /// Write side shut down after the last queued byte left; input is only watched for the peer's close.
     pub write_shut: bool,
     /// Last write stopped short (EAGAIN): wait for writability before writing again.
     pub write_blocked: bool,
@@ -74,6 +80,9 @@ impl Conn {
             stream,
             phase: Phase::Handshake,
             close_queued: false,
+            upgraded: false,
+            peer_closed: false,
+            input_failed: false,
             write_shut: false,
             write_blocked: false,
             in_blocked_list: false,
@@ -91,6 +100,16 @@ impl Conn {
     /// Private bytes still to write.
     pub fn private_pending(&self) -> &[u8] {
         &self.outbuf[self.out_pos..]
+    }
+
+    /// Input still matters: a request head, frames of an open connection, or — after our close — the peer's
+    /// close frame that completes the closing handshake.
+    pub fn wants_input(&self) -> bool {
+        match self.phase {
+            Phase::Handshake | Phase::Open => true,
+            Phase::Closing => self.upgraded && !self.peer_closed && !self.input_failed,
+            Phase::Dead => false,
+        }
     }
 
     pub fn is_subscribed(&self) -> bool {

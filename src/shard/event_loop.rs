@@ -14,7 +14,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use super::feed_queue::FeedReceiver;
-use super::input::{self, InputCx};
+use super::input::{self, kill, InputCx};
 use super::output::{self, Flushed};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
@@ -47,6 +47,7 @@ macro_rules! input_cx {
             log: &$shard.log,
             subscribers: &mut $shard.subscribers,
             dirty: &mut $shard.dirty,
+            dead: &mut $shard.dead,
         }
     };
 }
@@ -335,7 +336,9 @@ impl Shard {
         }
         match output::flush(conn, &self.log, &mut self.pool) {
             Flushed::Done => {
-                if conn.phase == Phase::Closing {
+                if conn.phase == Phase::Closing && conn.peer_closed {
+                    kill(conn, key, &mut self.dead); // Both closes are through.
+                } else if conn.phase == Phase::Closing {
                     // Everything, our close frame or final response included, is out: half-close and wait
                     // (bounded) for the peer to hang up, so that unread input cannot turn into a reset that
                     // destroys what we sent.
@@ -479,13 +482,5 @@ impl Shard {
                 Phase::Closing | Phase::Dead => {}
             }
         }
-    }
-}
-
-/// Marks `conn` for the reap phase.
-fn kill(conn: &mut Conn, key: ConnKey, dead: &mut Vec<ConnKey>) {
-    if conn.phase != Phase::Dead {
-        conn.phase = Phase::Dead;
-        dead.push(key);
     }
 }

@@ -18,17 +18,18 @@ pub struct InputCx<'a> {
     pub log: &'a FrameLog,
     pub subscribers: &'a mut Subscribers,
     pub dirty: &'a mut Vec<ConnKey>,
+    pub dead: &'a mut Vec<ConnKey>,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
 /// `conn.inbuf` (bounded: the head by `max_header_bytes`, a frame by `max_frame_bytes`).
 pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx<'_>) {
-    if conn.write_shut || conn.phase == Phase::Dead {
-        return; // Draining after our close: the peer's bytes no longer matter.
+    if !conn.wants_input() {
+        return; // Draining after our final bytes: the peer's bytes no longer matter.
     }
     if conn.inbuf.is_empty() {
         let used = consume(conn, key, data, cx);
-        if used < data.len() && accepts_input(conn) {
+        if used < data.len() && conn.wants_input() {
             conn.inbuf = cx.pool.take();
             conn.inbuf.extend_from_slice(&data[used..]);
         }
@@ -36,17 +37,13 @@ pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx
         conn.inbuf.extend_from_slice(data);
         let mut buf = std::mem::take(&mut conn.inbuf);
         let used = consume(conn, key, &mut buf, cx);
-        if used < buf.len() && accepts_input(conn) {
+        if used < buf.len() && conn.wants_input() {
             buf.drain(..used);
             conn.inbuf = buf;
         } else {
             cx.pool.give(&mut buf);
         }
     }
-}
-
-fn accepts_input(conn: &Conn) -> bool {
-    matches!(conn.phase, Phase::Handshake | Phase::Open)
 }
 
 /// Consumes what it can of `buf`; returns how many bytes were used.
@@ -65,47 +62,60 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
             }
         }
     }
-    while conn.phase == Phase::Open {
-        let Conn { session, outbuf, .. } = &mut *conn;
-        match session.handle_bytes(&mut buf[pos..], &cx.settings.limits) {
+    while conn.wants_input() {
+        let (n, event) = match conn.session.handle_bytes(&mut buf[pos..], &cx.settings.limits) {
             Ok((0, None)) => break,
-            Ok((n, event)) => {
-                pos += n;
-                let Some(event) = event else { continue };
-                match event {
-                    Event::Message { kind, payload } => {
-                        if cx.settings.echo {
-                            let op = match kind {
-                                MessageKind::Text => OpCode::Text,
-                                MessageKind::Binary => OpCode::Binary,
-                            };
-                            encode_frame_into(private(outbuf, cx.pool), op, payload);
-                        }
-                    }
-                    Event::Ping(payload) => encode_frame_into(private(outbuf, cx.pool), OpCode::Pong, payload),
-                    Event::Pong(_) => {}
-                    Event::Close { code, .. } => {
-                        // Echo the peer's code (or an empty close), then hang up once it is written.
-                        encode_close_frame_into(private(outbuf, cx.pool), code, "", None);
-                        start_closing(conn, key, cx.dirty);
-                        return buf.len();
-                    }
-                }
-                if conn.outbuf.len() - conn.out_pos > cx.settings.max_private_bytes {
-                    tracing::debug!(?key, "client does not read its own replies: closing");
-                    ShardStats::add(&cx.stats.slow_consumers, 1);
-                    queue_close(conn, key, 1008, "slow consumer: replies not read", cx);
-                    return buf.len();
-                }
-                mark_dirty(conn, key, cx.dirty);
-            }
+            Ok(decoded) => decoded,
             Err(e) => {
                 tracing::debug!(?key, error = %e, "protocol error");
                 ShardStats::add(&cx.stats.protocol_errors, 1);
-                queue_close(conn, key, e.close_code(), &e.to_string(), cx);
+                conn.input_failed = true;
+                if conn.phase == Phase::Open {
+                    queue_close(conn, key, e.close_code(), &e.to_string(), cx);
+                } // else our close is on its way already: nothing more to say.
+                return buf.len();
+            }
+        };
+        pos += n;
+        let Some(event) = event else { continue };
+        if conn.phase == Phase::Closing {
+            // After our close only the peer's close matters (RFC 6455 §5.5.1: nothing follows a close).
+            if let Event::Close { .. } = event {
+                conn.peer_closed = true;
+                if conn.write_shut {
+                    kill(conn, key, cx.dead); // Both closes are through: the handshake is complete.
+                }
+                return buf.len();
+            }
+            continue;
+        }
+        match event {
+            Event::Message { kind, payload } => {
+                if cx.settings.echo {
+                    let op = match kind {
+                        MessageKind::Text => OpCode::Text,
+                        MessageKind::Binary => OpCode::Binary,
+                    };
+                    encode_frame_into(private(&mut conn.outbuf, cx.pool), op, payload);
+                }
+            }
+            Event::Ping(payload) => encode_frame_into(private(&mut conn.outbuf, cx.pool), OpCode::Pong, payload),
+            Event::Pong(_) => {}
+            Event::Close { code, .. } => {
+                // Echo the peer's code (or an empty close), then hang up once it is written.
+                encode_close_frame_into(private(&mut conn.outbuf, cx.pool), code, "", None);
+                conn.peer_closed = true;
+                start_closing(conn, key, cx.dirty);
                 return buf.len();
             }
         }
+        if conn.outbuf.len() - conn.out_pos > cx.settings.max_private_bytes {
+            tracing::debug!(?key, "client does not read its own replies: closing");
+            ShardStats::add(&cx.stats.slow_consumers, 1);
+            queue_close(conn, key, 1008, "slow consumer: replies not read", cx);
+            return buf.len();
+        }
+        mark_dirty(conn, key, cx.dirty);
     }
     pos
 }
@@ -116,6 +126,7 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
             Ok(accepted) => {
                 private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
                 conn.phase = Phase::Open;
+                conn.upgraded = true;
                 conn.cursor = cx.log.head();
                 conn.sub_index = cx.subscribers.add(key.0);
                 ShardStats::add(&cx.stats.upgraded, 1);
@@ -159,6 +170,14 @@ pub fn start_closing(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
     conn.phase = Phase::Closing;
     conn.close_queued = true;
     mark_dirty(conn, key, dirty);
+}
+
+/// Marks `conn` for the reap phase, the only place connections are freed.
+pub fn kill(conn: &mut Conn, key: ConnKey, dead: &mut Vec<ConnKey>) {
+    if conn.phase != Phase::Dead {
+        conn.phase = Phase::Dead;
+        dead.push(key);
+    }
 }
 
 pub fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {

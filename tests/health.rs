@@ -1,0 +1,68 @@
+//! `GET /healthz` and plain-HTTP paths other than `/ws`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::json::Value;
+use common::raw::{http_exchange, Request};
+use common::Gateway;
+
+#[test]
+fn healthz_returns_json_status_and_closes() {
+    let gw = Gateway::start(&["--threads", "2"]);
+    let resp = http_exchange(gw.ws_addr, format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr).as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let ctype = resp.head.header("content-type").unwrap_or_else(|| panic!("no Content-Type: {resp:?}"));
+    assert!(ctype.to_ascii_lowercase().starts_with("application/json"), "Content-Type {ctype:?}");
+
+    let body = resp.body_text();
+    let v = common::json::parse(&body).unwrap_or_else(|e| panic!("/healthz body is not JSON ({e}): {body:?}"));
+    assert!(v.is_object(), "/healthz body is not an object: {body}");
+    assert_eq!(v.get("status").and_then(Value::as_str), Some("ok"), "{body}");
+    assert_eq!(v.get("threads").and_then(Value::as_u64), Some(2), "threads should match --threads 2: {body}");
+    assert_eq!(v.get("upstream").and_then(Value::as_str), Some("disabled"), "no --upstream given: {body}");
+    let conns = v.get("connections").and_then(Value::as_u64).unwrap_or_else(|| panic!("connections: {body}"));
+    assert!(conns <= 1, "no WebSocket client is connected, yet connections = {conns}: {body}");
+}
+
+#[test]
+fn healthz_counts_websocket_connections() {
+    let gw = Gateway::start(&[]);
+    let base = gw.connections();
+    let mut clients: Vec<_> = (0..3).map(|_| gw.ws_connect()).collect();
+    gw.wait_connections("base + 3", Duration::from_secs(5), |n| n == base + 3);
+
+    // Closing two of them brings the count back down.
+    for mut ws in clients.drain(..2) {
+        ws.close(None).unwrap();
+        // Drive the close handshake to its end so the server sees a clean close.
+        while ws.read().is_ok() {}
+    }
+    gw.wait_connections("base + 1", Duration::from_secs(5), |n| n == base + 1);
+    drop(clients);
+}
+
+#[test]
+fn healthz_with_upstream_reports_its_state() {
+    // An upstream nobody listens on: the gateway keeps retrying, so the state is not "connected".
+    let (_reserved, addr) = common::refused_port();
+    let gw = Gateway::start(&["--upstream", &addr.to_string()]);
+    let v = gw.health();
+    let state = v.get("upstream").and_then(Value::as_str).unwrap_or_else(|| panic!("upstream: {v:?}"));
+    assert!(matches!(state, "connecting" | "backoff"), "upstream state with a refused upstream: {state:?}");
+}
+
+#[test]
+fn other_paths_get_404_and_close() {
+    let gw = Gateway::start(&[]);
+    for path in ["/", "/nope", "/wsx", "/healthzz", "/ws/extra"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr);
+        let resp = http_exchange(gw.ws_addr, req.as_bytes());
+        assert_eq!(resp.status, 404, "GET {path}: {resp:?}");
+        assert!(!resp.body.is_empty(), "GET {path}: 404 without a body");
+    }
+    // An upgrade request on another path is a 404 too, not a WebSocket.
+    let resp = http_exchange(gw.ws_addr, &Request::upgrade(gw.ws_addr).path("/other").bytes());
+    assert_eq!(resp.status, 404, "upgrade on /other: {resp:?}");
+}
