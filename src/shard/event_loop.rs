@@ -20,7 +20,7 @@ use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{FrameLog, Subscribers};
+use crate::fanout::{FrameLog, Located, Subscribers};
 use crate::reactor;
 
 pub const LISTENER: Token = Token(0);
@@ -438,21 +438,29 @@ impl Shard {
 
     // ---- phase: trim -----------------------------------------------------------------------------------
 
-    /// Frees broadcast chunks every open subscriber has finished. Only blocked subscribers can be behind the
-    /// head after the fan-out phase, so only they are looked at.
+    /// Frees broadcast chunks no connection needs any more. After the fan-out phase only blocked connections can
+    /// be behind the head, so only they are looked at: an open one needs everything from its cursor on; a closing
+    /// one (a slow consumer) only the rest of the batch it is in the middle of, so that its close frame can
+    /// still follow a whole frame — and it holds even that for the linger time at most.
     fn trim_log(&mut self) {
-        let mut keep_from = self.log.head();
-        let conns = &mut self.conns;
-        self.blocked.retain(|&key| match conns.get_mut(key) {
-            Some(conn) if conn.phase == Phase::Open && conn.cursor < self.log.head() => {
+        let head = self.log.head();
+        let mut keep_from = head;
+        let (conns, log) = (&mut self.conns, &self.log);
+        self.blocked.retain(|&key| {
+            let Some(conn) = conns.get_mut(key) else { return false };
+            let needs_log = match conn.phase {
+                Phase::Open => conn.cursor < head,
+                Phase::Closing => {
+                    !conn.write_shut && matches!(log.locate(conn.cursor), Located::At { offset, .. } if offset > 0)
+                }
+                Phase::Handshake | Phase::Dead => false,
+            };
+            if needs_log {
                 keep_from = keep_from.min(conn.cursor);
-                true
-            }
-            Some(conn) => {
+            } else {
                 conn.in_blocked_list = false;
-                false
             }
-            None => false,
+            needs_log
         });
         self.log.trim_to(keep_from);
     }

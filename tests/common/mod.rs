@@ -51,6 +51,11 @@ impl Gateway {
     /// Starts `wsgate` with `args` plus `--listen 127.0.0.1:0` (unless given), `--threads 2` (unless given) and
     /// `--io $WSGATE_TEST_IO` (when set). Waits for the listening line(s) on stdout.
     pub fn start(args: &[&str]) -> Gateway {
+        Self::start_with_open_files_limit(None, args)
+    }
+
+    /// Like [`Gateway::start`], with the process's open-files limit (soft and hard) set to `limit` first.
+    pub fn start_with_open_files_limit(limit: Option<u32>, args: &[&str]) -> Gateway {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !full.iter().any(|a| a == "--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -67,7 +72,15 @@ impl Gateway {
 
         let stderr_path = unique_temp_path("stderr.log");
         let stderr = File::create(&stderr_path).expect("create the gateway's stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let mut command = match limit {
+            None => Command::new(env!("CARGO_BIN_EXE_wsgate")),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_wsgate")]);
+                sh
+            }
+        };
+        let mut child = command
             .args(&full)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
