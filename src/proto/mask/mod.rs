@@ -1,7 +1,8 @@
 //! WebSocket payload masking (RFC 6455 §5.3): XOR a buffer in place with a repeated 4-byte key.
 //!
-//! Masking and unmasking are the same operation. [`apply_mask`] is the entry point; it runs the
-//! fastest implementation this CPU supports, chosen once on first use and cached:
+//! Masking and unmasking are the same operation. [`apply_mask`] is the entry point. Buffers under
+//! 384 bytes (most client frames) take the portable `word` path directly; longer ones take the
+//! widest implementation this CPU supports, chosen once on first use and cached:
 //!
 //! | name       | where                              | width             |
 //! |------------|------------------------------------|-------------------|
@@ -9,7 +10,7 @@
 //! | `word`     | everywhere, no `unsafe`            | 8 bytes (`u64`)   |
 //! | `sse2`     | x86_64                             | 16 bytes          |
 //! | `avx2`     | x86_64 with AVX2                   | 32 bytes          |
-//! | `avx512`   | x86_64 with AVX-512F + AVX-512BW   | 64 bytes          |
+//! | `avx512`   | x86_64 with AVX-512F               | 64 bytes          |
 //! | `neon`     | aarch64 with NEON                  | 16 bytes          |
 //!
 //! Detection is at run time (`is_x86_feature_detected!` / `is_aarch64_feature_detected!`); the
@@ -48,12 +49,21 @@ pub use scalar::apply_mask_scalar;
 /// The signature every implementation shares: mask `buf` in place, key byte 0 at `buf[0]`.
 pub type MaskFn = fn(&mut [u8], [u8; 4]);
 
+/// Shorter buffers skip the vector paths: their setup, unaligned head and tail cost more than
+/// they save. Measured crossover on the development machine (AMD EPYC, AVX-512): about 384 bytes
+/// at an unaligned start; below it the `word` path was up to 2× faster (docs/bench-unmask.md).
+const VECTOR_MIN_LEN: usize = 384;
+
 /// XOR `buf` in place with the 4-byte `key` repeated, starting at key byte 0 (RFC 6455 §5.3).
 ///
 /// To continue a payload at byte `offset`, pass `key` rotated: `key.rotate_left(offset % 4)`.
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
-    (selected_impl().1)(buf, key);
+    if buf.len() < VECTOR_MIN_LEN {
+        word::apply_mask_word(buf, key);
+    } else {
+        (selected_impl().1)(buf, key);
+    }
 }
 
 /// Every implementation usable on this CPU, slowest first, by name ("scalar", "word", "sse2",
@@ -67,7 +77,8 @@ pub fn implementations() -> Vec<(&'static str, MaskFn)> {
     found
 }
 
-/// Name of the implementation [`apply_mask`] dispatches to on this CPU.
+/// Name of the implementation [`apply_mask`] dispatches to on this CPU (for buffers of 384 bytes
+/// or more; shorter ones always take `word`).
 pub fn selected() -> &'static str {
     selected_impl().0
 }

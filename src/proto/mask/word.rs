@@ -15,7 +15,31 @@ pub fn apply_mask_word(buf: &mut [u8], key: [u8; 4]) {
         let bytes: [u8; 8] = (&*chunk).try_into().expect("chunks_exact_mut yields 8 bytes");
         chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ key64).to_ne_bytes());
     }
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i % 4];
+    mask_under_8(chunks.into_remainder(), key);
+}
+
+/// Masks the last 0..=7 bytes, which start at key byte 0, with at most three branches instead of
+/// a byte loop (the SIMD paths end here too, so short frames and tails pay little).
+fn mask_under_8(rest: &mut [u8], key: [u8; 4]) {
+    let rest = match rest.split_first_chunk_mut::<4>() {
+        Some((first, rest)) => {
+            *first = (u32::from_ne_bytes(*first) ^ u32::from_ne_bytes(key)).to_ne_bytes();
+            rest
+        }
+        None => rest,
+    };
+    // 0..=3 bytes left, again at key byte 0.
+    match rest {
+        [] => {}
+        [a] => *a ^= key[0],
+        [a, b] => {
+            *a ^= key[0];
+            *b ^= key[1];
+        }
+        [a, b, c, ..] => {
+            *a ^= key[0];
+            *b ^= key[1];
+            *c ^= key[2];
+        }
     }
 }
