@@ -5,6 +5,8 @@
 //! - `echo`: N connections sending masked messages at a rate against `wsgate --echo`; round-trip latency.
 //! - `chart`: render `.hgrm` percentile distributions to SVG, several runs side by side.
 
+mod chart;
+mod feed;
 mod msg;
 
 use std::process::ExitCode;
@@ -19,9 +21,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Feed(feed::Args),
+    Chart(chart::Args),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Feed(args) => feed::run(args),
+        Command::Chart(args) => chart::run(args),
+    }
 }
