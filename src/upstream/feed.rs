@@ -74,6 +74,10 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     };
     let ingest_addr = ingest.as_ref().map(Ingest::local_addr);
     let stats = Arc::new(FeedStats::default());
+    if cfg.upstream.is_some() {
+        // Reported from the moment spawn returns, not from whenever the thread gets to its first attempt.
+        stats.set_upstream_state(UpstreamState::Connecting);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let feed = Feed {
         poll,
