@@ -10,12 +10,12 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, property and integration tests; benches once in test mode)"
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 step "unmasking with SIMD disabled (--cfg wsgate_disable_simd)"
-CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd" cargo test --lib proto::mask
+CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd -D warnings" cargo test --lib proto::mask
 
 step "all tests passed"

@@ -69,6 +69,7 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
 /// Every implementation usable on this CPU, slowest first, by name ("scalar", "word", "sse2",
 /// "avx2", "avx512", "neon"), for tests and benchmarks.
 pub fn implementations() -> Vec<(&'static str, MaskFn)> {
+    #[cfg_attr(any(wsgate_disable_simd, not(any(target_arch = "x86_64", target_arch = "aarch64"))), allow(unused_mut))]
     let mut found: Vec<(&'static str, MaskFn)> = vec![("scalar", apply_mask_scalar), ("word", word::apply_mask_word)];
     #[cfg(all(target_arch = "x86_64", not(wsgate_disable_simd), not(miri)))]
     found.extend(x86::available());
