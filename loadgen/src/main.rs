@@ -5,9 +5,22 @@
 //! - `echo`: N connections sending masked messages at a rate against `wsgate --echo`; round-trip latency.
 //! - `chart`: render `.hgrm` percentile distributions to SVG, several runs side by side.
 
+mod addrs;
 mod chart;
+mod client_conn;
+mod control;
+mod coordinator;
+mod echo;
 mod feed;
+mod hist;
 mod msg;
+mod procstat;
+mod recorder;
+mod report;
+mod seqtrack;
+mod subscribe;
+mod timer;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -22,8 +35,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Open-loop feed server (or publisher) at a fixed rate, stamping each message with its scheduled time.
     Feed(feed::Args),
+    /// Render .hgrm percentile distributions as an SVG chart, several runs side by side.
     Chart(chart::Args),
+    /// Hold N WebSocket subscribers; count every message, detect loss and reorders, record open-loop latency.
+    Subscribe(subscribe::Args),
+    /// N connections sending paced masked messages against `wsgate --echo`; round-trip latency.
+    Echo(echo::Args),
+    /// Internal: one worker process of `subscribe`/`echo` (started by the parent, speaks JSON lines).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +53,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Feed(args) => feed::run(args),
         Command::Chart(args) => chart::run(args),
+        Command::Subscribe(args) => subscribe::main(args),
+        Command::Echo(args) => echo::main(args),
+        Command::Worker(args) => worker::main(args),
     }
 }
