@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# c10k fan-out: one feed, one server process, N subscribers; every server in $SERVERS at every rate in $RATES,
+# alternating servers within each repetition so that they see the same machine conditions.
+#
+#   scripts/bench-c10k.sh                      # wsgate and both peers, 10,000 subscribers, 10 and 100 msg/s
+#   SERVERS=wsgate RATES="10 100 1000" CONNS=10000 REPEAT=2 scripts/bench-c10k.sh
+#
+# Settings (environment): SERVERS, RATES (feed messages/s), CONNS, SIZE (message bytes, default 128),
+# THREADS (server loop/worker threads, default 1), PROCS (loadgen processes, default 2), WARMUP and DURATION
+# (seconds of the measured window), REPEAT, SOURCE_IPS, FLAMEGRAPH=1 (profile each wsgate run into flamegraphs/),
+# RESULTS (output folder; default results/c10k-<date>). Leaves per run: .json, .hgrm, logs; per rate: a chart.
+set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
+
+SERVERS=${SERVERS:-"wsgate fastwebsockets tokio-tungstenite"}
+RATES=${RATES:-"10 100"}
+CONNS=${CONNS:-10000}
+SIZE=${SIZE:-128}
+THREADS=${THREADS:-1}
+PROCS=${PROCS:-2}
+WARMUP=${WARMUP:-2}
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-1}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
+RESULTS=${RESULTS:-$ROOT/results/c10k-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
+
+need_peers=""
+for s in $SERVERS; do [ "$s" = wsgate ] || need_peers=peers; done
+build_all $need_peers
+
+echo "c10k: servers=[$SERVERS] rates=[$RATES] conns=$CONNS size=$SIZE threads=$THREADS procs=$PROCS" \
+     "window=${WARMUP}s+${DURATION}s repeat=$REPEAT -> $RESULTS" | tee "$RESULTS/params.txt"
+uname -a >> "$RESULTS/params.txt"; nproc >> "$RESULTS/params.txt"; date -u >> "$RESULTS/params.txt"
+
+for rep in $(seq 1 "$REPEAT"); do
+  for rate in $RATES; do
+    for server in $SERVERS; do
+      run="$server-c$CONNS-r$rate-$rep"
+      dir="$RESULTS/$run.d"
+      mkdir -p "$dir"
+      echo "== $run" >&2
+      start_feed "$dir" "$rate" "$SIZE"
+      start_server "$dir" "$server" 127.0.0.1:0 "$FEED_ADDR" "$THREADS"
+      if [ "${FLAMEGRAPH:-0}" = 1 ] && [ "$server" = wsgate ]; then
+        ( sleep $((WARMUP + 8)); "$ROOT/scripts/flamegraph.sh" "$SERVER_PID" \
+            "$ROOT/flamegraphs/c10k-$server-c$CONNS-r$rate.svg" 5 "$run" ) > "$dir/flamegraph.log" 2>&1 &
+      fi
+      "$LOADGEN" subscribe --url "$SERVER_URL" --connections "$CONNS" --procs "$PROCS" \
+        --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
+        --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" > "$dir/loadgen.out" 2> "$dir/loadgen.err" \
+        || echo "loadgen failed for $run (see $dir/loadgen.err)" >&2
+      bench_cleanup
+      wait 2>/dev/null || true
+    done
+  done
+done
+
+for rate in $RATES; do
+  hgrms=() labels=()
+  for server in $SERVERS; do
+    f="$RESULTS/$server-c$CONNS-r$rate-1.hgrm"
+    [ -f "$f" ] && hgrms+=("$f") && labels+=(--label "$server")
+  done
+  if [ ${#hgrms[@]} -gt 0 ]; then
+    "$LOADGEN" chart --out "$RESULTS/c10k-r$rate.svg" --title "c$CONNS fan-out, $rate msg/s x ${SIZE} B" \
+      "${labels[@]}" "${hgrms[@]}" || true
+  fi
+done
+
+summary_table "$RESULTS"/*.json | tee "$RESULTS/summary.txt"

@@ -1,0 +1,111 @@
+# Shared helpers for the benchmark scripts (sourced, not run). Every process started here is killed on exit.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOADGEN=${LOADGEN:-$ROOT/target/release/wsgate-loadgen}
+WSGATE=${WSGATE:-$ROOT/target/release/wsgate}
+PEERS_DIR=${PEERS_DIR:-$ROOT/target/peers/release}
+BENCH_PIDS=()
+
+bench_cleanup() {
+  local pid
+  for pid in "${BENCH_PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.3
+  for pid in "${BENCH_PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+  done
+  BENCH_PIDS=()
+}
+trap bench_cleanup EXIT INT TERM
+
+# build_all: release builds of the gateway and the load generator, and the peers when $1 == peers.
+build_all() {
+  (cd "$ROOT" && cargo build --release --quiet -p wsgate -p wsgate-loadgen)
+  if [ "${1:-}" = peers ]; then "$ROOT/scripts/build-peers.sh" >/dev/null; fi
+}
+
+# server_bin NAME: the binary of a server under test.
+server_bin() {
+  case "$1" in
+    wsgate) echo "$WSGATE" ;;
+    tokio-tungstenite) echo "$PEERS_DIR/peer-tokio-tungstenite" ;;
+    fastwebsockets) echo "$PEERS_DIR/peer-fastwebsockets" ;;
+    *) echo "unknown server: $1" >&2; return 1 ;;
+  esac
+}
+
+# wait_for_line FILE REGEX [SECONDS]: prints the first match of REGEX (grep -o) in FILE, waiting for it.
+wait_for_line() {
+  local file=$1 re=$2 secs=${3:-10} i match
+  for ((i = 0; i < secs * 20; i++)); do
+    match=$(grep -oE "$re" "$file" 2>/dev/null | head -n 1 || true)
+    if [ -n "$match" ]; then echo "$match"; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for /$re/ in $file:" >&2
+  cat "$file" >&2
+  return 1
+}
+
+# start_feed OUTDIR RATE SIZE: starts an open-loop feed server; sets FEED_ADDR and FEED_PID.
+start_feed() {
+  local dir=$1 rate=$2 size=$3
+  "$LOADGEN" feed --listen 127.0.0.1:0 --rate "$rate" --size "$size" --duration 1h \
+    > "$dir/feed.out" 2> "$dir/feed.err" &
+  FEED_PID=$!
+  BENCH_PIDS+=("$FEED_PID")
+  FEED_ADDR=$(wait_for_line "$dir/feed.out" '127\.0\.0\.1:[0-9]+')
+}
+
+# start_server OUTDIR NAME LISTEN UPSTREAM THREADS [EXTRA...]: sets SERVER_URL and SERVER_PID.
+start_server() {
+  local dir=$1 name=$2 listen=$3 upstream=$4 threads=$5
+  shift 5
+  local bin n
+  bin=$(server_bin "$name")
+  n=$(ls "$dir"/server*.out 2>/dev/null | wc -l)
+  "$bin" --listen "$listen" --threads "$threads" --upstream "$upstream" "$@" \
+    > "$dir/server$n.out" 2> "$dir/server$n.err" &
+  SERVER_PID=$!
+  BENCH_PIDS+=("$SERVER_PID")
+  SERVER_URL=$(wait_for_line "$dir/server$n.out" 'ws://[0-9.:]+/ws')
+}
+
+# summary_table JSON...: one row per run from the loadgen's JSON summaries.
+summary_table() {
+  python3 - "$@" <<'PY'
+import json, os, sys
+rows = []
+for path in sys.argv[1:]:
+    try:
+        j = json.load(open(path))
+    except Exception as e:
+        print(f"{path}: unreadable ({e})", file=sys.stderr)
+        continue
+    name = os.path.basename(path)[: -len(".json")]
+    lat = j.get("latency_us", {})
+    def f(v, fmt="{:.0f}"):
+        return "-" if v is None else fmt.format(v)
+    rows.append([
+        name,
+        f(j.get("connections_ok")),
+        f(j.get("messages_per_s")),
+        f(j.get("messages_lost")),
+        f(lat.get("p50"), "{:.0f}"),
+        f(lat.get("p99"), "{:.0f}"),
+        f(lat.get("p999"), "{:.0f}"),
+        f(lat.get("max"), "{:.0f}"),
+        f(j.get("server_cpu_ns_per_msg")),
+        f(j.get("loadgen_cpu_ns_per_msg")),
+        f(j.get("server_rss_bytes_per_conn")),
+    ])
+head = ["run", "conns", "deliveries/s", "lost", "p50 µs", "p99 µs", "p99.9 µs", "max µs",
+        "server ns/msg", "loadgen ns/msg", "RSS B/conn"]
+w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+print("  ".join(h.rjust(w[i]) for i, h in enumerate(head)))
+for r in rows:
+    print("  ".join(str(c).rjust(w[i]) for i, c in enumerate(r)))
+PY
+}
