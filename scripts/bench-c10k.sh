@@ -42,14 +42,18 @@ for rep in $(seq 1 "$REPEAT"); do
       echo "== $run" >&2
       start_feed "$dir" "$rate" "$SIZE"
       start_server "$dir" "$server" 127.0.0.1:0 "$FEED_ADDR" "$THREADS"
-      if [ "${FLAMEGRAPH:-0}" = 1 ] && [ "$server" = wsgate ]; then
-        ( sleep $((WARMUP + 8)); "$ROOT/scripts/flamegraph.sh" "$SERVER_PID" \
+      fg_pid=""
+      if [ "${FLAMEGRAPH:-0}" = 1 ]; then
+        # Sample 5 s in the middle of the measured window (after the ramp and the warm-up).
+        ( sleep $((WARMUP + 6)); "$ROOT/scripts/flamegraph.sh" "$SERVER_PID" \
             "$ROOT/flamegraphs/c10k-$server-c$CONNS-r$rate.svg" 5 "$run" ) > "$dir/flamegraph.log" 2>&1 &
+        fg_pid=$!
       fi
       "$LOADGEN" subscribe --url "$SERVER_URL" --connections "$CONNS" --procs "$PROCS" \
         --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
         --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" > "$dir/loadgen.out" 2> "$dir/loadgen.err" \
         || echo "loadgen failed for $run (see $dir/loadgen.err)" >&2
+      [ -z "$fg_pid" ] || wait "$fg_pid" || echo "flamegraph failed for $run (see $dir/flamegraph.log)" >&2
       bench_cleanup
       wait 2>/dev/null || true
     done

@@ -63,9 +63,9 @@ start_feed() {
 start_server() {
   local dir=$1 name=$2 listen=$3 upstream=$4 threads=$5
   shift 5
-  local bin n
+  local bin n=0
   bin=$(server_bin "$name")
-  n=$(ls "$dir"/server*.out 2>/dev/null | wc -l)
+  while [ -e "$dir/server$n.out" ]; do n=$((n + 1)); done
   "$bin" --listen "$listen" --threads "$threads" --upstream "$upstream" "$@" \
     > "$dir/server$n.out" 2> "$dir/server$n.err" &
   SERVER_PID=$!

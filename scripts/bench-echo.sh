@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Echo round trips: N connections each send paced masked messages to a server started with --echo; the loadgen
+# records receive time − scheduled send time. Servers alternate within each repetition.
+#
+#   scripts/bench-echo.sh                                 # wsgate and both peers, 1,000 connections × 10 msg/s
+#   CONNS=10000 RATE=1 SERVERS=wsgate REPEAT=2 scripts/bench-echo.sh
+#
+# Settings (environment): SERVERS, CONNS, RATE (messages/s per connection), SIZE, THREADS, PROCS, WARMUP,
+# DURATION, REPEAT, SOURCE_IPS, RESULTS (default results/echo-<date>).
+set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
+
+SERVERS=${SERVERS:-"wsgate fastwebsockets tokio-tungstenite"}
+CONNS=${CONNS:-1000}
+RATE=${RATE:-10}
+SIZE=${SIZE:-128}
+THREADS=${THREADS:-1}
+PROCS=${PROCS:-2}
+WARMUP=${WARMUP:-2}
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-1}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
+RESULTS=${RESULTS:-$ROOT/results/echo-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
+
+need_peers=""
+for s in $SERVERS; do [ "$s" = wsgate ] || need_peers=peers; done
+build_all $need_peers
+echo "echo: servers=[$SERVERS] conns=$CONNS rate=$RATE/conn size=$SIZE threads=$THREADS procs=$PROCS" \
+     "window=${WARMUP}s+${DURATION}s repeat=$REPEAT -> $RESULTS" | tee "$RESULTS/params.txt"
+uname -a >> "$RESULTS/params.txt"; date -u >> "$RESULTS/params.txt"
+
+for rep in $(seq 1 "$REPEAT"); do
+  for server in $SERVERS; do
+    run="$server-echo-c$CONNS-r$RATE-$rep"
+    dir="$RESULTS/$run.d"
+    mkdir -p "$dir"
+    echo "== $run" >&2
+    "$(server_bin "$server")" --listen 127.0.0.1:0 --threads "$THREADS" --echo > "$dir/server0.out" 2> "$dir/server0.err" &
+    SERVER_PID=$!
+    BENCH_PIDS+=("$SERVER_PID")
+    url=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+    "$LOADGEN" echo --url "$url" --connections "$CONNS" --rate "$RATE" --size "$SIZE" --procs "$PROCS" \
+      --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
+      --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" > "$dir/loadgen.out" 2> "$dir/loadgen.err" \
+      || echo "loadgen failed for $run (see $dir/loadgen.err)" >&2
+    bench_cleanup
+    wait 2>/dev/null || true
+  done
+done
+
+hgrms=() labels=()
+for server in $SERVERS; do
+  f="$RESULTS/$server-echo-c$CONNS-r$RATE-1.hgrm"
+  [ -f "$f" ] && hgrms+=("$f") && labels+=(--label "$server")
+done
+[ ${#hgrms[@]} -eq 0 ] || "$LOADGEN" chart --out "$RESULTS/echo-c$CONNS-r$RATE.svg" \
+  --title "echo round trip, $CONNS conns x $RATE msg/s x ${SIZE} B" "${labels[@]}" "${hgrms[@]}" || true
+summary_table "$RESULTS"/*.json | tee "$RESULTS/summary.txt"
