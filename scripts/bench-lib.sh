@@ -12,10 +12,12 @@ bench_cleanup() {
   for pid in "${BENCH_PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   done
-  sleep 0.3
+  # Servers close every client on SIGTERM (close 1001); give them a few seconds before SIGKILL.
   for pid in "${BENCH_PIDS[@]:-}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
   done
+  wait 2>/dev/null || true
   BENCH_PIDS=()
 }
 trap bench_cleanup EXIT INT TERM
