@@ -33,6 +33,8 @@ const READ_BUF_BYTES: usize = 64 * 1024;
 const READS_PER_PASS: usize = 4;
 /// How long a half-closed connection may take to hang up after our final bytes.
 const LINGER: Duration = Duration::from_secs(2);
+/// During a fan-out pass, the feed is pulled again after this many subscribers.
+const PULL_EVERY: usize = 64;
 /// Pause after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -149,7 +151,7 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.dirty.is_empty() {
+        if !self.read_again.is_empty() || !self.dirty.is_empty() || self.log.head() != self.fanned_out_to {
             return Some(Duration::ZERO);
         }
         let next = [
@@ -309,16 +311,26 @@ impl Shard {
 
     /// Offers new broadcast bytes to every subscriber. A subscriber flushed earlier this pass is already at the
     /// head and costs one comparison.
+    ///
+    /// The feed is pulled again every [`PULL_EVERY`] subscribers, so a message that arrives while a long pass
+    /// is under way still reaches the subscribers the pass has not visited yet, instead of waiting for the pass
+    /// to end: each subscriber is visited once per pass and leaves with everything published up to its visit,
+    /// so a message's worst wait is about one pass, not two.
     fn fan_out(&mut self) {
         let head = self.log.head();
         if head == self.fanned_out_to {
             return;
         }
+        // INVARIANT (relied on by trim_log): after this pass every open subscriber that is not blocked stands at
+        // or after `fanned_out_to`.
         self.fanned_out_to = head;
         for i in 0..self.subscribers.len() {
+            if i % PULL_EVERY == PULL_EVERY - 1 {
+                self.pull_feed();
+            }
             let key = ConnKey(self.subscribers.keys()[i]);
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.phase != Phase::Open || conn.cursor == head {
+            if conn.phase != Phase::Open || conn.cursor == self.log.head() {
                 continue;
             }
             if conn.write_blocked {
@@ -438,13 +450,15 @@ impl Shard {
 
     // ---- phase: trim -----------------------------------------------------------------------------------
 
-    /// Frees broadcast chunks no connection needs any more. After the fan-out phase only blocked connections can
-    /// be behind the head, so only they are looked at: an open one needs everything from its cursor on; a closing
+    /// Frees broadcast chunks no connection needs any more. After the fan-out phase every open subscriber that is
+    /// not blocked stands at or after `fanned_out_to`, so only blocked ones are looked at: an open one needs
+    /// everything from its cursor on; a closing
     /// one (a slow consumer) only the rest of the batch it is in the middle of, so that its close frame can
     /// still follow a whole frame — and it holds even that for the linger time at most.
     fn trim_log(&mut self) {
         let head = self.log.head();
-        let mut keep_from = head;
+        // Subscribers visited early in the last pass may not have what was pulled during it (see fan_out).
+        let mut keep_from = self.fanned_out_to;
         let (conns, log) = (&mut self.conns, &self.log);
         self.blocked.retain(|&key| {
             let Some(conn) = conns.get_mut(key) else { return false };
