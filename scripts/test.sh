@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
+
 step "cargo test (unit, property and integration tests; benches once in test mode)"
 cargo test --workspace --all-targets
 
