@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, unit + property + integration tests, benches compiled
-# and run once in test mode, and the portable (SIMD-off) unmasking path.
+# The whole test suite, as CI runs it: formatting, lints, docs, unit + property + integration tests, benches
+# compiled and run once in test mode, a real browser against the gateway, and the portable (SIMD-off) unmasking
+# path. Installs what the browser test needs (Chromium, playwright-core) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,11 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
 
 step "cargo test (unit, property and integration tests; benches once in test mode)"
 cargo test --workspace --all-targets
+
+step "browser: headless Chromium drives the gateway through the standard WebSocket API"
+./scripts/install-test-deps.sh
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+WSGATE_BIN="$target_dir/debug/wsgate" node --test tests/browser/
 
 step "unmasking with SIMD disabled (--cfg wsgate_disable_simd)"
 CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd -D warnings" cargo test --lib proto::mask

@@ -1,0 +1,111 @@
+// wsgate driven by a real browser: headless Chromium (through playwright-core) uses the standard JavaScript
+// WebSocket API against the real gateway binary. Needs WSGATE_BIN (the gateway binary) and CHROMIUM (default
+// /usr/bin/chromium); scripts/test.sh sets both up.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.WSGATE_BIN;
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+// Without the background-networking flags Chromium tries to reach Google's hosts, which this machine refuses.
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+/** Starts the gateway; resolves with its process and ws:// URL once it prints its listening line. */
+function startGateway(args) {
+  assert.ok(BIN, 'set WSGATE_BIN to the wsgate binary');
+  const proc = spawn(BIN, ['--listen', '127.0.0.1:0', '--threads', '2', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  proc.stderr.on('data', (d) => { stderr += d; });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no listening line; stderr:\n${stderr}`)), 10_000);
+    proc.on('exit', (code) => reject(new Error(`wsgate exited early (${code}); stderr:\n${stderr}`)));
+    createInterface({ input: proc.stdout }).on('line', (line) => {
+      const m = line.match(/^wsgate: listening on (ws:\/\/\S+\/ws)$/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, url: m[1], stderr: () => stderr });
+      }
+    });
+  });
+}
+
+function exited(proc) {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null) resolve(proc.exitCode);
+    else proc.on('exit', (code) => resolve(code));
+  });
+}
+
+async function withBrowser(fn) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage();
+    return await fn(page);
+  } finally {
+    await browser.close();
+  }
+}
+
+test('a browser receives the demo feed, negotiates a subprotocol, gets its echo and closes cleanly', async () => {
+  const gw = await startGateway(['--demo', '--demo-rate', '50', '--echo', '--subprotocol', 'chat']);
+  try {
+    const result = await withBrowser((page) => page.evaluate((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, ['superchat', 'chat']);
+      ws.binaryType = 'arraybuffer';
+      const ticks = [];
+      let echoedText = false;
+      let echoedBinary = null;
+      setTimeout(() => reject(new Error(`timeout: ${ticks.length} ticks, echoedText=${echoedText}`)), 10_000);
+      ws.onmessage = (e) => {
+        if (e.data instanceof ArrayBuffer) {
+          echoedBinary = Array.from(new Uint8Array(e.data));
+          ws.close(1000, 'done');
+        } else if (e.data === 'hello from the browser ✓') {
+          echoedText = true;
+          ws.send(new Uint8Array([0, 1, 2, 253, 254, 255]));
+        } else if (ticks.length < 3) {
+          ticks.push(JSON.parse(e.data));
+          if (ticks.length === 3) ws.send('hello from the browser ✓');
+        }
+      };
+      ws.onclose = (e) => resolve({ ticks, echoedText, echoedBinary, protocol: ws.protocol, code: e.code,
+        wasClean: e.wasClean });
+      ws.onerror = () => reject(new Error('WebSocket error event'));
+    }), gw.url));
+    assert.equal(result.protocol, 'chat', 'the first offered subprotocol the server speaks');
+    assert.equal(result.ticks.length, 3);
+    for (const t of result.ticks) {
+      assert.equal(t.type, 'tick');
+      assert.equal(typeof t.symbol, 'string');
+      assert.ok(t.bid <= t.ask, `bid ${t.bid} <= ask ${t.ask}`);
+    }
+    assert.ok(result.echoedText, 'text echoed (UTF-8 intact)');
+    assert.deepEqual(result.echoedBinary, [0, 1, 2, 253, 254, 255], 'binary echoed');
+    assert.equal(result.code, 1000);
+    assert.ok(result.wasClean, 'closing handshake completed');
+  } finally {
+    gw.proc.kill('SIGTERM');
+    await exited(gw.proc);
+  }
+});
+
+test('a browser sees close 1001 when the gateway shuts down', async () => {
+  const gw = await startGateway(['--demo', '--demo-rate', '20']);
+  const result = await withBrowser(async (page) => {
+    const closed = page.evaluate((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      setTimeout(() => reject(new Error('no close within 10 s')), 10_000);
+      ws.onmessage = () => { window.gotMessage = true; };
+      ws.onclose = (e) => resolve({ code: e.code, reason: e.reason, wasClean: e.wasClean });
+    }), gw.url);
+    await page.waitForFunction(() => window.gotMessage === true, null, { timeout: 10_000 });
+    gw.proc.kill('SIGTERM');
+    return closed;
+  });
+  assert.equal(result.code, 1001, JSON.stringify(result));
+  assert.ok(result.wasClean, 'closing handshake completed');
+  assert.equal(await exited(gw.proc), 0, 'gateway exits 0 after SIGTERM');
+});
