@@ -6,7 +6,7 @@ use std::io::{self, IoSlice};
 use crate::conn::{BufPool, Conn};
 use crate::fanout::{FrameLog, Located};
 
-/// Most slices in one `writev` (well under `IOV_MAX`). A connection with more pending gets further writes in the
+/// Most slices in one `sendmsg` (well under `IOV_MAX`). A connection with more pending gets further writes in the
 /// same pass while the kernel keeps accepting bytes.
 const MAX_IOV: usize = 64;
 
@@ -80,7 +80,7 @@ pub fn flush(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool) -> Flushed {
     }
 }
 
-/// The slices of one `writev`, each marked as broadcast (advances the cursor) or private (advances `out_pos`).
+/// The slices of one `sendmsg`, each marked as broadcast (advances the cursor) or private (advances `out_pos`).
 struct IovBatch<'a> {
     slices: [IoSlice<'a>; MAX_IOV],
     broadcast: [bool; MAX_IOV],
