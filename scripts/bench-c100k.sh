@@ -16,18 +16,11 @@ source "$(dirname "$0")/bench-lib.sh"
 CONNS=${CONNS:-100000}
 GATEWAYS=${GATEWAYS:-7}
 RATE=${RATE:-1}
-SIZE=${SIZE:-128}
 PROCS=${PROCS:-8}
 WARMUP=${WARMUP:-3}
-DURATION=${DURATION:-10}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.61}
-RESULTS=${RESULTS:-$ROOT/results/c100k-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$RESULTS"
-build_all
-
-echo "c100k: conns=$CONNS gateways=$GATEWAYS rate=$RATE size=$SIZE procs=$PROCS ramp=${RAMP:-unpaced}" \
-     "window=${WARMUP}s+${DURATION}s -> $RESULTS" | tee "$RESULTS/params.txt"
-uname -a >> "$RESULTS/params.txt"; nproc >> "$RESULTS/params.txt"; date -u >> "$RESULTS/params.txt"
+SERVERS=wsgate
+bench_setup c100k "conns=$CONNS gateways=$GATEWAYS rate=$RATE ramp=${RAMP:-unpaced}"
 
 run="wsgate-c$CONNS-g$GATEWAYS-r$RATE"
 dir="$RESULTS/$run.d"

@@ -15,23 +15,7 @@ source "$(dirname "$0")/bench-lib.sh"
 SERVERS=${SERVERS:-"wsgate fastwebsockets tokio-tungstenite"}
 RATES=${RATES:-"10 100"}
 CONNS=${CONNS:-10000}
-SIZE=${SIZE:-128}
-THREADS=${THREADS:-1}
-PROCS=${PROCS:-2}
-WARMUP=${WARMUP:-2}
-DURATION=${DURATION:-10}
-REPEAT=${REPEAT:-1}
-SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
-RESULTS=${RESULTS:-$ROOT/results/c10k-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$RESULTS"
-
-need_peers=""
-for s in $SERVERS; do [ "$s" = wsgate ] || need_peers=peers; done
-build_all $need_peers
-
-echo "c10k: servers=[$SERVERS] rates=[$RATES] conns=$CONNS size=$SIZE threads=$THREADS procs=$PROCS" \
-     "window=${WARMUP}s+${DURATION}s repeat=$REPEAT -> $RESULTS" | tee "$RESULTS/params.txt"
-uname -a >> "$RESULTS/params.txt"; nproc >> "$RESULTS/params.txt"; date -u >> "$RESULTS/params.txt"
+bench_setup c10k "servers=[$SERVERS] rates=[$RATES] conns=$CONNS"
 
 for rep in $(seq 1 "$REPEAT"); do
   for rate in $RATES; do

@@ -22,6 +22,26 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT INT TERM
 
+# bench_setup KIND SUMMARY: the settings every benchmark shares (environment overrides the defaults), the results
+# folder, the builds it needs (the peers only when $SERVERS names one), and params.txt recording the run.
+bench_setup() {
+  local kind=$1 summary=$2 need_peers="" s
+  SIZE=${SIZE:-128}
+  THREADS=${THREADS:-1}
+  PROCS=${PROCS:-2}
+  WARMUP=${WARMUP:-2}
+  DURATION=${DURATION:-10}
+  REPEAT=${REPEAT:-1}
+  SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
+  RESULTS=${RESULTS:-$ROOT/results/$kind-$(date -u +%Y%m%dT%H%M%SZ)}
+  mkdir -p "$RESULTS"
+  for s in ${SERVERS:-wsgate}; do [ "$s" = wsgate ] || need_peers=peers; done
+  build_all $need_peers
+  echo "$kind: $summary size=$SIZE threads=$THREADS procs=$PROCS window=${WARMUP}s+${DURATION}s" \
+       "repeat=$REPEAT -> $RESULTS" | tee "$RESULTS/params.txt"
+  { uname -a; nproc; date -u; } >> "$RESULTS/params.txt"
+}
+
 # build_all: release builds of the gateway and the load generator, and the peers when $1 == peers.
 build_all() {
   (cd "$ROOT" && cargo build --release --quiet -p wsgate -p wsgate-loadgen)
