@@ -10,12 +10,16 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-/// Which readiness backend drives the loop threads.
+/// Which I/O backend drives the loop threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoBackend {
+    /// io_uring where the kernel allows it (probed at start), otherwise epoll, with one log line saying why.
+    Auto,
     /// epoll through mio.
     Epoll,
+    /// io_uring; refuses to start where it is unavailable.
+    Uring,
 }
 
 /// The complete configuration of one gateway process.
@@ -27,8 +31,21 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Loop threads; 0 = one per available core.
     pub threads: usize,
-    /// Readiness backend.
+    /// I/O backend.
     pub io: IoBackend,
+    /// io_uring: submission queue entries per loop thread (the completion queue gets four times as many).
+    pub uring_sq_entries: u32,
+    /// io_uring: provided receive buffers per loop thread (a power of two up to 32768). Too few costs re-armed
+    /// receives (counted as `recv_enobufs`), never data.
+    pub uring_recv_buffers: u16,
+    /// io_uring: bytes per provided receive buffer.
+    pub uring_recv_buffer_size: u32,
+    /// io_uring: multi-slice sends in flight at once per loop thread; past it, sends wait a pass.
+    pub uring_send_slots: u32,
+    /// io_uring: a kernel thread polls the submission queue (SQPOLL; takes a core; measured, off by default).
+    pub uring_sqpoll: bool,
+    /// io_uring: register connection sockets with the ring (fixed files; measured, off by default).
+    pub uring_fixed_files: bool,
     /// Upstream feed to connect to, `HOST:PORT` (newline-delimited messages).
     pub upstream: Option<String>,
     /// Address on which publishers may connect and push newline-delimited messages.
@@ -80,7 +97,13 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             threads: 0,
-            io: IoBackend::Epoll,
+            io: IoBackend::Auto,
+            uring_sq_entries: 4096,
+            uring_recv_buffers: 1024,
+            uring_recv_buffer_size: 4096,
+            uring_send_slots: 4096,
+            uring_sqpoll: false,
+            uring_fixed_files: false,
             upstream: None,
             ingest: None,
             demo: false,
@@ -117,9 +140,21 @@ pub struct Cli {
     /// Loop threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Readiness backend.
+    /// I/O backend [default: auto].
     #[arg(long, value_enum)]
     pub io: Option<IoBackend>,
+    /// io_uring: provided receive buffers per loop thread (power of two) [default: 1024].
+    #[arg(long)]
+    pub uring_recv_buffers: Option<u16>,
+    /// io_uring: bytes per provided receive buffer [default: 4096].
+    #[arg(long)]
+    pub uring_recv_buffer_size: Option<u32>,
+    /// io_uring: let a kernel thread poll the submission queue.
+    #[arg(long)]
+    pub uring_sqpoll: bool,
+    /// io_uring: register connection sockets with the ring (fixed files).
+    #[arg(long)]
+    pub uring_fixed_files: bool,
     /// Upstream feed server, HOST:PORT.
     #[arg(long)]
     pub upstream: Option<String>,
@@ -188,6 +223,10 @@ impl Config {
         set!(listen);
         set!(threads);
         set!(io);
+        set!(uring_recv_buffers);
+        set!(uring_recv_buffer_size);
+        self.uring_sqpoll |= cli.uring_sqpoll;
+        self.uring_fixed_files |= cli.uring_fixed_files;
         set!(demo_rate);
         set!(log_level);
         set!(max_connections);
@@ -221,10 +260,28 @@ impl Config {
         if self.feed_queue_batches == 0 || self.max_connections == 0 || self.max_lag_bytes == 0 {
             return bad("feed_queue_batches, max_connections and max_lag_bytes must be positive");
         }
+        if !self.uring_recv_buffers.is_power_of_two() || self.uring_recv_buffers > 32768 {
+            return bad("uring_recv_buffers must be a power of two up to 32768");
+        }
+        if self.uring_recv_buffer_size < 64 || self.uring_sq_entries < 64 || self.uring_send_slots == 0 {
+            return bad("uring_recv_buffer_size and uring_sq_entries must be at least 64, uring_send_slots positive");
+        }
         if self.max_private_bytes < 4096 {
             return bad("max_private_bytes must be at least 4096");
         }
         Ok(())
+    }
+
+    /// The io_uring backend's settings.
+    pub fn uring(&self) -> crate::reactor::uring::UringConfig {
+        crate::reactor::uring::UringConfig {
+            sq_entries: self.uring_sq_entries,
+            recv_buffers: self.uring_recv_buffers,
+            recv_buffer_size: self.uring_recv_buffer_size,
+            send_slots: self.uring_send_slots,
+            sqpoll: self.uring_sqpoll,
+            fixed_files: self.uring_fixed_files,
+        }
     }
 
     /// Loop threads to start: the setting, or one per core.

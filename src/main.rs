@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     // Scripts and tests read these lines to find the ports (the listen address may use port 0).
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "wsgate: listening on ws://{}/ws", gateway.local_addr());
+    let _ = writeln!(out, "wsgate: listening on ws://{}/ws (io: {})", gateway.local_addr(), gateway.io_backend());
     if let Some(ingest) = gateway.ingest_addr() {
         let _ = writeln!(out, "wsgate: ingest listening on {ingest}");
     }

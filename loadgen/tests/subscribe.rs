@@ -65,7 +65,7 @@ impl Gateway {
         let (mut ws_url, mut ingest) = (None, None);
         while ws_url.is_none() || (want_ingest && ingest.is_none()) {
             let line = lines.next().expect("wsgate printed its addresses").expect("utf-8 line");
-            if let Some(url) = line.strip_prefix("wsgate: listening on ") {
+            if let Some(url) = line.strip_prefix("wsgate: listening on ").and_then(|rest| rest.split(' ').next()) {
                 ws_url = Some(url.trim().to_string());
             } else if let Some(addr) = line.strip_prefix("wsgate: ingest listening on ") {
                 ingest = Some(addr.trim().to_string());

@@ -10,7 +10,7 @@ mod slab;
 pub use pool::BufPool;
 pub use slab::{ConnKey, GenSlab};
 
-use mio::net::TcpStream;
+use std::net::TcpStream;
 
 use crate::fanout::Cursor;
 use crate::proto::session::Session;
@@ -48,12 +48,18 @@ pub struct Conn {
     pub input_failed: bool,
     /// Write side shut down after the last queued byte left; input is only watched for the peer's close.
     pub write_shut: bool,
-    /// Last write stopped short (EAGAIN): wait for writability before writing again.
+    /// No send may start now: the last one stopped short (epoll: wait for writability) or is still in flight
+    /// (io_uring: wait for its completion).
     pub write_blocked: bool,
+    /// A send is in flight (io_uring): the broadcast bytes under `cursor` must stay in the log until it ends.
+    pub send_in_flight: bool,
+    /// Our cancel of its in-flight operations has been queued (io_uring; once per connection).
+    pub cancel_sent: bool,
+    /// Operations in flight whose final completion has not been handled (io_uring; always 0 on epoll). The
+    /// connection's slot and socket are freed only at 0.
+    pub inflight: u8,
     /// In the loop thread's list of blocked connections (the list is cleaned lazily).
     pub in_blocked_list: bool,
-    /// The socket may hold more bytes than the last read pass consumed.
-    pub read_pending: bool,
     /// Queued to be flushed in this loop pass.
     pub dirty: bool,
     pub session: Session,
@@ -86,7 +92,9 @@ impl Conn {
             write_shut: false,
             write_blocked: false,
             in_blocked_list: false,
-            read_pending: false,
+            send_in_flight: false,
+            cancel_sent: false,
+            inflight: 0,
             dirty: false,
             session: Session::new(crate::proto::session::Role::Server),
             inbuf: Vec::new(),

@@ -1,7 +1,8 @@
 //! A slab whose keys carry a generation, so a stale event for a freed and reused slot is ignored, never
 //! delivered to the new occupant.
 
-/// Slot index (low 32 bits) and generation (high 32 bits). Also used as the mio token.
+/// Slot index (low 32 bits) and generation (the 28 bits above). Also the mio token, and (with an operation kind
+/// above it) the io_uring `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnKey(pub u64);
 
@@ -18,6 +19,9 @@ impl ConnKey {
         (self.0 >> 32) as u32
     }
 }
+
+/// Generations use 28 bits, so that a key and a 4-bit operation kind fit in one io_uring `user_data`.
+const GENERATION_MASK: u32 = (1 << 28) - 1;
 
 struct Entry<T> {
     generation: u32,
@@ -38,7 +42,8 @@ impl<T> GenSlab<T> {
 
     pub fn insert(&mut self, value: T) -> ConnKey {
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
+        self.next_generation = self.next_generation.max(1);
         let index = self.slots.insert(Entry { generation, value });
         ConnKey::new(index, generation)
     }

@@ -5,14 +5,12 @@
 //! something new → reap the dead → sweep deadlines → trim the broadcast log. Connections are freed only in the
 //! reap phase, so a key stays valid for the whole pass.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
-
+use super::dispatch::Dispatch;
 use super::feed_queue::FeedReceiver;
 use super::input::{self, kill, InputCx};
 use super::output::{self, Flushed};
@@ -21,22 +19,14 @@ use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
 use crate::fanout::{FrameLog, Located, Subscribers};
-use crate::reactor;
+use crate::reactor::{self, Reactor};
 
-pub const LISTENER: Token = Token(0);
-pub const WAKER: Token = Token(1);
-
-/// Size of the loop thread's one receive buffer: every connection reads into it; only a partial frame is
-/// copied out to the connection.
-const READ_BUF_BYTES: usize = 64 * 1024;
-/// Reads per connection per pass before others get their turn.
-const READS_PER_PASS: usize = 4;
 /// How long a half-closed connection may take to hang up after our final bytes.
 const LINGER: Duration = Duration::from_secs(2);
 /// During a fan-out pass, the feed is pulled again after this many subscribers.
 const PULL_EVERY: usize = 64;
-/// Pause after the process ran out of file descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After the shutdown deadline, how long operations still in flight (io_uring) may take to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// The loop thread's parts that input handling borrows, next to a connection borrowed from `conns`.
 macro_rules! input_cx {
@@ -54,25 +44,25 @@ macro_rules! input_cx {
     };
 }
 
-pub struct Shard {
+/// One loop thread over I/O backend `R` (monomorphised per backend; the phases do not know which one runs).
+pub struct Shard<R: Reactor> {
     id: usize,
-    poll: Poll,
-    listener: Option<TcpListener>,
+    io: R,
     conns: GenSlab<Conn>,
     log: FrameLog,
     subscribers: Subscribers,
     /// Stream position up to which every subscriber has been offered the log.
     fanned_out_to: u64,
     feed: FeedReceiver,
-    read_buf: Box<[u8]>,
     pool: BufPool,
     /// Connections with something to write this pass.
     dirty: Vec<ConnKey>,
-    /// Connections waiting for writability with broadcast bytes pending (may hold stale entries).
+    /// Connections that hold the log back: blocked on writability, or with a send in flight (may hold stale
+    /// entries).
     blocked: Vec<ConnKey>,
-    /// Connections that hit the read budget and must be read again next pass.
-    read_again: Vec<ConnKey>,
     dead: Vec<ConnKey>,
+    /// Accepted during the wait; registered with the backend right after it.
+    to_attach: Vec<ConnKey>,
     handshake_deadlines: DeadlineQueue,
     linger_deadlines: DeadlineQueue,
     accept_paused_until: Option<Instant>,
@@ -82,33 +72,28 @@ pub struct Shard {
     shared: Arc<Shared>,
 }
 
-impl Shard {
-    #[allow(clippy::too_many_arguments)]
+impl<R: Reactor> Shard<R> {
     pub fn new(
         id: usize,
-        poll: Poll,
-        mut listener: TcpListener,
+        io: R,
         feed: FeedReceiver,
         max_connections: usize,
         settings: Arc<Settings>,
         shared: Arc<Shared>,
-    ) -> io::Result<Self> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             id,
-            poll,
-            listener: Some(listener),
+            io,
             conns: GenSlab::new(),
             log: FrameLog::new(),
             subscribers: Subscribers::new(),
             fanned_out_to: 0,
             feed,
-            read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
             pool: BufPool::new(1024, 4096, 256 * 1024),
             dirty: Vec::new(),
             blocked: Vec::new(),
-            read_again: Vec::new(),
             dead: Vec::new(),
+            to_attach: Vec::new(),
             handshake_deadlines: DeadlineQueue::new(settings.handshake_timeout),
             linger_deadlines: DeadlineQueue::new(LINGER),
             accept_paused_until: None,
@@ -116,26 +101,17 @@ impl Shard {
             max_connections,
             settings,
             shared,
-        })
-    }
-
-    fn stats(&self) -> &ShardStats {
-        &self.shared.shards[self.id]
+        }
     }
 
     /// Runs until shutdown has closed every connection (or its deadline passed).
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != ErrorKind::Interrupted {
-                    tracing::error!(shard = self.id, error = %e, "poll failed: loop thread stops");
-                    return;
-                }
+            if let Err(e) = self.wait(timeout) {
+                tracing::error!(shard = self.id, error = %e, "waiting for I/O failed: loop thread stops");
+                return;
             }
-            self.dispatch(&events);
-            self.read_again_pass();
             self.pull_feed();
             self.check_shutdown();
             self.flush_dirty();
@@ -143,22 +119,30 @@ impl Shard {
             self.reap_dead();
             self.sweep_deadlines();
             self.trim_log();
-            if self.shutdown_deadline.is_some() && self.conns.is_empty() {
-                tracing::debug!(shard = self.id, "all connections closed");
-                return;
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() {
+                    tracing::debug!(shard = self.id, "all connections closed");
+                    return;
+                }
+                if Instant::now() >= deadline + SHUTDOWN_GRACE {
+                    tracing::warn!(shard = self.id, left = self.conns.len(), "operations still in flight at exit");
+                    return;
+                }
             }
         }
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.dirty.is_empty() || self.log.head() != self.fanned_out_to {
+        if !self.dirty.is_empty() || self.log.head() != self.fanned_out_to {
             return Some(Duration::ZERO);
         }
+        let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
         let next = [
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            grace,
         ]
         .into_iter()
         .flatten()
@@ -166,117 +150,32 @@ impl Shard {
         Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
     }
 
-    // ---- phase: dispatch -------------------------------------------------------------------------------
+    // ---- phase: wait and dispatch ----------------------------------------------------------------------
 
-    fn dispatch(&mut self, events: &Events) {
-        for event in events {
-            match event.token() {
-                LISTENER => self.accept_ready(),
-                WAKER => {} // the feed is pulled every pass
-                token => {
-                    let key = ConnKey(token.0 as u64);
-                    if event.is_writable() {
-                        if let Some(conn) = self.conns.get_mut(key) {
-                            conn.write_blocked = false;
-                            input::mark_dirty(conn, key, &mut self.dirty);
-                        }
-                    }
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.read_conn(key);
-                    }
-                }
-            }
-        }
-    }
-
-    fn accept_ready(&mut self) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
-        let Some(listener) = &self.listener else { return };
-        loop {
-            let (stream, peer) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if reactor::is_fd_exhaustion(&e) => {
-                    tracing::warn!(shard = self.id, error = %e, "out of file descriptors: pausing accepts");
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                    return;
-                }
+    /// One wait of the backend; its events are handled by [`Dispatch`] as they come.
+    fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        let mut dispatch = Dispatch {
+            id: self.id,
+            conns: &mut self.conns,
+            cx: input_cx!(self),
+            handshake_deadlines: &mut self.handshake_deadlines,
+            accept_paused_until: &mut self.accept_paused_until,
+            to_attach: &mut self.to_attach,
+            max_connections: self.max_connections,
+        };
+        self.io.wait(timeout, &mut dispatch)?;
+        for key in std::mem::take(&mut self.to_attach) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            match self.io.attach(key, conn.stream.as_raw_fd()) {
+                Ok(()) if !R::INLINE => conn.inflight += 1, // the receive
+                Ok(()) => {}
                 Err(e) => {
-                    tracing::debug!(shard = self.id, error = %e, "accept failed");
-                    continue;
-                }
-            };
-            if self.conns.len() >= self.max_connections {
-                // Best effort: the socket buffer of a fresh connection always has room for this.
-                let busy = crate::proto::handshake::http_response(503, "text/plain", b"server at max_connections\n");
-                let _ = (&stream).write(&busy);
-                tracing::warn!(shard = self.id, %peer, "max_connections reached: refused with 503");
-                ShardStats::add(&self.stats().rejected, 1);
-                continue;
-            }
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY failed");
-            }
-            let key = self.conns.insert(Conn::new(stream));
-            let conn = self.conns.get_mut(key).expect("just inserted");
-            if let Err(e) = self.poll.registry().register(
-                &mut conn.stream,
-                Token(key.0 as usize),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                tracing::warn!(error = %e, "register failed");
-                self.conns.remove(key);
-                continue;
-            }
-            ShardStats::add(&self.shared.shards[self.id].connections, 1);
-            self.handshake_deadlines.push(Instant::now(), key);
-        }
-    }
-
-    fn read_conn(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.phase == Phase::Dead {
-            return;
-        }
-        conn.read_pending = false;
-        let mut cx = input_cx!(self);
-        for _ in 0..READS_PER_PASS {
-            match (&conn.stream).read(&mut self.read_buf) {
-                Ok(0) => {
-                    if conn.phase == Phase::Open {
-                        tracing::debug!(?key, "peer closed without a close frame");
-                    }
+                    tracing::warn!(shard = self.id, error = %e, "could not start receiving: connection dropped");
                     kill(conn, key, &mut self.dead);
-                    return;
-                }
-                Ok(n) => {
-                    input::on_bytes(conn, key, &mut self.read_buf[..n], &mut cx);
-                    if conn.phase == Phase::Dead {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!(?key, error = %e, "read failed");
-                    kill(conn, key, &mut self.dead);
-                    return;
                 }
             }
         }
-        conn.read_pending = true;
-        self.read_again.push(key);
-    }
-
-    fn read_again_pass(&mut self) {
-        for key in std::mem::take(&mut self.read_again) {
-            if self.conns.get(key).is_some_and(|c| c.read_pending) {
-                self.read_conn(key);
-            }
-        }
+        Ok(())
     }
 
     // ---- phase: pull the feed --------------------------------------------------------------------------
@@ -346,7 +245,7 @@ impl Shard {
         if conn.phase == Phase::Dead || conn.write_blocked || conn.write_shut {
             return;
         }
-        match output::flush(conn, &self.log, &mut self.pool) {
+        match output::flush(conn, key, &self.log, &mut self.pool, &mut self.io) {
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {
                     kill(conn, key, &mut self.dead); // Both closes are through.
@@ -362,14 +261,17 @@ impl Shard {
                     self.linger_deadlines.push(Instant::now(), key);
                 }
             }
-            Flushed::Blocked => {
+            Flushed::Blocked | Flushed::InFlight => {
                 conn.write_blocked = true;
-                if !conn.in_blocked_list && conn.phase == Phase::Open {
+                // A send in flight holds the log back whatever the phase; a blocked open subscriber holds it
+                // back until it catches up or turns into a slow consumer.
+                if !conn.in_blocked_list && (conn.phase == Phase::Open || conn.send_in_flight) {
                     conn.in_blocked_list = true;
                     self.blocked.push(key);
                 }
                 self.check_lag(key);
             }
+            Flushed::Deferred => input::mark_dirty(conn, key, &mut self.dirty),
             Flushed::Failed => kill(conn, key, &mut self.dead),
         }
     }
@@ -392,8 +294,20 @@ impl Shard {
 
     // ---- phase: reap -----------------------------------------------------------------------------------
 
+    /// Frees dead connections. One with operations in flight (io_uring) is not freed yet: its operations are
+    /// cancelled once, and the completion that ends the last of them queues it here again.
     fn reap_dead(&mut self) {
         for key in std::mem::take(&mut self.dead) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let fd = conn.stream.as_raw_fd();
+            if conn.inflight > 0 {
+                if !conn.cancel_sent {
+                    conn.cancel_sent = true;
+                    self.io.cancel(key, fd);
+                }
+                continue;
+            }
+            self.io.detach(key, fd);
             let Some(mut conn) = self.conns.remove(key) else { continue };
             if conn.is_subscribed() {
                 if let Some(moved) = self.subscribers.remove(conn.sub_index) {
@@ -405,7 +319,7 @@ impl Shard {
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
             ShardStats::sub(&self.shared.shards[self.id].connections, 1);
-            // Dropping the stream closes the socket, which also removes it from the epoll set.
+            // Dropping the stream closes the socket: nothing is in flight on it any more.
         }
     }
 
@@ -418,7 +332,7 @@ impl Shard {
                 if conn.phase == Phase::Handshake {
                     tracing::debug!(?key, "handshake timeout");
                     let timeout = crate::proto::handshake::http_response(408, "text/plain", b"request timeout\n");
-                    let _ = (&conn.stream).write(&timeout);
+                    let _ = reactor::send_now(&conn.stream, &timeout);
                     kill(conn, key, &mut self.dead);
                 }
             }
@@ -432,7 +346,7 @@ impl Shard {
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
-            self.accept_ready();
+            self.io.accept(true);
         }
         if self.shutdown_deadline.is_some_and(|t| t <= now) {
             let keys: Vec<ConnKey> = self.conns.keys().collect();
@@ -451,10 +365,10 @@ impl Shard {
     // ---- phase: trim -----------------------------------------------------------------------------------
 
     /// Frees broadcast chunks no connection needs any more. After the fan-out phase every open subscriber that is
-    /// not blocked stands at or after `fanned_out_to`, so only blocked ones are looked at: an open one needs
-    /// everything from its cursor on; a closing
-    /// one (a slow consumer) only the rest of the batch it is in the middle of, so that its close frame can
-    /// still follow a whole frame — and it holds even that for the linger time at most.
+    /// not blocked stands at or after `fanned_out_to`, so only blocked ones are looked at: one with a send in
+    /// flight needs everything from its cursor on (the kernel may still be reading it), whatever its phase; an
+    /// open one too; a closing one (a slow consumer) only the rest of the batch it is in the middle of, so that
+    /// its close frame can still follow a whole frame — and it holds even that for the linger time at most.
     fn trim_log(&mut self) {
         let head = self.log.head();
         // Subscribers visited early in the last pass may not have what was pulled during it (see fan_out).
@@ -462,13 +376,14 @@ impl Shard {
         let (conns, log) = (&mut self.conns, &self.log);
         self.blocked.retain(|&key| {
             let Some(conn) = conns.get_mut(key) else { return false };
-            let needs_log = match conn.phase {
-                Phase::Open => conn.cursor < head,
-                Phase::Closing => {
-                    !conn.write_shut && matches!(log.locate(conn.cursor), Located::At { offset, .. } if offset > 0)
-                }
-                Phase::Handshake | Phase::Dead => false,
-            };
+            let needs_log = (conn.send_in_flight && conn.is_subscribed())
+                || match conn.phase {
+                    Phase::Open => conn.cursor < head,
+                    Phase::Closing => {
+                        !conn.write_shut && matches!(log.locate(conn.cursor), Located::At { offset, .. } if offset > 0)
+                    }
+                    Phase::Handshake | Phase::Dead => false,
+                };
             if needs_log {
                 keep_from = keep_from.min(conn.cursor);
             } else {
@@ -488,9 +403,7 @@ impl Shard {
         let now = Instant::now();
         self.shutdown_deadline = Some(now + self.settings.shutdown_timeout);
         self.linger_deadlines = DeadlineQueue::new(self.settings.shutdown_timeout);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.io.accept(false);
         let keys: Vec<ConnKey> = self.conns.keys().collect();
         tracing::info!(shard = self.id, connections = keys.len(), "shutting down: closing clients with 1001");
         for key in keys {

@@ -6,10 +6,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::Waker;
-
 use super::stats::ShardStats;
 use crate::proto::frame::{encode_frame_into, OpCode};
+use crate::reactor::Waker;
 use crate::upstream::{Message, Sink};
 
 /// Complete frames, back to back; shared by every loop thread and every subscriber.

@@ -5,6 +5,7 @@
 //! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
 //! for them.
 
+mod dispatch;
 mod event_loop;
 mod feed_queue;
 mod input;
@@ -19,16 +20,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::{Poll, Waker};
+use std::sync::mpsc;
 
 pub use feed_queue::{Batch, BroadcastSink};
 pub use stats::{ShardStats, Shared};
 
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
+use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
 use crate::upstream::{self, DemoConfig, FeedConfig, FeedHandle};
-use event_loop::{Shard, WAKER};
+use event_loop::Shard;
 
 /// What the loop threads need of the configuration, resolved once.
 pub struct Settings {
@@ -75,28 +77,28 @@ impl Gateway {
     pub fn start(cfg: &Config, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         let threads = cfg.thread_count();
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
+        let backend = choose_backend(cfg)?;
+        let nonblocking = backend == IoBackend::Epoll;
 
-        let first = crate::reactor::bind_reuseport(cfg.listen, cfg.backlog)?;
+        let first = crate::reactor::bind_reuseport(cfg.listen, cfg.backlog, nonblocking)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..threads {
-            listeners.push(crate::reactor::bind_reuseport(local_addr, cfg.backlog)?);
+            listeners.push(crate::reactor::bind_reuseport(local_addr, cfg.backlog, nonblocking)?);
         }
 
-        let mut polls = Vec::with_capacity(threads);
         let mut wakers = Vec::with_capacity(threads);
         let mut queues = Vec::with_capacity(threads);
         let mut receivers = Vec::with_capacity(threads);
         for _ in 0..threads {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let waker = Arc::new(Waker::new(nonblocking)?);
             let (tx, rx) = feed_queue::queue(cfg.feed_queue_batches, waker.clone());
-            polls.push(poll);
             wakers.push(waker);
             queues.push(tx);
             receivers.push(rx);
         }
         let shard_stats: Arc<[ShardStats]> = (0..threads).map(|_| ShardStats::default()).collect();
+        let io_stats: Box<[Arc<IoStats>]> = (0..threads).map(|_| Arc::new(IoStats::default())).collect();
 
         let feed = match feed_config(cfg) {
             Some(feed_cfg) => Some(upstream::spawn(feed_cfg, BroadcastSink::new(queues, shard_stats.clone()))?),
@@ -105,35 +107,74 @@ impl Gateway {
                 None
             }
         };
+        let io_name = match backend {
+            IoBackend::Uring => UringReactor::NAME,
+            _ => EpollReactor::NAME,
+        };
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
             shards: shard_stats,
             feed: feed.as_ref().map(|f| f.stats.clone()),
             started: Instant::now(),
+            io_backend: io_name,
+            io: io_stats.clone(),
         });
 
         let settings = Arc::new(Settings::from_config(cfg));
         let per_thread_max = cfg.max_connections.div_ceil(threads);
+        let uring_cfg = cfg.uring();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let on_exit = Arc::new(on_exit);
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let mut loops = Vec::with_capacity(threads);
-        for (id, ((poll, listener), rx)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
-            let shard = Shard::new(id, poll, listener, rx, per_thread_max, settings.clone(), shared.clone())?;
+        let parts = listeners.into_iter().zip(receivers).zip(wakers.iter().cloned()).zip(io_stats.iter().cloned());
+        for (id, (((listener, rx), waker), stats)) in parts.enumerate() {
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            let on_exit = on_exit.clone();
+            let (on_exit, ready, settings, shared, uring_cfg) =
+                (on_exit.clone(), ready_tx.clone(), settings.clone(), shared.clone(), uring_cfg.clone());
             let handle = std::thread::Builder::new().name(format!("wsgate-loop-{id}")).spawn(move || {
                 if let Some(core) = core {
                     if !core_affinity::set_for_current(core) {
                         tracing::warn!(shard = id, "could not pin loop thread to core {}", core.id);
                     }
                 }
-                shard.run();
+                // The backend is built on the thread that uses it: an io_uring instance with SINGLE_ISSUER
+                // belongs to the thread that created it.
+                let args = LoopArgs { id, feed: rx, max_connections: per_thread_max, settings, shared, ready };
+                match backend {
+                    IoBackend::Uring => {
+                        serve(UringReactor::new(&uring_cfg, listener, waker, per_thread_max, stats), args)
+                    }
+                    _ => serve(EpollReactor::new(listener, &waker, stats), args),
+                }
                 on_exit();
             })?;
             loops.push(handle);
         }
-        tracing::info!(%local_addr, threads, "gateway started");
-        Ok(Self { local_addr, ingest_addr: feed.as_ref().and_then(|f| f.ingest_addr), loops, wakers, feed, shared })
+        drop(ready_tx);
+        let gateway =
+            Self { local_addr, ingest_addr: feed.as_ref().and_then(|f| f.ingest_addr), loops, wakers, feed, shared };
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, io = io_name, "a loop thread could not set up its I/O backend");
+                    gateway.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    gateway.shutdown();
+                    return Err(io::Error::other("a loop thread ended during start"));
+                }
+            }
+        }
+        tracing::info!(%local_addr, threads, io = io_name, "gateway started");
+        Ok(gateway)
+    }
+
+    /// The I/O backend in use (`epoll` or `uring`).
+    pub fn io_backend(&self) -> &'static str {
+        self.shared.io_backend
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -164,6 +205,49 @@ impl Gateway {
             feed.shutdown();
         }
         tracing::info!("gateway stopped");
+    }
+}
+
+/// What a loop thread needs besides its backend.
+struct LoopArgs {
+    id: usize,
+    feed: feed_queue::FeedReceiver,
+    max_connections: usize,
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+    /// Told once the backend is up (or why it is not).
+    ready: mpsc::Sender<io::Result<()>>,
+}
+
+/// Runs one loop thread on backend `R` until shutdown.
+fn serve<R: Reactor>(io: io::Result<R>, args: LoopArgs) {
+    match io {
+        Ok(io) => {
+            let _ = args.ready.send(Ok(()));
+            Shard::new(args.id, io, args.feed, args.max_connections, args.settings, args.shared).run();
+        }
+        Err(e) => {
+            let _ = args.ready.send(Err(e));
+        }
+    }
+}
+
+/// Resolves `--io`: `epoll` as asked; `uring` only if the probe passes (otherwise start fails, saying why);
+/// `auto` is io_uring where the probe passes, otherwise epoll with one log line giving the reason.
+fn choose_backend(cfg: &Config) -> io::Result<IoBackend> {
+    match cfg.io {
+        IoBackend::Epoll => Ok(IoBackend::Epoll),
+        IoBackend::Uring => match crate::reactor::uring::probe(&cfg.uring()) {
+            Ok(()) => Ok(IoBackend::Uring),
+            Err(reason) => Err(io::Error::other(format!("--io uring: io_uring unavailable: {reason}"))),
+        },
+        IoBackend::Auto => match crate::reactor::uring::probe(&cfg.uring()) {
+            Ok(()) => Ok(IoBackend::Uring),
+            Err(reason) => {
+                tracing::info!("io backend: epoll (io_uring unavailable: {reason})");
+                Ok(IoBackend::Epoll)
+            }
+        },
     }
 }
 

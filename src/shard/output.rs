@@ -1,14 +1,15 @@
 //! Writing one connection: everything pending for it — the rest of a broadcast chunk, its private bytes, then
-//! newer broadcast chunks — leaves in one `sendmsg` per loop pass.
+//! newer broadcast chunks — leaves in one send per loop pass (one `sendmsg` on epoll, one queued `send`/`sendmsg`
+//! operation on io_uring).
 
-use std::io::{self, IoSlice};
+use std::io;
 
-use crate::conn::{BufPool, Conn};
+use crate::conn::{BufPool, Conn, ConnKey};
 use crate::fanout::{FrameLog, Located};
+use crate::reactor::{Outgoing, Reactor, Sending};
 
-/// Most slices in one `sendmsg` (well under `IOV_MAX`). A connection with more pending gets further writes in the
-/// same pass while the kernel keeps accepting bytes.
-const MAX_IOV: usize = 64;
+/// Most slices of any backend's send (a backend may take fewer: `Reactor::MAX_IOV`).
+const MAX_PARTS: usize = 64;
 
 /// How a flush ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,61 +17,68 @@ const MAX_IOV: usize = 64;
 pub enum Flushed {
     /// Nothing left to write.
     Done,
-    /// The socket buffer is full: wait for writability.
+    /// The socket buffer is full: wait for writability (epoll).
     Blocked,
+    /// A send is in flight; its completion continues the flush (io_uring).
+    InFlight,
+    /// The backend had no room for the send this pass: try again next pass (io_uring).
+    Deferred,
     /// The connection cannot continue: socket error, or its backlog was trimmed away mid-frame.
     Failed,
 }
 
-/// Writes what is pending for `conn`. Private bytes are only ever written at a chunk boundary of the broadcast
-/// stream (see the `Conn` invariants), and once `close_queued` is set no further chunk is started.
-pub fn flush(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool) -> Flushed {
+/// Writes (or starts writing) what is pending for `conn`. Private bytes are only ever written at a chunk
+/// boundary of the broadcast stream (see the `Conn` invariants), and once `close_queued` is set no further chunk
+/// is started.
+pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &mut BufPool, io: &mut R) -> Flushed {
+    use std::os::fd::AsRawFd;
+    debug_assert!(!conn.send_in_flight, "one send per connection at a time");
     loop {
-        let mut batch = IovBatch::new();
+        let mut tail = [&[][..]; MAX_PARTS];
+        let mut tail_len = 0;
         let located = if conn.is_subscribed() { log.locate(conn.cursor) } else { Located::Head };
-        let mut next_chunk = match located {
+        let (head, mut next_chunk) = match located {
             Located::Trimmed => return Flushed::Failed,
-            Located::Head => None,
-            Located::At { index, offset: 0 } => Some(index),
-            Located::At { index, offset } => {
-                batch.push(&log.chunk(index)[offset..], true);
-                Some(index + 1)
-            }
+            Located::Head => (&[][..], None),
+            Located::At { index, offset: 0 } => (&[][..], Some(index)),
+            Located::At { index, offset } => (&log.chunk(index)[offset..], Some(index + 1)),
         };
-        batch.push(&conn.outbuf[conn.out_pos..], false);
+        let private_len = conn.outbuf.len() - conn.out_pos;
+        let room = R::MAX_IOV.min(MAX_PARTS) - usize::from(!head.is_empty()) - usize::from(private_len > 0);
         if !conn.close_queued {
-            while let Some(index) = next_chunk.filter(|&i| i < log.chunk_count() && !batch.is_full()) {
-                batch.push(log.chunk(index), true);
+            while let Some(index) = next_chunk.filter(|&i| i < log.chunk_count() && tail_len < room) {
+                tail[tail_len] = log.chunk(index);
+                tail_len += 1;
                 next_chunk = Some(index + 1);
             }
         }
-        if batch.len == 0 {
+        if head.is_empty() && private_len == 0 && tail_len == 0 {
             release_private(conn, pool);
             return Flushed::Done;
         }
-        // sendmsg(2) rather than writev(2): the same TCP path without the VFS layer's per-call overhead (about a
-        // tenth of a one-message send on loopback, measured with perf), and MSG_NOSIGNAL instead of SIGPIPE.
-        let written = match socket2::SockRef::from(&conn.stream).send_vectored(&batch.slices[..batch.len]) {
-            Ok(w) => w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
+        let head_len = head.len();
+        let fd = conn.stream.as_raw_fd();
+        let out = Outgoing { head, private: &mut conn.outbuf, private_from: conn.out_pos, tail: &tail[..tail_len] };
+        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of `log`; while this send is in flight the
+        // connection is flagged `send_in_flight` and kept in the blocked list, and `trim_log` never drops a chunk
+        // at or after the cursor of such a connection; the cursor moves only when the send's completion is
+        // handled (`on_sent`). Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
+        match unsafe { io.send(key, fd, out) } {
+            Sending::Done(Ok(written)) => advance(conn, head_len, private_len, written),
+            Sending::Done(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+            Sending::Done(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Sending::Done(Err(e)) => {
                 tracing::debug!(error = %e, "write failed");
                 return Flushed::Failed;
             }
-        };
-        let mut left = written;
-        for (slice, &broadcast) in batch.slices[..batch.len].iter().zip(&batch.broadcast) {
-            let k = left.min(slice.len());
-            if broadcast {
-                conn.cursor += k as u64;
-            } else {
-                conn.out_pos += k;
+            Sending::InFlight => {
+                // The private bytes went with the operation; new ones start a fresh buffer.
+                conn.out_pos = 0;
+                conn.send_in_flight = true;
+                conn.inflight += 1;
+                return Flushed::InFlight;
             }
-            left -= k;
-            if left == 0 {
-                break;
-            }
+            Sending::Deferred => return Flushed::Deferred,
         }
         if conn.out_pos == conn.outbuf.len() {
             release_private(conn, pool);
@@ -80,33 +88,117 @@ pub fn flush(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool) -> Flushed {
     }
 }
 
-/// The slices of one `sendmsg`, each marked as broadcast (advances the cursor) or private (advances `out_pos`).
-struct IovBatch<'a> {
-    slices: [IoSlice<'a>; MAX_IOV],
-    broadcast: [bool; MAX_IOV],
-    len: usize,
+/// Applies a completed send (io_uring): moves the cursor over the broadcast bytes written and puts back the
+/// private bytes that were not. The connection must then be flushed again (more may be pending, or its close
+/// may be complete).
+pub fn on_sent(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool, written: usize, mut private: Vec<u8>, from: usize) {
+    // The cursor has not moved since the send started, so the chunk under it is the same one.
+    let head_len = match log.locate(conn.cursor) {
+        Located::At { index, offset } if offset > 0 => log.chunk(index).len() - offset,
+        _ => 0,
+    };
+    let private_len = private.len() - from;
+    let k = written.min(head_len);
+    let p = (written - k).min(private_len);
+    conn.cursor += (written - p) as u64;
+    if p < private_len {
+        // A short send: what is left of the old private bytes goes before anything queued since.
+        private.drain(..from + p);
+        private.extend_from_slice(&conn.outbuf[conn.out_pos..]);
+        pool.give(&mut conn.outbuf);
+        conn.outbuf = private;
+        conn.out_pos = 0;
+    } else {
+        if cfg!(debug_assertions) {
+            // A use of these bytes after this point (a send that still pointed at them) would show as corrupt
+            // frames at the clients.
+            private.fill(0xA5);
+        }
+        pool.give(&mut private);
+    }
 }
 
-impl<'a> IovBatch<'a> {
-    fn new() -> Self {
-        Self { slices: [IoSlice::new(&[]); MAX_IOV], broadcast: [false; MAX_IOV], len: 0 }
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == MAX_IOV
-    }
-
-    fn push(&mut self, bytes: &'a [u8], broadcast: bool) {
-        if bytes.is_empty() || self.is_full() {
-            return;
-        }
-        self.slices[self.len] = IoSlice::new(bytes);
-        self.broadcast[self.len] = broadcast;
-        self.len += 1;
-    }
+/// Moves the cursor and `out_pos` over `written` bytes of `[head_len broadcast][private_len private][broadcast]`.
+fn advance(conn: &mut Conn, head_len: usize, private_len: usize, written: usize) {
+    let k = written.min(head_len);
+    let p = (written - k).min(private_len);
+    conn.cursor += (written - p) as u64;
+    conn.out_pos += p;
 }
 
 fn release_private(conn: &mut Conn, pool: &mut BufPool) {
     conn.out_pos = 0;
     pool.give(&mut conn.outbuf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut conn = Conn::new(stream);
+        conn.sub_index = 0;
+        conn
+    }
+
+    /// `advance` against a byte-by-byte walk over the three parts, for every split point.
+    #[test]
+    fn advance_matches_a_walk_over_the_parts() {
+        for head_len in 0..4 {
+            for private_len in 0..4 {
+                for tail_len in 0..4 {
+                    for written in 0..=head_len + private_len + tail_len {
+                        let mut c = conn();
+                        c.outbuf = vec![0; private_len];
+                        advance(&mut c, head_len, private_len, written);
+                        let parts = [(head_len, true), (private_len, false), (tail_len, true)];
+                        let (mut cursor, mut out_pos, mut left) = (0, 0, written);
+                        for (len, broadcast) in parts {
+                            let k = left.min(len);
+                            if broadcast {
+                                cursor += k
+                            } else {
+                                out_pos += k
+                            }
+                            left -= k;
+                        }
+                        assert_eq!(
+                            (c.cursor, c.out_pos),
+                            (cursor as u64, out_pos),
+                            "{head_len} {private_len} {tail_len} {written}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_send_puts_the_private_rest_before_newer_bytes() {
+        let mut log = FrameLog::new();
+        log.push(std::sync::Arc::from(&b"abcd"[..]));
+        let mut pool = BufPool::new(4, 64, 1024);
+        let mut c = conn();
+        c.cursor = 2; // "cd" of the chunk is pending
+        c.outbuf = b"NEW".to_vec();
+        // The send carried "cd" + "xyz" (from offset 1 of "_xyz"); 3 bytes went: "cd" and "x".
+        on_sent(&mut c, &log, &mut pool, 3, b"_xyz".to_vec(), 1);
+        assert_eq!(c.cursor, 4);
+        assert_eq!(&c.outbuf[c.out_pos..], b"yzNEW");
+    }
+
+    #[test]
+    fn a_full_send_moves_the_cursor_past_the_private_bytes() {
+        let mut log = FrameLog::new();
+        log.push(std::sync::Arc::from(&b"abcd"[..]));
+        log.push(std::sync::Arc::from(&b"efgh"[..]));
+        let mut pool = BufPool::new(4, 64, 1024);
+        let mut c = conn();
+        c.cursor = 2;
+        on_sent(&mut c, &log, &mut pool, 2 + 2 + 3, b"pq".to_vec(), 0);
+        assert_eq!(c.cursor, 7);
+        assert!(c.outbuf.is_empty());
+    }
 }

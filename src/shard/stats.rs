@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::reactor::IoStats;
 use crate::upstream::FeedStats;
 
 /// One loop thread's counters. Aligned to 128 bytes so two threads never share a cache line.
@@ -43,12 +44,21 @@ pub struct Shared {
     pub shards: Arc<[ShardStats]>,
     pub feed: Option<Arc<FeedStats>>,
     pub started: Instant,
+    /// The I/O backend the loop threads run on (`epoll` or `uring`).
+    pub io_backend: &'static str,
+    /// Each loop thread's backend counters.
+    pub io: Box<[Arc<IoStats>]>,
 }
 
 impl Shared {
     /// Sum of one counter over all loop threads.
     pub fn total(&self, pick: impl Fn(&ShardStats) -> &AtomicU64) -> u64 {
         self.shards.iter().map(|s| pick(s).load(Relaxed)).sum()
+    }
+
+    /// Sum of one backend counter over all loop threads.
+    pub fn io_total(&self, pick: impl Fn(&IoStats) -> &AtomicU64) -> u64 {
+        self.io.iter().map(|s| pick(s).load(Relaxed)).sum()
     }
 
     /// The `/healthz` body.
@@ -58,12 +68,18 @@ impl Shared {
         let status = if self.shutdown.load(Relaxed) { "shutting_down" } else { "ok" };
         format!(
             "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
-             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"slow_consumers\":{},\"uptime_s\":{}}}\n",
+             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"slow_consumers\":{},\"uptime_s\":{},\
+             \"io\":\"{}\",\"io_waits\":{},\"io_midpass_submits\":{},\"io_recv_enobufs\":{},\"io_sends_deferred\":{}}}\n",
             self.total(|s| &s.connections),
             self.shards.len(),
             self.total(|s| &s.feed_batches_dropped),
             self.total(|s| &s.slow_consumers),
             self.started.elapsed().as_secs(),
+            self.io_backend,
+            self.io_total(|s| &s.waits),
+            self.io_total(|s| &s.midpass_submits),
+            self.io_total(|s| &s.recv_enobufs),
+            self.io_total(|s| &s.sends_deferred),
         )
     }
 }

@@ -23,7 +23,7 @@ function startGateway(args) {
     const timer = setTimeout(() => reject(new Error(`no listening line; stderr:\n${stderr}`)), 10_000);
     proc.on('exit', (code) => reject(new Error(`wsgate exited early (${code}); stderr:\n${stderr}`)));
     createInterface({ input: proc.stdout }).on('line', (line) => {
-      const m = line.match(/^wsgate: listening on (ws:\/\/\S+\/ws)$/);
+      const m = line.match(/^wsgate: listening on (ws:\/\/\S+\/ws) \(io: \w+\)$/);
       if (m) {
         clearTimeout(timer);
         resolve({ proc, url: m[1], stderr: () => stderr });

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub ws_addr: SocketAddr,
     /// The publisher listener, when started with `--ingest`.
     pub ingest_addr: Option<SocketAddr>,
+    /// The I/O backend it reported (`epoll` or `uring`).
+    pub io: String,
     stderr_path: PathBuf,
     config_path: Option<PathBuf>,
     args: Vec<String>,
@@ -104,6 +106,7 @@ impl Gateway {
             child: Some(child),
             ws_addr: "0.0.0.0:0".parse().unwrap(),
             ingest_addr: None,
+            io: String::new(),
             stderr_path,
             config_path: None,
             args: full,
@@ -116,8 +119,10 @@ impl Gateway {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("wsgate: listening on ws://") {
+                        let (url, io) = rest.split_once(" (io: ").unwrap_or_else(|| panic!("no backend in {line:?}"));
+                        gw.io = io.trim_end_matches(')').to_string();
                         let addr =
-                            rest.strip_suffix("/ws").unwrap_or_else(|| panic!("listening line without /ws: {line:?}"));
+                            url.strip_suffix("/ws").unwrap_or_else(|| panic!("listening line without /ws: {line:?}"));
                         ws_addr =
                             Some(addr.parse::<SocketAddr>().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")));
                     } else if let Some(rest) = line.strip_prefix("wsgate: ingest listening on ") {
@@ -147,6 +152,12 @@ impl Gateway {
             }
         }
         gw.ws_addr = ws_addr.unwrap();
+        // A backend asked for by name must be the one running: a silent fallback must not pass the suite.
+        if let Some(io) = gw.args.iter().position(|a| a == "--io").map(|i| gw.args[i + 1].clone()) {
+            if io != "auto" {
+                assert_eq!(gw.io, io, "wsgate runs on {} although --io {io} was asked for", gw.io);
+            }
+        }
         gw
     }
 

@@ -1,0 +1,498 @@
+//! The io_uring backend. All of the ring's `unsafe` lives in this module (here, `bufring.rs`, `probe.rs`).
+//!
+//! - Accepting is one multishot accept; receiving is one multishot receive per connection into the loop
+//!   thread's provided-buffer ring ([`BufRing`]); a connection has at most one send in flight.
+//! - Everything queued during a loop pass is handed to the kernel by the one `io_uring_enter` that also waits
+//!   (`wait`); only a full submission queue forces an extra enter mid-pass.
+//! - The ring is `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only inside our enter, so it batches and
+//!   never interrupts the loop), or `SQPOLL` when asked for.
+//!
+//! Lifetime rules (the loop keeps its side of them; see `docs/architecture.md`):
+//! 1. The bytes of a send stay valid and unmoved until its completion: broadcast chunks are kept by the loop's
+//!    trim rule, private bytes are moved into the send slot and handed back with [`Event::Sent`], and the
+//!    `msghdr`/`iovec` live in a slot of a fixed arena that never reallocates.
+//! 2. A receive buffer is the loop's only while the completion that named it is handled; then it goes back.
+//! 3. A socket is closed only when nothing is in flight on it: the loop cancels first and waits for the ends.
+
+mod bufring;
+mod probe;
+mod token;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::{Event, Handler, IoStats, Outgoing, Reactor, Sending, Waker};
+use crate::conn::ConnKey;
+pub use bufring::BufRing;
+pub use probe::probe;
+use token::Op;
+
+/// Slices in one `sendmsg`: the rest of a chunk, private bytes, then newer chunks. A laggard catches up by this
+/// many chunks per pass.
+const MAX_IOV: usize = 8;
+/// Buffer group id of the receive buffers (one group per ring).
+const BGID: u16 = 0;
+/// Completions copied out of the queue at a time.
+const CQE_BATCH: usize = 256;
+
+/// Settings of the io_uring backend (`uring_*` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UringConfig {
+    /// Submission queue entries (the completion queue gets four times as many).
+    pub sq_entries: u32,
+    /// Provided receive buffers per loop thread (power of two, at most 32768).
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_size: u32,
+    /// Sends with several slices or private bytes that may be in flight at once per loop thread.
+    pub send_slots: u32,
+    /// Let a kernel thread poll the submission queue (burns a core; excludes `DEFER_TASKRUN`).
+    pub sqpoll: bool,
+    /// Register each connection's socket with the ring (fixed files), saving a file lookup per operation.
+    pub fixed_files: bool,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        Self {
+            sq_entries: 4096,
+            recv_buffers: 1024,
+            recv_buffer_size: 4096,
+            send_slots: 4096,
+            sqpoll: false,
+            fixed_files: false,
+        }
+    }
+}
+
+/// Builds a ring with the flags the backend runs with (also used by the probe).
+fn build_ring(cfg: &UringConfig, sq_entries: u32) -> io::Result<IoUring> {
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(sq_entries.saturating_mul(4)).setup_submit_all().setup_single_issuer().dontfork();
+    if cfg.sqpoll {
+        builder.setup_sqpoll(1000);
+    } else {
+        builder.setup_defer_taskrun();
+    }
+    builder.build(sq_entries)
+}
+
+/// The memory of one `sendmsg` in flight. Lives in a boxed slice that never grows, so the kernel may read
+/// `msg` and `iov` at any time until the completion (needed under SQPOLL, where submission is asynchronous).
+struct SendSlot {
+    key: ConnKey,
+    msg: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+    private: Vec<u8>,
+    private_from: usize,
+}
+
+pub struct UringReactor {
+    ring: IoUring,
+    bufs: BufRing,
+    listener: Option<TcpListener>,
+    /// Accepting is wanted (off while paused after `EMFILE`, and after shutdown).
+    accepting: bool,
+    /// A multishot accept is in flight.
+    accept_armed: bool,
+    /// Kept for the eventfd it owns; the ring reads that descriptor.
+    waker: Arc<Waker>,
+    /// Target of the waker's read: leaked, because a read may still be in flight when the ring is dropped.
+    wake_buf: *mut u64,
+    wake_armed: bool,
+    slots: Box<[SendSlot]>,
+    free_slots: Vec<u32>,
+    /// Connections whose multishot receive ended without an error (e.g. `ENOBUFS`): re-armed in the next wait.
+    rearm: VecDeque<ConnKey>,
+    /// Operations that found the submission queue full even after a flush: pushed first in the next wait.
+    backlog: VecDeque<squeue::Entry>,
+    /// Reused buffer for a batch of completions.
+    cqes: Vec<cqueue::Entry>,
+    /// Fixed-file table size (0: plain descriptors). Connection `index < fixed` uses table slot `index`.
+    fixed: u32,
+    stats: Arc<IoStats>,
+}
+
+/// Builds the same operation against a fixed-file slot or a plain descriptor.
+macro_rules! on_fd {
+    ($self:ident, $key:expr, $fd:expr, |$target:ident| $build:expr) => {
+        if ($key.index() as u64) < u64::from($self.fixed) {
+            let $target = Fixed($key.index() as u32);
+            $build
+        } else {
+            let $target = Fd($fd);
+            $build
+        }
+    };
+}
+
+impl UringReactor {
+    /// Must run on the loop thread that will use it (`SINGLE_ISSUER`). `listener` and `waker` must be blocking.
+    pub fn new(
+        cfg: &UringConfig,
+        listener: TcpListener,
+        waker: Arc<Waker>,
+        max_connections: usize,
+        stats: Arc<IoStats>,
+    ) -> io::Result<Self> {
+        let ring = build_ring(cfg, cfg.sq_entries)?;
+        let bufs = BufRing::register(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_size, BGID)?;
+        let fixed = if cfg.fixed_files {
+            // The table cannot exceed the open-files limit; connections past it use plain descriptors.
+            let table = max_connections.min(open_files_limit()).min(u32::MAX as usize) as u32;
+            ring.submitter().register_files_sparse(table)?;
+            table
+        } else {
+            0
+        };
+        let slots = (0..cfg.send_slots.max(1))
+            .map(|_| SendSlot {
+                key: ConnKey(0),
+                // SAFETY: msghdr is plain C data (pointers and integers); all zeroes is a valid, empty header.
+                msg: unsafe { std::mem::zeroed() },
+                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+                private: Vec::new(),
+                private_from: 0,
+            })
+            .collect::<Box<[_]>>();
+        let free_slots = (0..slots.len() as u32).rev().collect();
+        Ok(Self {
+            ring,
+            bufs,
+            listener: Some(listener),
+            accepting: true,
+            accept_armed: false,
+            waker,
+            wake_buf: Box::into_raw(Box::new(0u64)),
+            wake_armed: false,
+            slots,
+            free_slots,
+            rearm: VecDeque::new(),
+            backlog: VecDeque::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
+            fixed,
+            stats,
+        })
+    }
+
+    /// Bytes this backend holds per loop thread whatever the number of connections (buffer ring, send slots).
+    pub fn fixed_bytes(&self) -> usize {
+        self.bufs.mapped_bytes() + self.slots.len() * std::mem::size_of::<SendSlot>()
+    }
+
+    /// Queues `entry`; when the submission queue is full, hands what is queued to the kernel first. `false`:
+    /// still no room (the kernel pushes back while its completion queue overflows).
+    ///
+    /// # Safety
+    /// Whatever `entry` points to must stay valid until its completion.
+    unsafe fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the caller keeps the entry's memory valid until its completion.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return true;
+        }
+        IoStats::bump(&self.stats.midpass_submits);
+        if let Err(e) = self.ring.submit() {
+            tracing::debug!(error = %e, "mid-pass submit failed");
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    /// Queues an operation that must not be lost (cancel, re-arm): if there is no room now, it waits in the
+    /// backlog for the next pass.
+    ///
+    /// # Safety
+    /// As [`UringReactor::try_push`].
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        // SAFETY: forwarded from the caller.
+        if !unsafe { self.try_push(&entry) } {
+            self.backlog.push_back(entry);
+        }
+    }
+
+    fn arm_recv(&mut self, key: ConnKey, fd: RawFd) {
+        let recv = on_fd!(self, key, fd, |t| opcode::RecvMulti::new(t, BGID).build());
+        // SAFETY: a multishot receive points at no memory of ours: the kernel picks buffers from the ring, which
+        // stays mapped for the life of the process.
+        unsafe { self.push(recv.user_data(token::conn(Op::Recv, key))) };
+    }
+
+    /// Arms what the last pass left unarmed: the accept, the waker, backlogged entries, ended receives.
+    fn arm(&mut self, h: &mut impl Handler) {
+        while let Some(entry) = self.backlog.pop_front() {
+            // SAFETY: entries in the backlog were built under the same rules as when first pushed.
+            if !unsafe { self.try_push(&entry) } {
+                self.backlog.push_front(entry);
+                break;
+            }
+        }
+        if self.accepting && !self.accept_armed {
+            if let Some(listener) = &self.listener {
+                let accept = opcode::AcceptMulti::new(Fd(listener.as_raw_fd())).flags(libc::SOCK_CLOEXEC).build();
+                // SAFETY: a multishot accept points at no memory (no address out-parameters); the listener stays
+                // open until its final completion (see `on_accept`).
+                unsafe { self.push(accept.user_data(token::encode(Op::Accept, 0))) };
+                self.accept_armed = true;
+            }
+        }
+        if !self.wake_armed {
+            let read = opcode::Read::new(Fd(self.waker.as_raw_fd()), self.wake_buf.cast(), 8).build();
+            // SAFETY: `wake_buf` is a leaked 8-byte allocation, valid for the life of the process; the eventfd is
+            // owned by `self.waker`, which lives as long as the ring.
+            unsafe { self.push(read.user_data(token::encode(Op::Wake, 0))) };
+            self.wake_armed = true;
+        }
+        // Re-arm at most as many receives as there are buffers, so a dry ring does not turn into a storm of
+        // ENOBUFS completions; the rest wait a pass (their bytes wait in the socket).
+        for _ in 0..self.rearm.len().min(usize::from(self.bufs.entries())) {
+            let Some(key) = self.rearm.pop_front() else { break };
+            match h.input_fd(key) {
+                Some(fd) => self.arm_recv(key, fd),
+                None => {
+                    h.on_event(Event::RecvEnded { key, err: None });
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32, h: &mut impl Handler) {
+        if res >= 0 {
+            // SAFETY: a successful accept completion carries a new descriptor that nothing else owns.
+            h.on_event(Event::Accepted(unsafe { OwnedFd::from_raw_fd(res) }));
+        }
+        if cqueue::more(flags) {
+            return;
+        }
+        self.accept_armed = false;
+        if !self.accepting {
+            // Shutdown cancelled it: the listener has no operation left and can close.
+            self.listener = None;
+        } else if res < 0 && -res != libc::ECANCELED {
+            let err = io::Error::from_raw_os_error(-res);
+            if super::is_fd_exhaustion(&err) {
+                self.accepting = false;
+                h.on_event(Event::AcceptStopped(err));
+            } else {
+                tracing::debug!(error = %err, "multishot accept ended: re-armed");
+            }
+        }
+    }
+
+    fn on_recv(&mut self, key: ConnKey, res: i32, flags: u32, h: &mut impl Handler) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            let data = self.bufs.take(bid, res.max(0) as usize);
+            if !data.is_empty() {
+                // A multishot receive cannot be paused: what the loop does not want, it discards.
+                h.on_event(Event::Received { key, data });
+            }
+            self.bufs.push(bid);
+        }
+        if cqueue::more(flags) {
+            return;
+        }
+        match res {
+            // Ended early without an error, or the buffer ring ran dry: the bytes wait in the socket.
+            n if n > 0 => self.rearm.push_back(key),
+            n if -n == libc::ENOBUFS => {
+                IoStats::bump(&self.stats.recv_enobufs);
+                self.rearm.push_back(key);
+            }
+            0 => {
+                h.on_event(Event::RecvEnded { key, err: None });
+            }
+            n => {
+                h.on_event(Event::RecvEnded { key, err: Some(io::Error::from_raw_os_error(-n)) });
+            }
+        }
+    }
+
+    fn reap(&mut self, h: &mut impl Handler) {
+        // Completions are copied out in batches: the queue's head is published once per batch, and handlers may
+        // use the rest of the reactor meanwhile.
+        let mut cqes = std::mem::take(&mut self.cqes);
+        loop {
+            cqes.clear();
+            cqes.extend(self.ring.completion().take(CQE_BATCH));
+            if cqes.is_empty() {
+                break;
+            }
+            for cqe in &cqes {
+                self.complete(cqe, h);
+            }
+            self.bufs.publish();
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry, h: &mut impl Handler) {
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let Some((op, value)) = token::decode(cqe.user_data()) else {
+            debug_assert!(false, "completion with unknown user_data {:#x}", cqe.user_data());
+            return;
+        };
+        let result = || if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) };
+        match op {
+            Op::Accept => self.on_accept(res, flags, h),
+            Op::Recv => self.on_recv(ConnKey(value), res, flags, h),
+            Op::Send => {
+                let key = ConnKey(value);
+                h.on_event(Event::Sent { key, result: result(), private: Vec::new(), private_from: 0 });
+            }
+            Op::SendMsg => {
+                let slot = &mut self.slots[value as usize];
+                let (key, private, private_from) = (slot.key, std::mem::take(&mut slot.private), slot.private_from);
+                self.free_slots.push(value as u32);
+                h.on_event(Event::Sent { key, result: result(), private, private_from });
+            }
+            Op::Wake => self.wake_armed = false,
+            Op::Cancel => {}
+        }
+    }
+}
+
+impl Reactor for UringReactor {
+    const INLINE: bool = false;
+    const MAX_IOV: usize = MAX_IOV;
+    const NAME: &'static str = "uring";
+
+    fn accept(&mut self, on: bool) {
+        if on {
+            self.accepting = self.listener.is_some();
+            return;
+        }
+        self.accepting = false;
+        if self.accept_armed {
+            let cancel = opcode::AsyncCancel::new(token::encode(Op::Accept, 0)).build();
+            // SAFETY: a cancel points at no memory.
+            unsafe { self.push(cancel.user_data(token::encode(Op::Cancel, 0))) };
+        } else {
+            self.listener = None;
+        }
+    }
+
+    fn attach(&mut self, key: ConnKey, fd: RawFd) -> io::Result<()> {
+        if (key.index() as u64) < u64::from(self.fixed) {
+            self.ring.submitter().register_files_update(key.index() as u32, &[fd])?;
+        }
+        self.arm_recv(key, fd);
+        Ok(())
+    }
+
+    unsafe fn send(&mut self, key: ConnKey, fd: RawFd, out: Outgoing<'_>) -> Sending {
+        let private_len = out.private.len() - out.private_from;
+        let parts = out.parts().count();
+        if parts == 0 {
+            return Sending::Done(Ok(0));
+        }
+        if parts == 1 && private_len == 0 {
+            let single = [out.head].into_iter().chain(out.tail.iter().copied()).find(|p| !p.is_empty()).unwrap_or(&[]);
+            // The usual fan-out case: one broadcast slice, no memory of ours beyond the bytes themselves.
+            let (ptr, len) = (single.as_ptr(), single.len().min(u32::MAX as usize) as u32);
+            let send = on_fd!(self, key, fd, |t| opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build());
+            let send = send.user_data(token::conn(Op::Send, key));
+            // SAFETY: the caller keeps the broadcast bytes valid and unmoved until the completion (trait contract).
+            return if unsafe { self.try_push(&send) } {
+                Sending::InFlight
+            } else {
+                IoStats::bump(&self.stats.sends_deferred);
+                Sending::Deferred
+            };
+        }
+        let Some(index) = self.free_slots.pop() else {
+            IoStats::bump(&self.stats.sends_deferred);
+            return Sending::Deferred;
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.key = key;
+        slot.private_from = out.private_from;
+        // Moving the Vec does not move its heap bytes, which the iovec below points into.
+        slot.private = std::mem::take(out.private);
+        let private = &slot.private[slot.private_from..];
+        let mut n = 0;
+        for part in [out.head, private].into_iter().chain(out.tail.iter().copied()) {
+            if !part.is_empty() && n < MAX_IOV {
+                slot.iov[n] = libc::iovec { iov_base: part.as_ptr().cast_mut().cast(), iov_len: part.len() };
+                n += 1;
+            }
+        }
+        slot.msg.msg_iov = slot.iov.as_mut_ptr();
+        slot.msg.msg_iovlen = n;
+        let msg: *const libc::msghdr = &slot.msg;
+        let send = on_fd!(self, key, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build());
+        let send = send.user_data(token::encode(Op::SendMsg, u64::from(index)));
+        // SAFETY: the msghdr and iovecs live in a slot of an arena that never moves, released only on the
+        // completion; the private bytes are owned by that slot; the broadcast bytes are kept by the caller.
+        if unsafe { self.try_push(&send) } {
+            return Sending::InFlight;
+        }
+        let slot = &mut self.slots[index as usize];
+        *out.private = std::mem::take(&mut slot.private);
+        self.free_slots.push(index);
+        IoStats::bump(&self.stats.sends_deferred);
+        Sending::Deferred
+    }
+
+    fn cancel(&mut self, _key: ConnKey, fd: RawFd) {
+        // By the plain descriptor even with fixed files: both name the same open file, which is what matches.
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
+        // SAFETY: a cancel points at no memory.
+        unsafe { self.push(cancel.user_data(token::encode(Op::Cancel, 0))) };
+    }
+
+    fn detach(&mut self, key: ConnKey, _fd: RawFd) {
+        if (key.index() as u64) < u64::from(self.fixed) {
+            // The table's reference would keep the socket open (no FIN) after the loop closes its descriptor.
+            if let Err(e) = self.ring.submitter().register_files_update(key.index() as u32, &[-1]) {
+                tracing::warn!(error = %e, "could not drop a fixed-file slot");
+            }
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, h: &mut impl Handler) -> io::Result<()> {
+        self.arm(h);
+        if !self.rearm.is_empty() || !self.backlog.is_empty() {
+            // Still work to hand over: do not sleep on it.
+            return self.enter(Some(Duration::ZERO), h);
+        }
+        self.enter(timeout, h)
+    }
+}
+
+impl UringReactor {
+    /// The one `io_uring_enter` of a pass: submits everything queued, waits for a completion or the timeout,
+    /// then handles every completion there is.
+    fn enter(&mut self, timeout: Option<Duration>, h: &mut impl Handler) -> io::Result<()> {
+        IoStats::bump(&self.stats.waits);
+        let ts = timeout.map(|t| Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos()));
+        let args = match &ts {
+            Some(ts) => SubmitArgs::new().timespec(ts),
+            None => SubmitArgs::new(),
+        };
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            // ETIME: the timeout passed (normal). EINTR: a signal. EBUSY/EAGAIN: completions must be reaped
+            // before the kernel takes more (completion-queue overflow): reap now, submit next pass.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap(h);
+        Ok(())
+    }
+}
+
+fn open_files_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,124 @@
+//! What the loop thread does with each event its I/O backend reports. Runs inside `Reactor::wait`, so it
+//! borrows every part of the loop but the backend itself; anything that needs the backend (registering a new
+//! connection) is queued for right after the wait.
+
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use super::input::{self, kill, InputCx};
+use super::output;
+use super::stats::ShardStats;
+use super::timers::DeadlineQueue;
+use crate::conn::{Conn, ConnKey, GenSlab, Phase};
+use crate::reactor::{self, Event, Handler};
+
+/// Pause after the process ran out of file descriptors.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub struct Dispatch<'a> {
+    pub id: usize,
+    pub conns: &'a mut GenSlab<Conn>,
+    pub cx: InputCx<'a>,
+    pub handshake_deadlines: &'a mut DeadlineQueue,
+    pub accept_paused_until: &'a mut Option<Instant>,
+    /// Accepted connections to register with the backend once the wait is over.
+    pub to_attach: &'a mut Vec<ConnKey>,
+    pub max_connections: usize,
+}
+
+impl Handler for Dispatch<'_> {
+    fn input_fd(&self, key: ConnKey) -> Option<RawFd> {
+        let conn = self.conns.get(key)?;
+        (conn.phase != Phase::Dead).then(|| conn.stream.as_raw_fd())
+    }
+
+    fn on_event(&mut self, event: Event<'_>) -> bool {
+        match event {
+            Event::Accepted(fd) => self.accepted(fd),
+            Event::AcceptStopped(e) => {
+                tracing::warn!(shard = self.id, error = %e, "out of file descriptors: pausing accepts");
+                *self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+            Event::Received { key, data } => {
+                let Some(conn) = self.conns.get_mut(key) else { return false };
+                if conn.phase == Phase::Dead {
+                    return false;
+                }
+                input::on_bytes(conn, key, data, &mut self.cx);
+                return conn.phase != Phase::Dead;
+            }
+            Event::RecvEnded { key, err } => {
+                let Some(conn) = self.conns.get_mut(key) else { return false };
+                match err {
+                    None if conn.phase == Phase::Open => tracing::debug!(?key, "peer closed without a close frame"),
+                    Some(e) if conn.phase != Phase::Dead => tracing::debug!(?key, error = %e, "read failed"),
+                    _ => {}
+                }
+                kill(conn, key, self.cx.dead);
+                op_ended(conn, key, self.cx.dead);
+            }
+            Event::Writable { key } => {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.write_blocked = false;
+                    input::mark_dirty(conn, key, self.cx.dirty);
+                }
+            }
+            Event::Sent { key, result, mut private, private_from } => {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    debug_assert!(false, "send completion for a freed connection");
+                    return false;
+                };
+                conn.send_in_flight = false;
+                conn.write_blocked = false;
+                match result {
+                    _ if conn.phase == Phase::Dead => self.cx.pool.give(&mut private),
+                    Ok(written) => output::on_sent(conn, self.cx.log, self.cx.pool, written, private, private_from),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        output::on_sent(conn, self.cx.log, self.cx.pool, 0, private, private_from)
+                    }
+                    Err(e) => {
+                        tracing::debug!(?key, error = %e, "send failed");
+                        self.cx.pool.give(&mut private);
+                        kill(conn, key, self.cx.dead);
+                    }
+                }
+                if conn.phase != Phase::Dead {
+                    input::mark_dirty(conn, key, self.cx.dirty);
+                }
+                op_ended(conn, key, self.cx.dead);
+            }
+        }
+        true
+    }
+}
+
+/// One of the connection's operations has ended (io_uring). A dead connection whose last operation ended goes
+/// back to the reap phase, which frees it.
+fn op_ended(conn: &mut Conn, key: ConnKey, dead: &mut Vec<ConnKey>) {
+    if conn.inflight == 0 {
+        return; // epoll: nothing is ever in flight
+    }
+    conn.inflight -= 1;
+    if conn.inflight == 0 && conn.phase == Phase::Dead && conn.cancel_sent {
+        dead.push(key);
+    }
+}
+
+impl Dispatch<'_> {
+    fn accepted(&mut self, fd: OwnedFd) {
+        let stream = TcpStream::from(fd);
+        if self.conns.len() >= self.max_connections {
+            // Best effort: the socket buffer of a fresh connection always has room for this.
+            let busy = crate::proto::handshake::http_response(503, "text/plain", b"server at max_connections\n");
+            let _ = reactor::send_now(&stream, &busy);
+            tracing::warn!(shard = self.id, peer = ?stream.peer_addr().ok(), "max_connections reached: refused with 503");
+            ShardStats::add(&self.cx.stats.rejected, 1);
+            return;
+        }
+        let key = self.conns.insert(Conn::new(stream));
+        self.to_attach.push(key);
+        ShardStats::add(&self.cx.stats.connections, 1);
+        self.handshake_deadlines.push(Instant::now(), key);
+    }
+}
