@@ -143,6 +143,10 @@ pub struct Cli {
     /// I/O backend [default: auto].
     #[arg(long, value_enum)]
     pub io: Option<IoBackend>,
+    /// Only check whether io_uring can be used here (same probe as `--io auto`), print the answer and exit:
+    /// 0 when it can, 3 when it cannot.
+    #[arg(long)]
+    pub check_io: bool,
     /// io_uring: provided receive buffers per loop thread (power of two) [default: 1024].
     #[arg(long)]
     pub uring_recv_buffers: Option<u16>,

@@ -15,7 +15,9 @@ enum Stop {
 }
 
 fn main() -> ExitCode {
-    let cfg = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    let check_io = cli.check_io;
+    let cfg = match Config::load(cli) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("wsgate: {e}");
@@ -29,6 +31,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_io {
+        return match wsgate::reactor::uring::probe(&cfg.uring()) {
+            Ok(()) => {
+                println!("io_uring: available");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                println!("io_uring: unavailable: {reason}");
+                ExitCode::from(3)
+            }
+        };
+    }
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
