@@ -5,11 +5,12 @@
 #
 #   scripts/bench-c100k.sh                     # 100,000 subscribers, 7 gateway processes, 1 msg/s
 #   CONNS=40000 GATEWAYS=3 scripts/bench-c100k.sh
+#   SERVER=wsgate-uring CONNS=50000 GATEWAYS=3 scripts/bench-c100k.sh   # one backend (see server_args)
 #
 # Why several processes: the development machines cap open files at 20,000 per process (not raisable), so one
 # process cannot hold 100k sockets here. Production machines have no such cap; wsgate itself has no such limit.
 # Settings (environment): CONNS, GATEWAYS, RATE (msg/s, default 1), SIZE, PROCS (loadgen processes), RAMP
-# (connections/s, default unpaced), WARMUP, DURATION, SOURCE_IPS, RESULTS.
+# (connections/s, default unpaced), WARMUP, DURATION, SOURCE_IPS, RESULTS, SERVER (wsgate or a wsgate-* name).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -19,19 +20,20 @@ RATE=${RATE:-1}
 PROCS=${PROCS:-8}
 WARMUP=${WARMUP:-3}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.61}
-SERVERS=wsgate
+SERVER=${SERVER:-wsgate}
+SERVERS=$SERVER
 bench_setup c100k "conns=$CONNS gateways=$GATEWAYS rate=$RATE ramp=${RAMP:-unpaced}"
 
-run="wsgate-c$CONNS-g$GATEWAYS-r$RATE"
+run="$SERVER-c$CONNS-g$GATEWAYS-r$RATE"
 dir="$RESULTS/$run.d"
 mkdir -p "$dir"
 start_feed "$dir" "$RATE" "$SIZE"
-start_server "$dir" wsgate 127.0.0.1:0 "$FEED_ADDR" 1
+start_server "$dir" "$SERVER" 127.0.0.1:0 "$FEED_ADDR" 1
 url=$SERVER_URL
 port=${url##*:}; port=${port%%/*}
 pids=(--server-pid "$SERVER_PID")
 for ((g = 1; g < GATEWAYS; g++)); do
-  start_server "$dir" wsgate "127.0.0.1:$port" "$FEED_ADDR" 1
+  start_server "$dir" "$SERVER" "127.0.0.1:$port" "$FEED_ADDR" 1
   pids+=(--server-pid "$SERVER_PID")
 done
 ramp=()
@@ -41,5 +43,5 @@ ramp=()
   --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" 2> "$dir/loadgen.err" | tee "$dir/loadgen.out"
 bench_cleanup
 "$LOADGEN" chart --out "$RESULTS/$run.svg" --title "c$CONNS idle + $RATE broadcast/s ($GATEWAYS processes)" \
-  --label "wsgate" "$RESULTS/$run.hgrm" || true
+  --label "$SERVER" "$RESULTS/$run.hgrm" || true
 summary_table "$RESULTS"/*.json | tee "$RESULTS/summary.txt"

@@ -4,6 +4,7 @@
 #
 #   scripts/bench-echo.sh                                 # wsgate and both peers, 1,000 connections × 10 msg/s
 #   CONNS=10000 RATE=1 SERVERS=wsgate REPEAT=2 scripts/bench-echo.sh
+#   SERVERS="wsgate-epoll wsgate-uring" CONNS=10000 RATE=1 REPEAT=3 scripts/bench-echo.sh   # the two backends
 #
 # Settings (environment): SERVERS, CONNS, RATE (messages/s per connection), SIZE, THREADS, PROCS, WARMUP,
 # DURATION, REPEAT, SOURCE_IPS, RESULTS (default results/echo-<date>).
@@ -21,7 +22,9 @@ for rep in $(seq 1 "$REPEAT"); do
     dir="$RESULTS/$run.d"
     mkdir -p "$dir"
     echo "== $run" >&2
-    "$(server_bin "$server")" --listen 127.0.0.1:0 --threads "$THREADS" --echo > "$dir/server0.out" 2> "$dir/server0.err" &
+    mapfile -t flags < <(server_args "$server")
+    "$(server_bin "$server")" --listen 127.0.0.1:0 --threads "$THREADS" --echo "${flags[@]}" \
+      > "$dir/server0.out" 2> "$dir/server0.err" &
     SERVER_PID=$!
     BENCH_PIDS+=("$SERVER_PID")
     url=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')

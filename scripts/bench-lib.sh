@@ -4,6 +4,8 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOADGEN=${LOADGEN:-$ROOT/target/release/wsgate-loadgen}
 WSGATE=${WSGATE:-$ROOT/target/release/wsgate}
+# An older wsgate binary to compare against (server name wsgate-base), e.g. one built from the previous commit.
+WSGATE_BASE=${WSGATE_BASE:-}
 PEERS_DIR=${PEERS_DIR:-$ROOT/target/peers/release}
 BENCH_PIDS=()
 
@@ -35,7 +37,7 @@ bench_setup() {
   SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.41}
   RESULTS=${RESULTS:-$ROOT/results/$kind-$(date -u +%Y%m%dT%H%M%SZ)}
   mkdir -p "$RESULTS"
-  for s in ${SERVERS:-wsgate}; do [ "$s" = wsgate ] || need_peers=peers; done
+  for s in ${SERVERS:-wsgate}; do case "$s" in wsgate*) ;; *) need_peers=peers ;; esac; done
   build_all $need_peers
   echo "$kind: $summary size=$SIZE threads=$THREADS procs=$PROCS window=${WARMUP}s+${DURATION}s" \
        "repeat=$REPEAT -> $RESULTS" | tee "$RESULTS/params.txt"
@@ -48,13 +50,27 @@ build_all() {
   if [ "${1:-}" = peers ]; then "$ROOT/scripts/build-peers.sh" >/dev/null; fi
 }
 
-# server_bin NAME: the binary of a server under test.
+# server_bin NAME: the binary of a server under test. wsgate-* names are wsgate with flags (server_args).
 server_bin() {
   case "$1" in
-    wsgate) echo "$WSGATE" ;;
+    wsgate | wsgate-epoll | wsgate-uring | wsgate-uring-sqpoll | wsgate-uring-fixed) echo "$WSGATE" ;;
+    wsgate-base)
+      [ -n "$WSGATE_BASE" ] || { echo "wsgate-base needs WSGATE_BASE=/path/to/old/wsgate" >&2; return 1; }
+      echo "$WSGATE_BASE" ;;
     tokio-tungstenite) echo "$PEERS_DIR/peer-tokio-tungstenite" ;;
     fastwebsockets) echo "$PEERS_DIR/peer-fastwebsockets" ;;
     *) echo "unknown server: $1" >&2; return 1 ;;
+  esac
+}
+
+# server_args NAME: the flags that make NAME out of its binary (one per line, for mapfile).
+server_args() {
+  case "$1" in
+    wsgate-epoll) printf '%s\n' --io epoll ;;
+    wsgate-uring) printf '%s\n' --io uring ;;
+    wsgate-uring-sqpoll) printf '%s\n' --io uring --uring-sqpoll ;;
+    wsgate-uring-fixed) printf '%s\n' --io uring --uring-fixed-files ;;
+    *) ;;
   esac
 }
 
@@ -85,10 +101,11 @@ start_feed() {
 start_server() {
   local dir=$1 name=$2 listen=$3 upstream=$4 threads=$5
   shift 5
-  local bin n=0
+  local bin n=0 flags=()
   bin=$(server_bin "$name")
+  mapfile -t flags < <(server_args "$name")
   while [ -e "$dir/server$n.out" ]; do n=$((n + 1)); done
-  "$bin" --listen "$listen" --threads "$threads" --upstream "$upstream" "$@" \
+  "$bin" --listen "$listen" --threads "$threads" --upstream "$upstream" "${flags[@]}" "$@" \
     > "$dir/server$n.out" 2> "$dir/server$n.err" &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")

@@ -84,7 +84,8 @@ fn build_ring(cfg: &UringConfig, sq_entries: u32) -> io::Result<IoUring> {
     builder.build(sq_entries)
 }
 
-/// The memory of one `sendmsg` in flight. Lives in a boxed slice that never grows, so the kernel may read
+/// The memory of one send in flight that needs more than the bytes it sends: its private bytes, and for a
+/// `sendmsg` its header and slices. Lives in a boxed slice that never grows, so the kernel may read
 /// `msg` and `iov` at any time until the completion (needed under SQPOLL, where submission is asynchronous).
 struct SendSlot {
     key: ConnKey,
@@ -346,7 +347,7 @@ impl UringReactor {
                 let key = ConnKey(value);
                 h.on_event(Event::Sent { key, result: result(), private: Vec::new(), private_from: 0 });
             }
-            Op::SendMsg => {
+            Op::SendSlot => {
                 let slot = &mut self.slots[value as usize];
                 let (key, private, private_from) = (slot.key, std::mem::take(&mut slot.private), slot.private_from);
                 self.free_slots.push(value as u32);
@@ -413,21 +414,28 @@ impl Reactor for UringReactor {
         let slot = &mut self.slots[index as usize];
         slot.key = key;
         slot.private_from = out.private_from;
-        // Moving the Vec does not move its heap bytes, which the iovec below points into.
+        // Moving the Vec does not move its heap bytes, which the operation points into.
         slot.private = std::mem::take(out.private);
         let private = &slot.private[slot.private_from..];
-        let mut n = 0;
-        for part in [out.head, private].into_iter().chain(out.tail.iter().copied()) {
-            if !part.is_empty() && n < MAX_IOV {
-                slot.iov[n] = libc::iovec { iov_base: part.as_ptr().cast_mut().cast(), iov_len: part.len() };
-                n += 1;
+        let user_data = token::encode(Op::SendSlot, u64::from(index));
+        let send = if parts == 1 {
+            // Only private bytes (a handshake response, an echo, a pong): a plain send, the slot keeping them.
+            let (ptr, len) = (private.as_ptr(), private.len().min(u32::MAX as usize) as u32);
+            on_fd!(self, key, fd, |t| opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build())
+        } else {
+            let mut n = 0;
+            for part in [out.head, private].into_iter().chain(out.tail.iter().copied()) {
+                if !part.is_empty() && n < MAX_IOV {
+                    slot.iov[n] = libc::iovec { iov_base: part.as_ptr().cast_mut().cast(), iov_len: part.len() };
+                    n += 1;
+                }
             }
-        }
-        slot.msg.msg_iov = slot.iov.as_mut_ptr();
-        slot.msg.msg_iovlen = n;
-        let msg: *const libc::msghdr = &slot.msg;
-        let send = on_fd!(self, key, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build());
-        let send = send.user_data(token::encode(Op::SendMsg, u64::from(index)));
+            slot.msg.msg_iov = slot.iov.as_mut_ptr();
+            slot.msg.msg_iovlen = n;
+            let msg: *const libc::msghdr = &slot.msg;
+            on_fd!(self, key, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+        };
+        let send = send.user_data(user_data);
         // SAFETY: the msghdr and iovecs live in a slot of an arena that never moves, released only on the
         // completion; the private bytes are owned by that slot; the broadcast bytes are kept by the caller.
         if unsafe { self.try_push(&send) } {

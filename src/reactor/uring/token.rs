@@ -1,7 +1,7 @@
 //! `user_data` of every submitted operation: what kind of operation it is, and whose.
 //!
 //! Layout: `kind` in the top 4 bits, then 60 bits of value: a [`ConnKey`] (generation below 2^28, index below
-//! 2^32, see `GenSlab`) or, for `SendMsg`, the index of the send slot that holds the key.
+//! 2^32, see `GenSlab`) or, for `SendSlot`, the index of the send slot that holds the key.
 
 use crate::conn::ConnKey;
 
@@ -10,7 +10,7 @@ pub enum Op {
     Accept = 0,
     Recv = 1,
     Send = 2,
-    SendMsg = 3,
+    SendSlot = 3,
     Cancel = 4,
     Wake = 5,
 }
@@ -29,7 +29,7 @@ pub fn decode(user_data: u64) -> Option<(Op, u64)> {
         0 => Op::Accept,
         1 => Op::Recv,
         2 => Op::Send,
-        3 => Op::SendMsg,
+        3 => Op::SendSlot,
         4 => Op::Cancel,
         5 => Op::Wake,
         _ => return None,
