@@ -7,7 +7,8 @@
 #   SERVERS="wsgate-epoll wsgate-uring" CONNS=10000 RATE=1 REPEAT=3 scripts/bench-echo.sh   # the two backends
 #
 # Settings (environment): SERVERS, CONNS, RATE (messages/s per connection), SIZE, THREADS, PROCS, WARMUP,
-# DURATION, REPEAT, SOURCE_IPS, RESULTS (default results/echo-<date>).
+# DURATION, REPEAT, SOURCE_IPS, RESULTS (default results/echo-<date>), FLAMEGRAPH=1 (profile each run into
+# flamegraphs/echo-SERVER-cCONNS-rRATE.svg; do not quote figures from profiled runs).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -28,10 +29,18 @@ for rep in $(seq 1 "$REPEAT"); do
     SERVER_PID=$!
     BENCH_PIDS+=("$SERVER_PID")
     url=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+    fg_pid=""
+    if [ "${FLAMEGRAPH:-0}" = 1 ]; then
+      # Sample 5 s in the middle of the measured window (after the ramp and the warm-up).
+      ( sleep $((WARMUP + 6)); "$ROOT/scripts/flamegraph.sh" "$SERVER_PID" \
+          "$ROOT/flamegraphs/echo-$server-c$CONNS-r$RATE.svg" 5 "$run" ) > "$dir/flamegraph.log" 2>&1 &
+      fg_pid=$!
+    fi
     "$LOADGEN" echo --url "$url" --connections "$CONNS" --rate "$RATE" --size "$SIZE" --procs "$PROCS" \
       --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
       --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" > "$dir/loadgen.out" 2> "$dir/loadgen.err" \
       || echo "loadgen failed for $run (see $dir/loadgen.err)" >&2
+    [ -z "$fg_pid" ] || wait "$fg_pid" || echo "flamegraph failed for $run (see $dir/flamegraph.log)" >&2
     bench_cleanup
     wait 2>/dev/null || true
   done

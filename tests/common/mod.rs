@@ -53,11 +53,21 @@ impl Gateway {
     /// Starts `wsgate` with `args` plus `--listen 127.0.0.1:0` (unless given), `--threads 2` (unless given) and
     /// `--io $WSGATE_TEST_IO` (when set). Waits for the listening line(s) on stdout.
     pub fn start(args: &[&str]) -> Gateway {
-        Self::start_with_open_files_limit(None, args)
+        Self::launch(None, &[], args)
     }
 
     /// Like [`Gateway::start`], with the process's open-files limit (soft and hard) set to `limit` first.
     pub fn start_with_open_files_limit(limit: Option<u32>, args: &[&str]) -> Gateway {
+        Self::launch(limit, &[], args)
+    }
+
+    /// Like [`Gateway::start`], with `env` added to the process's environment (e.g. `WSGATE_IO_FORCE_FALLBACK`).
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Gateway {
+        Self::launch(None, env, args)
+    }
+
+    /// Spawns the gateway (see [`Gateway::start`]) and waits for its listening line(s).
+    fn launch(limit: Option<u32>, env: &[(&str, &str)], args: &[&str]) -> Gateway {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !full.iter().any(|a| a == "--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -84,6 +94,7 @@ impl Gateway {
         };
         let mut child = command
             .args(&full)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -315,6 +326,26 @@ impl Drop for Gateway {
         if let Some(p) = &self.config_path {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// Whether io_uring can be used here, as `wsgate --check-io` (run with this process's environment) sees it:
+/// `Err` carries its `io_uring: unavailable: REASON` line.
+pub fn uring_available() -> Result<(), String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--check-io")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wsgate --check-io");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(3) => Err(stdout),
+        _ => panic!(
+            "wsgate --check-io exited with {} (expected 0 or 3); stdout {stdout:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
