@@ -53,7 +53,7 @@ build_all() {
 # server_bin NAME: the binary of a server under test. wsgate-* names are wsgate with flags (server_args).
 server_bin() {
   case "$1" in
-    wsgate | wsgate-epoll | wsgate-uring | wsgate-uring-sqpoll | wsgate-uring-fixed) echo "$WSGATE" ;;
+    wsgate | wsgate-epoll | wsgate-uring | wsgate-uring-*) echo "$WSGATE" ;;
     wsgate-base)
       [ -n "$WSGATE_BASE" ] || { echo "wsgate-base needs WSGATE_BASE=/path/to/old/wsgate" >&2; return 1; }
       echo "$WSGATE_BASE" ;;
@@ -70,6 +70,7 @@ server_args() {
     wsgate-uring) printf '%s\n' --io uring ;;
     wsgate-uring-sqpoll) printf '%s\n' --io uring --uring-sqpoll ;;
     wsgate-uring-fixed) printf '%s\n' --io uring --uring-fixed-files ;;
+    wsgate-uring-b*) printf '%s\n' --io uring --uring-submit-batch "${1#wsgate-uring-b}" ;;
     *) ;;
   esac
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub uring_sqpoll: bool,
     /// io_uring: register connection sockets with the ring (fixed files; measured, off by default).
     pub uring_fixed_files: bool,
+    /// io_uring: hand queued sends to the kernel every this many, mid-pass (0: one `io_uring_enter` per pass,
+    /// plus one whenever the submission queue fills).
+    pub uring_submit_batch: u32,
     /// Upstream feed to connect to, `HOST:PORT` (newline-delimited messages).
     pub upstream: Option<String>,
     /// Address on which publishers may connect and push newline-delimited messages.
@@ -104,6 +107,7 @@ impl Default for Config {
             uring_send_slots: 4096,
             uring_sqpoll: false,
             uring_fixed_files: false,
+            uring_submit_batch: 64,
             upstream: None,
             ingest: None,
             demo: false,
@@ -159,6 +163,9 @@ pub struct Cli {
     /// io_uring: register connection sockets with the ring (fixed files).
     #[arg(long)]
     pub uring_fixed_files: bool,
+    /// io_uring: submit queued sends every N, mid-pass (0: once per pass) [default: 64].
+    #[arg(long)]
+    pub uring_submit_batch: Option<u32>,
     /// Upstream feed server, HOST:PORT.
     #[arg(long)]
     pub upstream: Option<String>,
@@ -229,6 +236,7 @@ impl Config {
         set!(io);
         set!(uring_recv_buffers);
         set!(uring_recv_buffer_size);
+        set!(uring_submit_batch);
         self.uring_sqpoll |= cli.uring_sqpoll;
         self.uring_fixed_files |= cli.uring_fixed_files;
         set!(demo_rate);
@@ -285,6 +293,7 @@ impl Config {
             send_slots: self.uring_send_slots,
             sqpoll: self.uring_sqpoll,
             fixed_files: self.uring_fixed_files,
+            submit_batch: self.uring_submit_batch,
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct IoStats {
     /// `epoll_wait` / `io_uring_enter` calls made to wait (one per loop pass).
     pub waits: AtomicU64,
-    /// Extra `io_uring_enter` calls made mid-pass because the submission queue was full.
+    /// Extra `io_uring_enter` calls made mid-pass: every `uring_submit_batch` sends, or a full submission queue.
     pub midpass_submits: AtomicU64,
     /// Multishot receives that ended because the provided-buffer ring ran dry (re-armed, no data lost).
     pub recv_enobufs: AtomicU64,

@@ -25,6 +25,8 @@ pub struct Dispatch<'a> {
     /// Accepted connections to register with the backend once the wait is over.
     pub to_attach: &'a mut Vec<ConnKey>,
     pub max_connections: usize,
+    /// Stream position the last fan-out offered every subscriber (see `Shard::fan_out`).
+    pub fanned_out_to: u64,
 }
 
 impl Handler for Dispatch<'_> {
@@ -83,7 +85,13 @@ impl Handler for Dispatch<'_> {
                         kill(conn, key, self.cx.dead);
                     }
                 }
-                if conn.phase != Phase::Dead {
+                // What the completion leaves to do: private bytes, a close to finish, or broadcast bytes the last
+                // fan-out offered while this send was in flight go out in the flush phase. Newer broadcast bytes
+                // wait for the fan-out phase, which pulls the feed as it goes (fresher data, fewer sends).
+                let behind = conn.is_subscribed() && conn.cursor < self.fanned_out_to;
+                if conn.phase != Phase::Dead
+                    && (conn.phase != Phase::Open || behind || !conn.private_pending().is_empty())
+                {
                     input::mark_dirty(conn, key, self.cx.dirty);
                 }
                 op_ended(conn, key, self.cx.dead);

@@ -162,6 +162,7 @@ impl<R: Reactor> Shard<R> {
             accept_paused_until: &mut self.accept_paused_until,
             to_attach: &mut self.to_attach,
             max_connections: self.max_connections,
+            fanned_out_to: self.fanned_out_to,
         };
         self.io.wait(timeout, &mut dispatch)?;
         for key in std::mem::take(&mut self.to_attach) {
