@@ -40,7 +40,8 @@ pub struct Config {
     pub uring_recv_buffers: u16,
     /// io_uring: bytes per provided receive buffer.
     pub uring_recv_buffer_size: u32,
-    /// io_uring: multi-slice sends in flight at once per loop thread; past it, sends wait a pass.
+    /// io_uring: sends carrying private bytes or several slices in flight at once per loop thread (40 bytes each,
+    /// made on first need); past it, sends wait a pass.
     pub uring_send_slots: u32,
     /// io_uring: a kernel thread polls the submission queue (SQPOLL; takes a core; measured, off by default).
     pub uring_sqpoll: bool,
@@ -104,7 +105,7 @@ impl Default for Config {
             uring_sq_entries: 4096,
             uring_recv_buffers: 1024,
             uring_recv_buffer_size: 4096,
-            uring_send_slots: 4096,
+            uring_send_slots: 32768,
             uring_sqpoll: false,
             uring_fixed_files: false,
             uring_submit_batch: 64,

@@ -27,6 +27,8 @@ pub struct Dispatch<'a> {
     pub max_connections: usize,
     /// Stream position the last fan-out offered every subscriber (see `Shard::fan_out`).
     pub fanned_out_to: u64,
+    /// Set when a subscriber the last fan-out skipped is free again: the next fan-out runs even without news.
+    pub refan: &'a mut bool,
 }
 
 impl Handler for Dispatch<'_> {
@@ -85,14 +87,16 @@ impl Handler for Dispatch<'_> {
                         kill(conn, key, self.cx.dead);
                     }
                 }
-                // What the completion leaves to do: private bytes, a close to finish, or broadcast bytes the last
-                // fan-out offered while this send was in flight go out in the flush phase. Newer broadcast bytes
-                // wait for the fan-out phase, which pulls the feed as it goes (fresher data, fewer sends).
-                let behind = conn.is_subscribed() && conn.cursor < self.fanned_out_to;
-                if conn.phase != Phase::Dead
-                    && (conn.phase != Phase::Open || behind || !conn.private_pending().is_empty())
-                {
-                    input::mark_dirty(conn, key, self.cx.dirty);
+                // What the completion leaves to do: private bytes or a close to finish go out in the flush phase.
+                // Broadcast bytes go out in the fan-out phase, which pulls the feed as it goes: one the last
+                // fan-out skipped (this send was in flight) asks for a fan-out pass even if nothing new arrived.
+                // (Flushing those here instead would keep them in flight during every fan-out, for good.)
+                if conn.phase != Phase::Dead {
+                    if conn.phase != Phase::Open || !conn.private_pending().is_empty() {
+                        input::mark_dirty(conn, key, self.cx.dirty);
+                    } else if conn.is_subscribed() && conn.cursor < self.fanned_out_to {
+                        *self.refan = true;
+                    }
                 }
                 op_ended(conn, key, self.cx.dead);
             }

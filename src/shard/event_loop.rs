@@ -53,6 +53,8 @@ pub struct Shard<R: Reactor> {
     subscribers: Subscribers,
     /// Stream position up to which every subscriber has been offered the log.
     fanned_out_to: u64,
+    /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
+    refan: bool,
     feed: FeedReceiver,
     pool: BufPool,
     /// Connections with something to write this pass.
@@ -88,6 +90,7 @@ impl<R: Reactor> Shard<R> {
             log: FrameLog::new(),
             subscribers: Subscribers::new(),
             fanned_out_to: 0,
+            refan: false,
             feed,
             pool: BufPool::new(1024, 4096, 256 * 1024),
             dirty: Vec::new(),
@@ -133,7 +136,7 @@ impl<R: Reactor> Shard<R> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.dirty.is_empty() || self.log.head() != self.fanned_out_to {
+        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
@@ -163,6 +166,7 @@ impl<R: Reactor> Shard<R> {
             to_attach: &mut self.to_attach,
             max_connections: self.max_connections,
             fanned_out_to: self.fanned_out_to,
+            refan: &mut self.refan,
         };
         self.io.wait(timeout, &mut dispatch)?;
         for key in std::mem::take(&mut self.to_attach) {
@@ -218,9 +222,10 @@ impl<R: Reactor> Shard<R> {
     /// so a message's worst wait is about one pass, not two.
     fn fan_out(&mut self) {
         let head = self.log.head();
-        if head == self.fanned_out_to {
+        if head == self.fanned_out_to && !std::mem::take(&mut self.refan) {
             return;
         }
+        self.refan = false;
         // INVARIANT (relied on by trim_log): after this pass every open subscriber that is not blocked stands at
         // or after `fanned_out_to`.
         self.fanned_out_to = head;

@@ -9,8 +9,9 @@
 //!
 //! Lifetime rules (the loop keeps its side of them; see `docs/architecture.md`):
 //! 1. The bytes of a send stay valid and unmoved until its completion: broadcast chunks are kept by the loop's
-//!    trim rule, private bytes are moved into the send slot and handed back with [`Event::Sent`], and the
-//!    `msghdr`/`iovec` live in a slot of a fixed arena that never reallocates.
+//!    trim rule, private bytes are moved into the send slot and handed back with [`Event::Sent`], and a
+//!    `sendmsg`'s `msghdr`/`iovec` live in a boxed scratch header that is reused only once the kernel has copied
+//!    it (after the submitting enter where the kernel is `SUBMIT_STABLE`, else after the completion).
 //! 2. A receive buffer is the loop's only while the completion that named it is handled; then it goes back.
 //! 3. A socket is closed only when nothing is in flight on it: the loop cancels first and waits for the ends.
 
@@ -34,9 +35,9 @@ pub use bufring::BufRing;
 pub use probe::probe;
 use token::Op;
 
-/// Slices in one `sendmsg`: the rest of a chunk, private bytes, then newer chunks. A laggard catches up by this
-/// many chunks per pass.
-const MAX_IOV: usize = 8;
+/// Slices in one `sendmsg`: the rest of a chunk, private bytes, then newer chunks (as many as epoll's, so that a
+/// subscriber a pass behind — a pass spans several feed batches at high rates — catches up in one send).
+const MAX_IOV: usize = 64;
 /// Buffer group id of the receive buffers (one group per ring).
 const BGID: u16 = 0;
 /// Completions copied out of the queue at a time.
@@ -69,7 +70,7 @@ impl Default for UringConfig {
             sq_entries: 4096,
             recv_buffers: 1024,
             recv_buffer_size: 4096,
-            send_slots: 4096,
+            send_slots: 32768,
             sqpoll: false,
             fixed_files: false,
             submit_batch: 64,
@@ -89,15 +90,21 @@ fn build_ring(cfg: &UringConfig, sq_entries: u32) -> io::Result<IoUring> {
     builder.build(sq_entries)
 }
 
-/// The memory of one send in flight that needs more than the bytes it sends: its private bytes, and for a
-/// `sendmsg` its header and slices. Lives in a boxed slice that never grows, so the kernel may read
-/// `msg` and `iov` at any time until the completion (needed under SQPOLL, where submission is asynchronous).
+/// A send in flight that needs more than the bytes it sends: its private bytes (and, until the kernel has copied
+/// it, a scratch header). Slots are made on first need, up to `uring_send_slots`, and reused after completion.
 struct SendSlot {
     key: ConnKey,
-    msg: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
     private: Vec<u8>,
     private_from: usize,
+    /// The scratch header this send's `sendmsg` points to, while it must be kept until the completion.
+    scratch: Option<u32>,
+}
+
+/// A `sendmsg`'s header and slices. Boxed, so it never moves; the kernel reads it when the operation is prepared
+/// (at submission), or later under SQPOLL.
+struct MsgScratch {
+    msg: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
 }
 
 pub struct UringReactor {
@@ -113,8 +120,18 @@ pub struct UringReactor {
     /// Target of the waker's read: leaked, because a read may still be in flight when the ring is dropped.
     wake_buf: *mut u64,
     wake_armed: bool,
-    slots: Box<[SendSlot]>,
+    slots: Vec<SendSlot>,
     free_slots: Vec<u32>,
+    max_slots: usize,
+    // Boxed on purpose: the kernel holds pointers into a header, which must not move when the Vec grows.
+    #[allow(clippy::vec_box)]
+    scratch: Vec<Box<MsgScratch>>,
+    free_scratch: Vec<u32>,
+    /// Scratch headers used by entries not yet submitted; free again after the next submission (when stable).
+    unsubmitted_scratch: Vec<u32>,
+    /// The kernel copies what an entry points to when it takes the entry (`IORING_FEAT_SUBMIT_STABLE`, and no
+    /// SQPOLL thread taking entries later): scratch headers can be reused right after a submission.
+    submit_stable: bool,
     /// Connections whose multishot receive ended without an error (e.g. `ENOBUFS`): re-armed in the next wait.
     rearm: VecDeque<ConnKey>,
     /// Operations that found the submission queue full even after a flush: pushed first in the next wait.
@@ -152,6 +169,7 @@ impl UringReactor {
         stats: Arc<IoStats>,
     ) -> io::Result<Self> {
         let ring = build_ring(cfg, cfg.sq_entries)?;
+        let submit_stable = ring.params().is_feature_submit_stable() && !cfg.sqpoll;
         let bufs = BufRing::register(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_size, BGID)?;
         let fixed = if cfg.fixed_files {
             // The table cannot exceed the open-files limit; connections past it use plain descriptors.
@@ -161,17 +179,6 @@ impl UringReactor {
         } else {
             0
         };
-        let slots = (0..cfg.send_slots.max(1))
-            .map(|_| SendSlot {
-                key: ConnKey(0),
-                // SAFETY: msghdr is plain C data (pointers and integers); all zeroes is a valid, empty header.
-                msg: unsafe { std::mem::zeroed() },
-                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
-                private: Vec::new(),
-                private_from: 0,
-            })
-            .collect::<Box<[_]>>();
-        let free_slots = (0..slots.len() as u32).rev().collect();
         Ok(Self {
             ring,
             bufs,
@@ -181,8 +188,13 @@ impl UringReactor {
             waker,
             wake_buf: Box::into_raw(Box::new(0u64)),
             wake_armed: false,
-            slots,
-            free_slots,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            max_slots: cfg.send_slots.max(1) as usize,
+            scratch: Vec::new(),
+            free_scratch: Vec::new(),
+            unsubmitted_scratch: Vec::new(),
+            submit_stable,
             rearm: VecDeque::new(),
             backlog: VecDeque::new(),
             cqes: Vec::with_capacity(CQE_BATCH),
@@ -193,9 +205,11 @@ impl UringReactor {
         })
     }
 
-    /// Bytes this backend holds per loop thread whatever the number of connections (buffer ring, send slots).
+    /// Bytes this backend holds per loop thread whatever the number of connections (buffer ring, send slots made).
     pub fn fixed_bytes(&self) -> usize {
-        self.bufs.mapped_bytes() + self.slots.len() * std::mem::size_of::<SendSlot>()
+        self.bufs.mapped_bytes()
+            + self.slots.len() * std::mem::size_of::<SendSlot>()
+            + self.scratch.len() * std::mem::size_of::<MsgScratch>()
     }
 
     /// Queues `entry`; when the submission queue is full, hands what is queued to the kernel first. `false`:
@@ -213,6 +227,7 @@ impl UringReactor {
             tracing::debug!(error = %e, "mid-pass submit failed");
             return false;
         }
+        self.submitted();
         // SAFETY: as above.
         unsafe { self.ring.submission().push(entry) }.is_ok()
     }
@@ -229,14 +244,48 @@ impl UringReactor {
         }
     }
 
+    /// A free send slot: a reused one, or a new one while under the limit.
+    fn free_slot(&mut self) -> Option<u32> {
+        if let Some(index) = self.free_slots.pop() {
+            return Some(index);
+        }
+        if self.slots.len() >= self.max_slots {
+            return None;
+        }
+        self.slots.push(SendSlot { key: ConnKey(0), private: Vec::new(), private_from: 0, scratch: None });
+        Some(self.slots.len() as u32 - 1)
+    }
+
+    /// A free scratch header (made on first need; at most one per entry not yet submitted, or per `sendmsg` in
+    /// flight when the kernel is not `SUBMIT_STABLE`).
+    fn free_scratch(&mut self) -> u32 {
+        if let Some(index) = self.free_scratch.pop() {
+            return index;
+        }
+        self.scratch.push(Box::new(MsgScratch {
+            // SAFETY: msghdr is plain C data (pointers and integers); all zeroes is a valid, empty header.
+            msg: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+        }));
+        self.scratch.len() as u32 - 1
+    }
+
+    /// After a submission that took every queued entry: the kernel has copied their headers.
+    fn submitted(&mut self) {
+        if self.submit_stable && self.ring.submission().is_empty() {
+            self.free_scratch.append(&mut self.unsubmitted_scratch);
+        }
+    }
+
     /// Counts a queued send; every `submit_batch` of them go to the kernel at once, mid-pass.
     fn sent_one(&mut self) {
         self.unsubmitted_sends += 1;
         if self.submit_batch > 0 && self.unsubmitted_sends >= self.submit_batch {
             self.unsubmitted_sends = 0;
             IoStats::bump(&self.stats.midpass_submits);
-            if let Err(e) = self.ring.submit() {
-                tracing::debug!(error = %e, "mid-pass submit failed: the sends go with the next wait");
+            match self.ring.submit() {
+                Ok(_) => self.submitted(),
+                Err(e) => tracing::debug!(error = %e, "mid-pass submit failed: the sends go with the next wait"),
             }
         }
     }
@@ -372,6 +421,9 @@ impl UringReactor {
             Op::SendSlot => {
                 let slot = &mut self.slots[value as usize];
                 let (key, private, private_from) = (slot.key, std::mem::take(&mut slot.private), slot.private_from);
+                if let Some(scratch) = slot.scratch.take() {
+                    self.free_scratch.push(scratch);
+                }
                 self.free_slots.push(value as u32);
                 h.on_event(Event::Sent { key, result: result(), private, private_from });
             }
@@ -430,10 +482,11 @@ impl Reactor for UringReactor {
                 Sending::Deferred
             };
         }
-        let Some(index) = self.free_slots.pop() else {
+        let Some(index) = self.free_slot() else {
             IoStats::bump(&self.stats.sends_deferred);
             return Sending::Deferred;
         };
+        let scratch_index = (parts > 1).then(|| self.free_scratch());
         let slot = &mut self.slots[index as usize];
         slot.key = key;
         slot.private_from = out.private_from;
@@ -441,33 +494,48 @@ impl Reactor for UringReactor {
         slot.private = std::mem::take(out.private);
         let private = &slot.private[slot.private_from..];
         let user_data = token::encode(Op::SendSlot, u64::from(index));
-        let send = if parts == 1 {
-            // Only private bytes (a handshake response, an echo, a pong): a plain send, the slot keeping them.
-            let (ptr, len) = (private.as_ptr(), private.len().min(u32::MAX as usize) as u32);
-            on_fd!(self, key, fd, |t| opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build())
-        } else {
-            let mut n = 0;
-            for part in [out.head, private].into_iter().chain(out.tail.iter().copied()) {
-                if !part.is_empty() && n < MAX_IOV {
-                    slot.iov[n] = libc::iovec { iov_base: part.as_ptr().cast_mut().cast(), iov_len: part.len() };
-                    n += 1;
-                }
+        let send = match scratch_index {
+            None => {
+                // Only private bytes (a handshake response, an echo, a pong): a plain send, the slot keeping them.
+                let (ptr, len) = (private.as_ptr(), private.len().min(u32::MAX as usize) as u32);
+                on_fd!(self, key, fd, |t| opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build())
             }
-            slot.msg.msg_iov = slot.iov.as_mut_ptr();
-            slot.msg.msg_iovlen = n;
-            let msg: *const libc::msghdr = &slot.msg;
-            on_fd!(self, key, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+            Some(si) => {
+                let scratch = &mut self.scratch[si as usize];
+                let mut n = 0;
+                for part in [out.head, private].into_iter().chain(out.tail.iter().copied()) {
+                    if !part.is_empty() && n < MAX_IOV {
+                        scratch.iov[n] = libc::iovec { iov_base: part.as_ptr().cast_mut().cast(), iov_len: part.len() };
+                        n += 1;
+                    }
+                }
+                scratch.msg.msg_iov = scratch.iov.as_mut_ptr();
+                scratch.msg.msg_iovlen = n;
+                let msg: *const libc::msghdr = &scratch.msg;
+                on_fd!(self, key, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+            }
         };
         let send = send.user_data(user_data);
-        // SAFETY: the msghdr and iovecs live in a slot of an arena that never moves, released only on the
-        // completion; the private bytes are owned by that slot; the broadcast bytes are kept by the caller.
+        // SAFETY: the msghdr and iovecs live in a boxed scratch header, reused only after the kernel copied it
+        // (`submitted`) or after the completion; the private bytes are owned by the slot until the completion;
+        // the broadcast bytes are kept by the caller.
         if unsafe { self.try_push(&send) } {
+            if let Some(si) = scratch_index {
+                if self.submit_stable {
+                    self.unsubmitted_scratch.push(si);
+                } else {
+                    self.slots[index as usize].scratch = Some(si);
+                }
+            }
             self.sent_one();
             return Sending::InFlight;
         }
         let slot = &mut self.slots[index as usize];
         *out.private = std::mem::take(&mut slot.private);
         self.free_slots.push(index);
+        if let Some(si) = scratch_index {
+            self.free_scratch.push(si);
+        }
         IoStats::bump(&self.stats.sends_deferred);
         Sending::Deferred
     }
@@ -510,10 +578,12 @@ impl UringReactor {
             None => SubmitArgs::new(),
         };
         match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
+            Ok(_) => self.submitted(),
             // ETIME: the timeout passed (normal). EINTR: a signal. EBUSY/EAGAIN: completions must be reaped
             // before the kernel takes more (completion-queue overflow): reap now, submit next pass.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            // ETIME still submitted everything first.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => self.submitted(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
             Err(e) => return Err(e),
         }
         self.reap(h);
