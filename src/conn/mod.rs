@@ -58,6 +58,8 @@ pub struct Conn {
     /// Operations in flight whose final completion has not been handled (io_uring; always 0 on epoll). The
     /// connection's slot and socket are freed only at 0.
     pub inflight: u8,
+    /// The `user_data` of the send in flight (io_uring), so that it can be cancelled by a hash lookup.
+    pub send_token: u64,
     /// In the loop thread's list of blocked connections (the list is cleaned lazily).
     pub in_blocked_list: bool,
     /// Queued to be flushed in this loop pass.
@@ -95,6 +97,7 @@ impl Conn {
             send_in_flight: false,
             cancel_sent: false,
             inflight: 0,
+            send_token: 0,
             dirty: false,
             session: Session::new(crate::proto::session::Role::Server),
             inbuf: Vec::new(),

@@ -51,9 +51,10 @@ pub trait Reactor: Sized {
     /// operation and handed back with that event, so it needs no such care.)
     unsafe fn send(&mut self, key: ConnKey, fd: RawFd, out: Outgoing<'_>) -> Sending;
 
-    /// Ends every operation still in flight on `fd` (each ends with its own event). Called once per connection,
-    /// after it died with operations in flight; the socket is closed only after the last of them has ended.
-    fn cancel(&mut self, key: ConnKey, fd: RawFd);
+    /// Ends every operation still in flight for the connection — its receive, and the send whose token
+    /// [`Sending::InFlight`] gave, if any — each with its own event. Called once per connection, after it died with
+    /// operations in flight; the socket is closed only after the last of them has ended.
+    fn cancel(&mut self, key: ConnKey, fd: RawFd, send: Option<u64>);
 
     /// Forgets a connection whose socket is about to be closed (no operation is in flight on it).
     fn detach(&mut self, key: ConnKey, fd: RawFd);
@@ -114,8 +115,9 @@ impl Outgoing<'_> {
 pub enum Sending {
     /// Done now (inline backends): bytes written, or the error (`WouldBlock`: the socket is full).
     Done(io::Result<usize>),
-    /// Queued; [`Event::Sent`] follows. `out.private` was moved into the operation.
-    InFlight,
+    /// Queued; [`Event::Sent`] follows. `out.private` was moved into the operation. The token names the send
+    /// for [`Reactor::cancel`].
+    InFlight(u64),
     /// Not queued now for lack of room (submission queue or send slots): try again next pass.
     Deferred,
 }

@@ -309,7 +309,7 @@ impl<R: Reactor> Shard<R> {
             if conn.inflight > 0 {
                 if !conn.cancel_sent {
                     conn.cancel_sent = true;
-                    self.io.cancel(key, fd);
+                    self.io.cancel(key, fd, conn.send_in_flight.then_some(conn.send_token));
                 }
                 continue;
             }

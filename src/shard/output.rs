@@ -71,7 +71,8 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
                 tracing::debug!(error = %e, "write failed");
                 return Flushed::Failed;
             }
-            Sending::InFlight => {
+            Sending::InFlight(token) => {
+                conn.send_token = token;
                 // The private bytes went with the operation; new ones start a fresh buffer.
                 conn.out_pos = 0;
                 conn.send_in_flight = true;
