@@ -45,7 +45,12 @@ bench_setup() {
 }
 
 # build_all: release builds of the gateway and the load generator, and the peers when $1 == peers.
+# BENCH_PREBUILT=1: use the binaries as they are (a machine without cargo, e.g. a lent benchmark machine).
 build_all() {
+  if [ -n "${BENCH_PREBUILT:-}" ]; then
+    [ -x "$WSGATE" ] && [ -x "$LOADGEN" ] || { echo "BENCH_PREBUILT: $WSGATE or $LOADGEN missing" >&2; return 1; }
+    return 0
+  fi
   (cd "$ROOT" && cargo build --release --quiet -p wsgate -p wsgate-loadgen)
   if [ "${1:-}" = peers ]; then "$ROOT/scripts/build-peers.sh" >/dev/null; fi
 }

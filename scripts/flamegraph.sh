@@ -32,5 +32,7 @@ perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$pid" -o "$tmp/perf
 perf script -i "$tmp/perf.data" 2>/dev/null | inferno-collapse-perf > "$tmp/collapsed.txt"
 mkdir -p "$(dirname "$out")"
 inferno-flamegraph --title "$title" --width 1600 < "$tmp/collapsed.txt" > "$out"
+# FOLDED=1 keeps the collapsed stacks beside the SVG (OUT.folded), for scripts/profile-breakdown.py.
+if [ "${FOLDED:-0}" = 1 ]; then cp "$tmp/collapsed.txt" "${out%.svg}.folded"; fi
 
 echo "flamegraph.sh: wrote $out"

@@ -2,7 +2,8 @@
 """Measure a running gateway's user-space memory per idle WebSocket connection.
 
 Reads the gateway's VmRSS from /proc before and after opening N upgraded connections (raw sockets, one
-handshake each, nothing else sent), and prints (after - before) / N. Connections are spread over source
+handshake each, nothing else sent), and prints (after - before) / N, plus the machine-wide kernel slab growth per
+connection (both ends of each socket; a guide to what the kernel holds, e.g. io_uring's armed receives). Connections are spread over source
 addresses 127.0.0.2.. so no (source, destination) pair runs out of ephemeral ports.
 
 Usage: scripts/idle-rss.py --pid PID --port PORT [--connections 10000]
@@ -24,6 +25,15 @@ def vm_rss(pid):
     raise RuntimeError("no VmRSS")
 
 
+def kernel_slab():
+    """Machine-wide kernel slab memory (bytes): socket buffers, io_uring requests and the like live there."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no Slab in /proc/meminfo")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", type=int, required=True)
@@ -34,6 +44,7 @@ def main():
 
     time.sleep(0.5)
     before = vm_rss(a.pid)
+    slab_before = kernel_slab()
     sel = selectors.DefaultSelector()
     socks = []
     pending = {}
@@ -64,9 +75,12 @@ def main():
     elapsed = time.monotonic() - t0
     time.sleep(a.hold)
     after = vm_rss(a.pid)
+    slab_after = kernel_slab()
     n = len(socks)
+    # The slab figure covers the whole machine (both ends of each connection, and anything else running): it is
+    # a rough guide to what the kernel holds, not the gateway's own figure.
     print(f"connections={n} handshakes_per_s={n / elapsed:.0f} rss_before={before} rss_after={after} "
-          f"bytes_per_conn={(after - before) / n:.0f}")
+          f"bytes_per_conn={(after - before) / n:.0f} kernel_slab_bytes_per_conn={(slab_after - slab_before) / n:.0f}")
     for s in socks:
         s.close()
 
