@@ -40,7 +40,7 @@ pub struct Config {
     pub uring_recv_buffers: u16,
     /// io_uring: bytes per provided receive buffer.
     pub uring_recv_buffer_size: u32,
-    /// io_uring: sends carrying private bytes or several slices in flight at once per loop thread (40 bytes each,
+    /// io_uring: sends carrying private bytes or several slices in flight at once per loop thread (48 bytes each,
     /// made on first need); past it, sends wait a pass.
     pub uring_send_slots: u32,
     /// io_uring: a kernel thread polls the submission queue (SQPOLL; takes a core; measured, off by default).

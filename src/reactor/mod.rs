@@ -4,7 +4,8 @@
 //! The [`Reactor`] trait is completion-shaped: the loop asks for sends and receives and hears back through
 //! [`Event`]s. The epoll backend ([`EpollReactor`]) does its I/O inline when readiness arrives, so it keeps the
 //! plain syscalls of a readiness loop; the io_uring backend ([`UringReactor`]) queues operations and hands them
-//! to the kernel in the one `io_uring_enter` of each loop pass. The loop is monomorphised per backend, and only
+//! to the kernel in batches: the `io_uring_enter` that ends each loop pass, and every `uring_submit_batch` sends
+//! mid-pass. The loop is monomorphised per backend, and only
 //! reads the two associated constants to tell them apart.
 
 mod epoll;

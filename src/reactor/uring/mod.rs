@@ -2,8 +2,9 @@
 //!
 //! - Accepting is one multishot accept; receiving is one multishot receive per connection into the loop
 //!   thread's provided-buffer ring ([`BufRing`]); a connection has at most one send in flight.
-//! - Everything queued during a loop pass is handed to the kernel by the one `io_uring_enter` that also waits
-//!   (`wait`); only a full submission queue forces an extra enter mid-pass.
+//! - Queued operations go to the kernel in the `io_uring_enter` that also waits (`wait`), and sends also every
+//!   `submit_batch` of them mid-pass, so that they leave while the pass is still deciding the rest (measured:
+//!   p99 a quarter to a third lower at fan-out, `docs/benchmarks.md`); a full submission queue forces one too.
 //! - The ring is `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only inside our enter, so it batches and
 //!   never interrupts the loop), or `SQPOLL` when asked for.
 //!
@@ -99,6 +100,9 @@ struct SendSlot {
     /// The scratch header this send's `sendmsg` points to, while it must be kept until the completion.
     scratch: Option<u32>,
 }
+
+// Slots stay allocated once made (up to one per connection with a send in flight): keep them small.
+const _: () = assert!(std::mem::size_of::<SendSlot>() <= 48);
 
 /// A `sendmsg`'s header and slices. Boxed, so it never moves; the kernel reads it when the operation is prepared
 /// (at submission), or later under SQPOLL.
