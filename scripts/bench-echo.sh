@@ -23,12 +23,8 @@ for rep in $(seq 1 "$REPEAT"); do
     dir="$RESULTS/$run.d"
     mkdir -p "$dir"
     echo "== $run" >&2
-    mapfile -t flags < <(server_args "$server")
-    "$(server_bin "$server")" --listen 127.0.0.1:0 --threads "$THREADS" --echo "${flags[@]}" \
-      > "$dir/server0.out" 2> "$dir/server0.err" &
-    SERVER_PID=$!
-    BENCH_PIDS+=("$SERVER_PID")
-    url=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+    start_standalone "$dir" "$server" --echo
+    url=$SERVER_URL
     fg_pid=""
     if [ "${FLAMEGRAPH:-0}" = 1 ]; then
       # Sample 5 s in the middle of the measured window (after the ramp and the warm-up).

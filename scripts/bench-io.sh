@@ -56,12 +56,8 @@ if has idle; then
     for server in $BACKENDS; do
       dir=$OUT/idle/$server-$rep.d
       mkdir -p "$dir"
-      mapfile -t flags < <(server_args "$server")
-      "$WSGATE" --listen 127.0.0.1:0 --threads 1 "${flags[@]}" > "$dir/server0.out" 2> "$dir/server0.err" &
-      SERVER_PID=$!
-      BENCH_PIDS+=("$SERVER_PID")
-      url=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
-      port=${url##*:}; port=${port%%/*}
+      THREADS=1 start_standalone "$dir" "$server"
+      port=${SERVER_URL##*:}; port=${port%%/*}
       "$S/idle-rss.py" --pid "$SERVER_PID" --port "$port" --connections 19000 | tee "$OUT/idle/$server-$rep.txt"
       bench_cleanup
     done

@@ -118,6 +118,19 @@ start_server() {
   SERVER_URL=$(wait_for_line "$dir/server$n.out" 'ws://[0-9.:]+/ws')
 }
 
+# start_standalone OUTDIR NAME [EXTRA...]: a server with no feed (e.g. --echo, or idle connections), one loop
+# thread per $THREADS (default 1); sets SERVER_URL and SERVER_PID.
+start_standalone() {
+  local dir=$1 name=$2 flags=()
+  shift 2
+  mapfile -t flags < <(server_args "$name")
+  "$(server_bin "$name")" --listen 127.0.0.1:0 --threads "${THREADS:-1}" "${flags[@]}" "$@" \
+    > "$dir/server0.out" 2> "$dir/server0.err" &
+  SERVER_PID=$!
+  BENCH_PIDS+=("$SERVER_PID")
+  SERVER_URL=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+}
+
 # summary_table JSON...: one row per run from the loadgen's JSON summaries.
 summary_table() {
   python3 - "$@" <<'PY'

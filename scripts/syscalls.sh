@@ -40,12 +40,7 @@ for server in $SERVERS; do
   mkdir -p "$dir"
   echo "== $run" >&2
   if [ "$MODE" = echo ]; then
-    mapfile -t flags < <(server_args "$server")
-    "$(server_bin "$server")" --listen 127.0.0.1:0 --threads "$THREADS" --echo "${flags[@]}" \
-      > "$dir/server0.out" 2> "$dir/server0.err" &
-    SERVER_PID=$!
-    BENCH_PIDS+=("$SERVER_PID")
-    SERVER_URL=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+    start_standalone "$dir" "$server" --echo
     "$LOADGEN" echo --url "$SERVER_URL" --connections "$CONNS" --rate "$RATE" --size "$SIZE" --procs "$PROCS" \
       --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
       --json "$RESULTS/$run.json" > "$dir/loadgen.out" 2> "$dir/loadgen.err" &
