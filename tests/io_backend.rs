@@ -302,3 +302,82 @@ fn short_sends_keep_frames_whole() {
     assert_eq!(counter(&h, "slow_consumers"), 0, "the slow reader was closed as a slow consumer: {h:?}");
     drop(publisher);
 }
+
+/// io_uring with a single send slot, taken over and over by `/healthz` responses (private bytes, no broadcast
+/// cursor) while lines are published: subscribers whose multi-slice sends find no free slot are deferred again
+/// and again. A deferred subscriber stands behind the fan-out position, so it must still hold the broadcast log
+/// back: every subscriber must receive every line, in order, and stay connected.
+#[test]
+fn deferred_sends_keep_their_frames() {
+    if !require_uring("deferred_sends_keep_their_frames") {
+        return;
+    }
+    const SUBSCRIBERS: usize = 20;
+    const HEALTH_THREADS: usize = 4;
+    const LINES: usize = 2000;
+    let gw = Gateway::start_with_config(
+        "uring_send_slots = 1\n",
+        &["--io", "uring", "--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let line = |seq: usize| format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(100));
+
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|id| {
+            let (url, addr) = (gw.ws_url(), gw.ws_addr);
+            let stream = common::tcp_connect(addr);
+            let (mut ws, _) = tungstenite::client(url.as_str(), stream)
+                .unwrap_or_else(|e| panic!("subscriber {id}: handshake with {url}: {e}"));
+            std::thread::spawn(move || -> Result<(), String> {
+                for seq in 0..LINES {
+                    match ws.read() {
+                        Ok(Message::Text(t)) if t == line(seq) => {}
+                        Ok(other) => return Err(format!("subscriber {id}: line {seq}: got {other:?}")),
+                        Err(e) => return Err(format!("subscriber {id}: line {seq}: {e}")),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    gw.wait_connections(">= subscribers", IO_TIMEOUT, |n| n >= SUBSCRIBERS as u64);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health: Vec<_> = (0..HEALTH_THREADS)
+        .map(|_| {
+            let (addr, stop) = (gw.ws_addr, stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut s = common::tcp_connect(addr);
+                    common::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+
+    let mut publisher = gw.publisher();
+    for seq in 0..LINES {
+        common::write_all(&mut publisher, format!("{}\n", line(seq)).as_bytes());
+        // Bursts of a few lines, so that subscribers have several chunks (slices) pending at once.
+        if seq % 3 == 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let failures: Vec<String> = readers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(id, r)| match r.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!("subscriber {id}: reader panicked")),
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in health {
+        h.join().expect("health thread");
+    }
+    let h = gw.health();
+    eprintln!("{SUBSCRIBERS} subscribers × {LINES} lines; io_sends_deferred = {}", counter(&h, "io_sends_deferred"));
+    assert!(failures.is_empty(), "subscribers lost lines behind deferred sends:\n{}", failures.join("\n"));
+    assert!(counter(&h, "io_sends_deferred") > 0, "no send was deferred, so the test did not exercise the path: {h:?}");
+}

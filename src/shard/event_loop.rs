@@ -59,8 +59,8 @@ pub struct Shard<R: Reactor> {
     pool: BufPool,
     /// Connections with something to write this pass.
     dirty: Vec<ConnKey>,
-    /// Connections that hold the log back: blocked on writability, or with a send in flight (may hold stale
-    /// entries).
+    /// Connections that hold the log back: blocked on writability, with a send in flight, or with a send the
+    /// backend deferred (may hold stale entries).
     blocked: Vec<ConnKey>,
     dead: Vec<ConnKey>,
     /// Accepted during the wait; registered with the backend right after it.
@@ -226,8 +226,8 @@ impl<R: Reactor> Shard<R> {
             return;
         }
         self.refan = false;
-        // INVARIANT (relied on by trim_log): after this pass every open subscriber that is not blocked stands at
-        // or after `fanned_out_to`.
+        // INVARIANT (relied on by trim_log): after this pass every open subscriber that is not in the blocked list
+        // (write-blocked, send in flight, or send deferred) stands at or after `fanned_out_to`.
         self.fanned_out_to = head;
         for i in 0..self.subscribers.len() {
             if i % PULL_EVERY == PULL_EVERY - 1 {
@@ -277,7 +277,16 @@ impl<R: Reactor> Shard<R> {
                 }
                 self.check_lag(key);
             }
-            Flushed::Deferred => input::mark_dirty(conn, key, &mut self.dirty),
+            Flushed::Deferred => {
+                // Not sent yet, so its cursor may stand before `fanned_out_to`: like a blocked subscriber it must
+                // hold the log back (trim_log looks only at the blocked list), or its chunks would be trimmed
+                // before the retry and the connection dropped.
+                if !conn.in_blocked_list && conn.is_subscribed() {
+                    conn.in_blocked_list = true;
+                    self.blocked.push(key);
+                }
+                input::mark_dirty(conn, key, &mut self.dirty);
+            }
             Flushed::Failed => kill(conn, key, &mut self.dead),
         }
     }
@@ -371,7 +380,8 @@ impl<R: Reactor> Shard<R> {
     // ---- phase: trim -----------------------------------------------------------------------------------
 
     /// Frees broadcast chunks no connection needs any more. After the fan-out phase every open subscriber that is
-    /// not blocked stands at or after `fanned_out_to`, so only blocked ones are looked at: one with a send in
+    /// not in the blocked list stands at or after `fanned_out_to`, so only those in it are looked at (blocked on
+    /// writability, or with a send in flight or deferred): one with a send in
     /// flight needs everything from its cursor on (the kernel may still be reading it), whatever its phase; an
     /// open one too; a closing one (a slow consumer) only the rest of the batch it is in the middle of, so that
     /// its close frame can still follow a whole frame — and it holds even that for the linger time at most.

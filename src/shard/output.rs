@@ -38,7 +38,15 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
         let mut tail_len = 0;
         let located = if conn.is_subscribed() { log.locate(conn.cursor) } else { Located::Head };
         let (head, mut next_chunk) = match located {
-            Located::Trimmed => return Flushed::Failed,
+            Located::Trimmed => {
+                // Cannot happen while trim_log keeps every cursor in the blocked list: say so loudly if it does.
+                tracing::error!(
+                    ?key,
+                    cursor = conn.cursor,
+                    "broadcast bytes this connection needs were freed: dropped"
+                );
+                return Flushed::Failed;
+            }
             Located::Head => (&[][..], None),
             Located::At { index, offset: 0 } => (&[][..], Some(index)),
             Located::At { index, offset } => (&log.chunk(index)[offset..], Some(index + 1)),
