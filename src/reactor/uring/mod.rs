@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::{Event, Handler, IoStats, Outgoing, Reactor, Sending, Waker};
@@ -97,9 +97,14 @@ struct SendSlot {
     key: ConnKey,
     private: Vec<u8>,
     private_from: usize,
-    /// The scratch header this send's `sendmsg` points to, while it must be kept until the completion.
-    scratch: Option<u32>,
+    /// The scratch header this send's `sendmsg` points to while it must be kept until the completion, else
+    /// [`NO_SCRATCH`].
+    scratch: u32,
+    /// Times the slot was taken: part of the send's `user_data` ([`token::slot`]).
+    uses: u32,
 }
+
+const NO_SCRATCH: u32 = u32::MAX;
 
 // Slots stay allocated once made (up to one per connection with a send in flight): keep them small.
 const _: () = assert!(std::mem::size_of::<SendSlot>() <= 48);
@@ -257,7 +262,13 @@ impl UringReactor {
         if self.slots.len() >= self.max_slots {
             return None;
         }
-        self.slots.push(SendSlot { key: ConnKey(0), private: Vec::new(), private_from: 0, scratch: None });
+        self.slots.push(SendSlot {
+            key: ConnKey(0),
+            private: Vec::new(),
+            private_from: 0,
+            scratch: NO_SCRATCH,
+            uses: 0,
+        });
         Some(self.slots.len() as u32 - 1)
     }
 
@@ -424,16 +435,37 @@ impl UringReactor {
                 h.on_event(Event::Sent { key, result: result(), private: Vec::new(), private_from: 0 });
             }
             Op::SendSlot => {
-                let slot = &mut self.slots[value as usize];
+                let index = token::slot_index(value);
+                let slot = &mut self.slots[index as usize];
                 let (key, private, private_from) = (slot.key, std::mem::take(&mut slot.private), slot.private_from);
-                if let Some(scratch) = slot.scratch.take() {
+                let scratch = std::mem::replace(&mut slot.scratch, NO_SCRATCH);
+                if scratch != NO_SCRATCH {
                     self.free_scratch.push(scratch);
                 }
-                self.free_slots.push(value as u32);
+                self.free_slots.push(index);
                 h.on_event(Event::Sent { key, result: result(), private, private_from });
             }
             Op::Wake => self.wake_armed = false,
             Op::Cancel => {}
+        }
+    }
+}
+
+/// How long dropping the reactor waits for the kernel to end operations still in flight.
+const DROP_CANCEL_TIMEOUT_SECS: u64 = 1;
+
+impl Drop for UringReactor {
+    /// Normally nothing is in flight here: the loop ends each connection's operations before it frees the
+    /// connection. A loop that stops early (its wait failed, or shutdown's grace ran out) may still have sends in
+    /// flight that point into memory freed right after the reactor (broadcast chunks, slots' private bytes,
+    /// scratch headers), and closing the ring only starts the kernel's teardown. So cancel everything
+    /// synchronously first (the kernel returns once every matched operation has ended, or at the timeout).
+    fn drop(&mut self) {
+        let timeout = Timespec::new().sec(DROP_CANCEL_TIMEOUT_SECS);
+        match self.ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::any()) {
+            Ok(()) => tracing::debug!("reactor dropped: operations still armed were cancelled"),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // nothing was in flight
+            Err(e) => tracing::warn!(error = %e, "could not cancel the operations still in flight at exit"),
         }
     }
 }
@@ -494,11 +526,12 @@ impl Reactor for UringReactor {
         let scratch_index = (parts > 1).then(|| self.free_scratch());
         let slot = &mut self.slots[index as usize];
         slot.key = key;
+        slot.uses = slot.uses.wrapping_add(1);
         slot.private_from = out.private_from;
         // Moving the Vec does not move its heap bytes, which the operation points into.
         slot.private = std::mem::take(out.private);
         let private = &slot.private[slot.private_from..];
-        let user_data = token::encode(Op::SendSlot, u64::from(index));
+        let user_data = token::slot(index, slot.uses);
         let send = match scratch_index {
             None => {
                 // Only private bytes (a handshake response, an echo, a pong): a plain send, the slot keeping them.
@@ -529,7 +562,7 @@ impl Reactor for UringReactor {
                 if self.submit_stable {
                     self.unsubmitted_scratch.push(si);
                 } else {
-                    self.slots[index as usize].scratch = Some(si);
+                    self.slots[index as usize].scratch = si;
                 }
             }
             self.sent_one();

@@ -1,7 +1,9 @@
 //! `user_data` of every submitted operation: what kind of operation it is, and whose.
 //!
 //! Layout: `kind` in the top 4 bits, then 60 bits of value: a [`ConnKey`] (generation below 2^28, index below
-//! 2^32, see `GenSlab`) or, for `SendSlot`, the index of the send slot that holds the key.
+//! 2^32, see `GenSlab`) or, for `SendSlot`, the send slot that holds the key: its index below 2^32 and, above it,
+//! how often the slot has been used (28 bits, wrapping), so that a late cancel of a finished send cannot hit the
+//! next send in the same slot.
 
 use crate::conn::ConnKey;
 
@@ -41,6 +43,18 @@ pub fn conn(op: Op, key: ConnKey) -> u64 {
     encode(op, key.0)
 }
 
+const SLOT_USES_MASK: u32 = (1 << 28) - 1;
+
+/// `user_data` of a send held by slot `index` on its `uses`-th use.
+pub fn slot(index: u32, uses: u32) -> u64 {
+    encode(Op::SendSlot, (u64::from(uses & SLOT_USES_MASK) << 32) | u64::from(index))
+}
+
+/// The slot index in the value of a `SendSlot` token.
+pub fn slot_index(value: u64) -> u32 {
+    value as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +66,16 @@ mod tests {
             let op = decode(u64::from(kind) << VALUE_BITS).unwrap().0;
             let value = (generation << 32) | u64::from(index);
             prop_assert_eq!(decode(encode(op, value)), Some((op, value)));
+        }
+    }
+
+    #[test]
+    fn slot_tokens_differ_per_use_and_keep_the_index() {
+        let (first, next) = (slot(7, 1), slot(7, 2));
+        assert_ne!(first, next);
+        for token in [first, next, slot(7, u32::MAX)] {
+            let (op, value) = decode(token).unwrap();
+            assert_eq!((op, slot_index(value)), (Op::SendSlot, 7));
         }
     }
 
