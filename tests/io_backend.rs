@@ -26,6 +26,19 @@ fn counter(h: &Value, key: &str) -> u64 {
     h.get(key).and_then(Value::as_u64).unwrap_or_else(|| panic!("/healthz without numeric {key}: {h:?}"))
 }
 
+/// Joins worker threads and lists what went wrong: each error they returned, and each that panicked.
+fn join_failures(workers: Vec<std::thread::JoinHandle<Result<(), String>>>, what: &str) -> Vec<String> {
+    workers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!("{what} {i} panicked")),
+        })
+        .collect()
+}
+
 /// `Ok` where io_uring works; otherwise prints why the calling test is skipped.
 fn require_uring(test: &str) -> bool {
     match common::uring_available() {
@@ -198,15 +211,7 @@ fn enobufs_rearms_without_losing_bytes() {
             })
         })
         .collect();
-    let failures: Vec<String> = workers
-        .into_iter()
-        .enumerate()
-        .filter_map(|(t, w)| match w.join() {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some(format!("client thread {t} panicked")),
-        })
-        .collect();
+    let failures = join_failures(workers, "client thread");
     assert!(failures.is_empty(), "echo through exhausted receive buffers failed:\n{}", failures.join("\n"));
 
     let h = gw.health();
@@ -363,15 +368,7 @@ fn deferred_sends_keep_their_frames() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let failures: Vec<String> = readers
-        .into_iter()
-        .enumerate()
-        .filter_map(|(id, r)| match r.join() {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some(format!("subscriber {id}: reader panicked")),
-        })
-        .collect();
+    let failures = join_failures(readers, "subscriber");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in health {
         h.join().expect("health thread");

@@ -5,8 +5,8 @@
 //! [`Event`]s. The epoll backend ([`EpollReactor`]) does its I/O inline when readiness arrives, so it keeps the
 //! plain syscalls of a readiness loop; the io_uring backend ([`UringReactor`]) queues operations and hands them
 //! to the kernel in batches: the `io_uring_enter` that ends each loop pass, and every `uring_submit_batch` sends
-//! mid-pass. The loop is monomorphised per backend, and only
-//! reads the two associated constants to tell them apart.
+//! mid-pass. The loop is monomorphised per backend, and only reads the two associated constants to tell them
+//! apart.
 
 mod epoll;
 mod limits;
