@@ -10,6 +10,18 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+/// What the feed thread does when a loop thread's queue is full (in bytes or in batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedOverflow {
+    /// Stop reading the feed's sources until every loop thread has room again: nothing is lost, and TCP flow
+    /// control pushes back on the upstream server and the publishers.
+    Backpressure,
+    /// Keep reading; the batch is dropped for the loop thread that has no room (its clients miss it), counted
+    /// and logged.
+    Drop,
+}
+
 /// Which I/O backend drives the loop threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -77,13 +89,18 @@ pub struct Config {
     /// Allowed `Origin` values; empty = allow any.
     pub allowed_origins: Vec<String>,
     /// A connection whose unsent broadcast backlog exceeds this many bytes is a slow consumer: it is closed
-    /// with `1008` so that it can never hold memory for the others.
+    /// with `1008` and loses its claim on the broadcast log, so that it can never hold memory for the others.
+    /// Also bounds each loop thread's log (see `docs/architecture.md`, "What bounds memory").
     pub max_lag_bytes: u64,
     /// Most bytes queued for one connection alone (pongs, echoes, close); over it → close `1008`.
     pub max_private_bytes: usize,
-    /// Capacity, in batches, of each loop thread's queue from the feed thread. A full queue drops that batch for
-    /// that thread, counted and logged (policy: drop-newest; the feed reader never blocks).
+    /// Capacity, in batches, of each loop thread's queue from the feed thread.
     pub feed_queue_batches: usize,
+    /// Capacity, in bytes, of each loop thread's queue from the feed thread (a queue may pass it by the batches
+    /// of one feed read).
+    pub feed_queue_bytes: u64,
+    /// Policy when a loop thread's queue is full: `backpressure` (stop reading the feed) or `drop`.
+    pub feed_overflow: FeedOverflow,
     /// Longest line accepted from the feed; longer lines are dropped and counted.
     pub max_line_bytes: usize,
     /// Time a client has to send its complete upgrade request.
@@ -124,6 +141,8 @@ impl Default for Config {
             max_lag_bytes: 4 << 20,
             max_private_bytes: 2 << 20,
             feed_queue_batches: 4096,
+            feed_queue_bytes: 16 << 20,
+            feed_overflow: FeedOverflow::Backpressure,
             max_line_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
@@ -270,8 +289,11 @@ impl Config {
         if self.max_frame_bytes == 0 || self.max_message_bytes < self.max_frame_bytes.min(125) {
             return bad("max_frame_bytes and max_message_bytes must be positive");
         }
-        if self.feed_queue_batches == 0 || self.max_connections == 0 || self.max_lag_bytes == 0 {
-            return bad("feed_queue_batches, max_connections and max_lag_bytes must be positive");
+        if self.feed_queue_batches < 8 || self.feed_queue_bytes < 256 * 1024 {
+            return bad("feed_queue_batches must be at least 8 and feed_queue_bytes at least 262144");
+        }
+        if self.max_connections == 0 || self.max_lag_bytes == 0 {
+            return bad("max_connections and max_lag_bytes must be positive");
         }
         if !self.uring_recv_buffers.is_power_of_two() || self.uring_recv_buffers > 32768 {
             return bad("uring_recv_buffers must be a power of two up to 32768");

@@ -12,7 +12,7 @@ pub use slab::{ConnKey, GenSlab};
 
 use std::net::TcpStream;
 
-use crate::fanout::Cursor;
+use crate::fanout::{Cursor, Pinned};
 use crate::proto::session::Session;
 
 /// Where a connection is in its life.
@@ -75,6 +75,15 @@ pub struct Conn {
     pub cursor: Cursor,
     /// Index in the topic's subscriber list, or [`NOT_SUBSCRIBED`].
     pub sub_index: u32,
+    /// Closing: the connection no longer reads the broadcast log. What it still needs of a frame it is in the
+    /// middle of is in `pinned`; the log may be trimmed past its cursor.
+    pub log_released: bool,
+    /// The send in flight was cancelled because the connection fell too far behind (io_uring).
+    pub lag_cancel_sent: bool,
+    /// The broadcast chunk a closing connection is in the middle of (rare: boxed to keep `Conn` small).
+    /// INVARIANT: `Some` ⇒ `log_released`, and `cursor` lies inside the pinned chunk; its bytes are counted in
+    /// the loop's `pinned_bytes`.
+    pub pinned: Option<Box<Pinned>>,
 }
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
@@ -105,6 +114,9 @@ impl Conn {
             out_pos: 0,
             cursor: 0,
             sub_index: NOT_SUBSCRIBED,
+            log_released: false,
+            lag_cancel_sent: false,
+            pinned: None,
         }
     }
 
@@ -125,5 +137,10 @@ impl Conn {
 
     pub fn is_subscribed(&self) -> bool {
         self.sub_index != NOT_SUBSCRIBED
+    }
+
+    /// Reads the broadcast log: subscribed, and not (yet) let go of it while closing.
+    pub fn reads_log(&self) -> bool {
+        self.is_subscribed() && !self.log_released
     }
 }

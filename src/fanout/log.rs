@@ -19,6 +19,28 @@ pub struct FrameLog {
     head: Cursor,
 }
 
+/// One chunk kept apart from the log (its own reference, taken once per connection, not per message), so the
+/// log can be trimmed past a connection that still has to finish a frame of it.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub chunk: Arc<[u8]>,
+    /// Stream position of the chunk's first byte.
+    pub start: Cursor,
+}
+
+impl Pinned {
+    /// Stream position just after the chunk.
+    pub fn end(&self) -> Cursor {
+        self.start + self.chunk.len() as u64
+    }
+
+    /// The chunk's bytes from `cursor` on (empty once `cursor` is at or past its end).
+    pub fn rest(&self, cursor: Cursor) -> &[u8] {
+        let offset = cursor.saturating_sub(self.start).min(self.chunk.len() as u64) as usize;
+        &self.chunk[offset..]
+    }
+}
+
 /// Where a cursor falls in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Located {
@@ -81,6 +103,18 @@ impl FrameLog {
         Located::At { index, offset: (cursor - self.starts[index]) as usize }
     }
 
+    /// The chunk under `cursor` when `cursor` stands inside it (not at its start): what a connection that stops
+    /// reading the log still needs to finish the frame it is in the middle of. `None` at a chunk boundary, at
+    /// the head, or before the retained window.
+    pub fn pin(&self, cursor: Cursor) -> Option<Pinned> {
+        match self.locate(cursor) {
+            Located::At { index, offset } if offset > 0 => {
+                Some(Pinned { chunk: self.chunks[index].clone(), start: self.starts[index] })
+            }
+            _ => None,
+        }
+    }
+
     /// Drops every chunk that ends at or before `keep_from`.
     pub fn trim_to(&mut self, keep_from: Cursor) {
         while let Some(&start) = self.starts.front() {
@@ -129,6 +163,23 @@ mod tests {
         assert_eq!(log.tail(), 15);
         log.push(chunk(4));
         assert_eq!(log.locate(15), Located::At { index: 0, offset: 0 });
+    }
+
+    #[test]
+    fn a_pinned_chunk_outlives_the_trim() {
+        let mut log = FrameLog::new();
+        log.push(Arc::from(&b"abcd"[..]));
+        log.push(Arc::from(&b"efgh"[..]));
+        assert!(log.pin(0).is_none(), "at a chunk boundary nothing needs pinning");
+        assert!(log.pin(4).is_none());
+        assert!(log.pin(8).is_none(), "at the head");
+        let pin = log.pin(6).expect("inside the second chunk");
+        assert_eq!((pin.start, pin.end()), (4, 8));
+        log.trim_to(8);
+        assert_eq!(log.retained_bytes(), 0);
+        assert_eq!(pin.rest(6), b"gh");
+        assert_eq!(pin.rest(8), b"");
+        assert!(log.pin(2).is_none(), "trimmed positions cannot be pinned");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! copy, allocation or reference-count update. Topics (a later feature) are several of these per loop thread.
 
 mod log;
+mod retention;
 mod subscribers;
 
-pub use log::{Cursor, FrameLog, Located};
+pub use log::{Cursor, FrameLog, Located, Pinned};
+pub use retention::{Holder, Retention, Verdict};
 pub use subscribers::Subscribers;

@@ -146,7 +146,7 @@ impl Reactor for EpollReactor {
         Sending::Done(socket2::SockRef::from(&socket).send_vectored(&slices[..n]))
     }
 
-    fn cancel(&mut self, _key: ConnKey, _fd: RawFd, _send: Option<u64>) {
+    fn cancel(&mut self, _key: ConnKey, _fd: RawFd, _recv: bool, _send: Option<u64>) {
         // Nothing is ever in flight: I/O happens inside the calls.
     }
 

@@ -52,10 +52,12 @@ pub trait Reactor: Sized {
     /// operation and handed back with that event, so it needs no such care.)
     unsafe fn send(&mut self, key: ConnKey, fd: RawFd, out: Outgoing<'_>) -> Sending;
 
-    /// Ends every operation still in flight for the connection — its receive, and the send whose token
-    /// [`Sending::InFlight`] gave, if any — each with its own event. Called once per connection, after it died with
-    /// operations in flight; the socket is closed only after the last of them has ended.
-    fn cancel(&mut self, key: ConnKey, fd: RawFd, send: Option<u64>);
+    /// Ends operations still in flight for the connection, each with its own event: its receive when `recv`, and
+    /// the send whose token [`Sending::InFlight`] gave, if any. Called after the connection died with operations
+    /// in flight (receive and send; its socket is closed only after the last of them has ended), and to take
+    /// back a send from a connection that fell too far behind (the send only: its event then reports
+    /// `ECANCELED`, or the bytes written if the send ended first).
+    fn cancel(&mut self, key: ConnKey, fd: RawFd, recv: bool, send: Option<u64>);
 
     /// Forgets a connection whose socket is about to be closed (no operation is in flight on it).
     fn detach(&mut self, key: ConnKey, fd: RawFd);

@@ -75,10 +75,12 @@ impl Handler for Dispatch<'_> {
                 };
                 conn.send_in_flight = false;
                 conn.write_blocked = false;
+                // Our cancel of a send that fell behind: it wrote nothing (a send that wrote something ends then).
+                let cancelled_by_us = std::mem::take(&mut conn.lag_cancel_sent);
                 match result {
                     _ if conn.phase == Phase::Dead => self.cx.pool.give(&mut private),
                     Ok(written) => output::on_sent(conn, self.cx.log, self.cx.pool, written, private, private_from),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || (cancelled_by_us && is_cancel(&e)) => {
                         output::on_sent(conn, self.cx.log, self.cx.pool, 0, private, private_from)
                     }
                     Err(e) => {
@@ -91,6 +93,11 @@ impl Handler for Dispatch<'_> {
                 // Broadcast bytes go out in the fan-out phase, which pulls the feed as it goes: one the last
                 // fan-out skipped (this send was in flight) asks for a fan-out pass even if nothing new arrived.
                 // (Flushing those here instead would keep them in flight during every fan-out, for good.)
+                if conn.phase == Phase::Closing && conn.reads_log() {
+                    // It closed while this send was in flight: now it can let go of the log.
+                    let budget = self.cx.settings.retention.pull_budget();
+                    input::release_log(conn, key, self.cx.log, self.cx.stats, budget, self.cx.dead);
+                }
                 if conn.phase != Phase::Dead {
                     if conn.phase != Phase::Open || !conn.private_pending().is_empty() {
                         input::mark_dirty(conn, key, self.cx.dirty);
@@ -103,6 +110,11 @@ impl Handler for Dispatch<'_> {
         }
         true
     }
+}
+
+/// How a cancelled operation ends: `ECANCELED`, or `EINTR` when it was running in a kernel worker.
+fn is_cancel(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == std::io::ErrorKind::Interrupted
 }
 
 /// One of the connection's operations has ended (io_uring). A dead connection whose last operation ended goes

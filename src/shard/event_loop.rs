@@ -18,7 +18,7 @@ use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{FrameLog, Located, Subscribers};
+use crate::fanout::{FrameLog, Holder, Subscribers};
 use crate::reactor::{self, Reactor};
 
 /// How long a half-closed connection may take to hang up after our final bytes.
@@ -136,7 +136,8 @@ impl<R: Reactor> Shard<R> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to {
+        // Batches still queued (the pull budget left them there) need no wake-up: the feed already sent it.
+        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to || self.feed.pending() {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
@@ -185,9 +186,12 @@ impl<R: Reactor> Shard<R> {
 
     // ---- phase: pull the feed --------------------------------------------------------------------------
 
+    /// Takes what the feed thread queued, while the log is under its pull budget (see `fanout::Retention`);
+    /// what stays queued holds the feed back (backpressure) until the trim phase has let go of the laggards.
     fn pull_feed(&mut self) {
         let mut messages = 0u64;
-        while let Ok(batch) = self.feed.try_recv() {
+        while self.settings.retention.may_pull(self.log.retained_bytes()) {
+            let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
             self.log.push(batch.frames);
         }
@@ -239,7 +243,7 @@ impl<R: Reactor> Shard<R> {
                 continue;
             }
             if conn.write_blocked {
-                self.check_lag(key);
+                self.judge_holder(key);
             } else {
                 self.flush_one(key);
             }
@@ -251,7 +255,12 @@ impl<R: Reactor> Shard<R> {
         if conn.phase == Phase::Dead || conn.write_blocked || conn.write_shut {
             return;
         }
-        match output::flush(conn, key, &self.log, &mut self.pool, &mut self.io) {
+        let stats = &self.shared.shards[self.id];
+        let flushed = output::flush(conn, key, &self.log, &mut self.pool, &mut self.io);
+        if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
+            input::unpin(conn, stats); // the frame it was finishing is out
+        }
+        match flushed {
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {
                     kill(conn, key, &mut self.dead); // Both closes are through.
@@ -271,17 +280,17 @@ impl<R: Reactor> Shard<R> {
                 conn.write_blocked = true;
                 // A send in flight holds the log back whatever the phase; a blocked open subscriber holds it
                 // back until it catches up or turns into a slow consumer.
-                if !conn.in_blocked_list && (conn.phase == Phase::Open || conn.send_in_flight) {
+                if !conn.in_blocked_list && conn.reads_log() && (conn.phase == Phase::Open || conn.send_in_flight) {
                     conn.in_blocked_list = true;
                     self.blocked.push(key);
                 }
-                self.check_lag(key);
+                self.judge_holder(key);
             }
             Flushed::Deferred => {
                 // Not sent yet, so its cursor may stand before `fanned_out_to`: like a blocked subscriber it must
                 // hold the log back (trim_log looks only at the blocked list), or its chunks would be trimmed
                 // before the retry and the connection dropped.
-                if !conn.in_blocked_list && conn.is_subscribed() {
+                if !conn.in_blocked_list && conn.reads_log() {
                     conn.in_blocked_list = true;
                     self.blocked.push(key);
                 }
@@ -291,20 +300,47 @@ impl<R: Reactor> Shard<R> {
         }
     }
 
-    /// Slow-consumer policy: a subscriber more than `max_lag_bytes` behind the head gets close 1008 (sent after
-    /// the broadcast frame in progress) and stops holding the log back.
-    fn check_lag(&mut self, key: ConnKey) {
+    /// Applies the retention rules (`fanout::Retention`) to a connection that may hold the log back: a
+    /// subscriber more than `max_lag_bytes` behind the head gets close 1008 (sent after the frame in progress)
+    /// and lets go of the log; a send of its still in flight is cancelled, so that it lets go when the
+    /// completion comes. Returns whether the connection still holds the log from its cursor on.
+    fn judge_holder(&mut self, key: ConnKey) -> bool {
         let head = self.log.head();
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let lag = head - conn.cursor;
-        if conn.phase != Phase::Open || lag <= self.settings.max_lag_bytes {
-            return;
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let sending = conn.send_in_flight && conn.reads_log();
+        if !sending && conn.reads_log() && conn.phase != Phase::Open {
+            // Closing (or dead) with nothing in flight: it needs at most the chunk it is in the middle of.
+            let stats = &self.shared.shards[self.id];
+            let budget = self.settings.retention.pull_budget();
+            input::release_log(conn, key, &self.log, stats, budget, &mut self.dead);
         }
-        tracing::warn!(shard = self.id, ?key, lag_bytes = lag, "slow consumer: closing with 1008");
-        ShardStats::add(&self.shared.shards[self.id].slow_consumers, 1);
-        let mut cx = input_cx!(self);
-        input::queue_close(conn, key, 1008, "slow consumer: too far behind the feed", &mut cx);
-        self.linger_deadlines.push(Instant::now(), key);
+        let holder = Holder {
+            cursor: conn.cursor,
+            open: conn.phase == Phase::Open,
+            sending,
+            cancel_sent: conn.lag_cancel_sent || conn.cancel_sent,
+        };
+        let verdict = self.settings.retention.judge(holder, head);
+        let stats = &self.shared.shards[self.id];
+        if verdict.cancel_send {
+            tracing::debug!(
+                shard = self.id,
+                ?key,
+                lag_bytes = head - conn.cursor,
+                "cancelling a send that fell behind"
+            );
+            ShardStats::add(&stats.lagging_sends_cancelled, 1);
+            conn.lag_cancel_sent = true;
+            self.io.cancel(key, conn.stream.as_raw_fd(), false, Some(conn.send_token));
+        }
+        if verdict.close {
+            tracing::warn!(shard = self.id, ?key, lag_bytes = head - conn.cursor, "slow consumer: closing with 1008");
+            ShardStats::add(&stats.slow_consumers, 1);
+            let mut cx = input_cx!(self);
+            input::queue_close(conn, key, 1008, "slow consumer: too far behind the feed", &mut cx);
+            self.linger_deadlines.push(Instant::now(), key);
+        }
+        verdict.hold
     }
 
     // ---- phase: reap -----------------------------------------------------------------------------------
@@ -318,7 +354,7 @@ impl<R: Reactor> Shard<R> {
             if conn.inflight > 0 {
                 if !conn.cancel_sent {
                     conn.cancel_sent = true;
-                    self.io.cancel(key, fd, conn.send_in_flight.then_some(conn.send_token));
+                    self.io.cancel(key, fd, true, conn.send_in_flight.then_some(conn.send_token));
                 }
                 continue;
             }
@@ -333,6 +369,7 @@ impl<R: Reactor> Shard<R> {
             }
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
+            input::unpin(&mut conn, &self.shared.shards[self.id]);
             ShardStats::sub(&self.shared.shards[self.id].connections, 1);
             // Dropping the stream closes the socket: nothing is in flight on it any more.
         }
@@ -381,33 +418,27 @@ impl<R: Reactor> Shard<R> {
 
     /// Frees broadcast chunks no connection needs any more. After the fan-out phase every open subscriber that is
     /// not in the blocked list stands at or after `fanned_out_to`, so only those in it are looked at (blocked on
-    /// writability, or with a send in flight or deferred): one with a send in
-    /// flight needs everything from its cursor on (the kernel may still be reading it), whatever its phase; an
-    /// open one too; a closing one (a slow consumer) only the rest of the batch it is in the middle of, so that
-    /// its close frame can still follow a whole frame — and it holds even that for the linger time at most.
+    /// writability, or with a send in flight or deferred), each judged by the retention rules
+    /// ([`Shard::judge_holder`]): an open one within `max_lag_bytes` holds the log from its cursor, one with a
+    /// send in flight too (the kernel may still be reading it) until the completion; a closing one never does.
     fn trim_log(&mut self) {
-        let head = self.log.head();
         // Subscribers visited early in the last pass may not have what was pulled during it (see fan_out).
         let mut keep_from = self.fanned_out_to;
-        let (conns, log) = (&mut self.conns, &self.log);
-        self.blocked.retain(|&key| {
-            let Some(conn) = conns.get_mut(key) else { return false };
-            let needs_log = (conn.send_in_flight && conn.is_subscribed())
-                || match conn.phase {
-                    Phase::Open => conn.cursor < head,
-                    Phase::Closing => {
-                        !conn.write_shut && matches!(log.locate(conn.cursor), Located::At { offset, .. } if offset > 0)
-                    }
-                    Phase::Handshake | Phase::Dead => false,
-                };
-            if needs_log {
+        let mut blocked = std::mem::take(&mut self.blocked);
+        blocked.retain(|&key| {
+            let holds = self.judge_holder(key);
+            let Some(conn) = self.conns.get_mut(key) else { return false };
+            if holds {
                 keep_from = keep_from.min(conn.cursor);
             } else {
                 conn.in_blocked_list = false;
             }
-            needs_log
+            holds
         });
+        debug_assert!(self.blocked.is_empty(), "judging adds nobody to the blocked list");
+        self.blocked = blocked;
         self.log.trim_to(keep_from);
+        self.shared.shards[self.id].log_bytes.store(self.log.retained_bytes(), Relaxed);
     }
 
     // ---- shutdown --------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 //! The hand-off from the feed thread to the loop threads: each message is encoded into a WebSocket frame once,
 //! frames are gathered into a batch (one allocation per feed read, not per message), and the batch crosses to
-//! each loop thread once through a bounded queue plus one wake-up.
+//! each loop thread once through a queue bounded in batches and in bytes, plus one wake-up.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stats::ShardStats;
+use crate::config::FeedOverflow;
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::Waker;
 use crate::upstream::{Message, Sink};
@@ -17,39 +19,97 @@ pub struct Batch {
     pub messages: u32,
 }
 
-/// A batch is cut when it reaches this size, so one batch never delays the first message for long.
-const BATCH_MAX_BYTES: usize = 64 * 1024;
+/// A batch is cut when it reaches this size, so one batch never delays the first message for long. A batch
+/// is at most this plus one frame.
+pub const BATCH_MAX_BYTES: usize = 64 * 1024;
 
-/// The consumer side, owned by one loop thread.
-pub type FeedReceiver = Receiver<Batch>;
+/// Batches one feed read (or one demo tick) can add after [`Sink::ready`] said yes: a read of 64 KiB of tiny
+/// lines encodes to at most 96 KiB of frames, two batches. Kept free in every queue so that backpressure never
+/// has to drop.
+const READ_MARGIN_BATCHES: u64 = 4;
 
-/// The sender to one loop thread.
-pub struct ShardQueue {
-    pub tx: SyncSender<Batch>,
-    pub waker: Arc<Waker>,
+/// A loop thread's queue limits.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub batches: usize,
+    pub bytes: u64,
+    pub overflow: FeedOverflow,
 }
 
-/// Bounded queue (`std::sync::mpsc::sync_channel`: a lock-free array channel) of `capacity` batches.
-pub fn queue(capacity: usize, waker: Arc<Waker>) -> (ShardQueue, FeedReceiver) {
+/// The sender to one loop thread. What is queued is accounted in that thread's [`ShardStats`]
+/// (`feed_queue_batches`, `feed_queue_bytes`): the feed thread adds, the loop thread subtracts what it takes.
+pub struct ShardQueue {
+    tx: SyncSender<Batch>,
+    waker: Arc<Waker>,
+}
+
+/// The consumer side, owned by one loop thread.
+pub struct FeedReceiver {
+    rx: Receiver<Batch>,
+    stats: Arc<[ShardStats]>,
+    id: usize,
+}
+
+impl FeedReceiver {
+    /// The next queued batch, if any (none also once the feed thread is gone); its bytes leave the queue's
+    /// account.
+    pub fn try_recv(&self) -> Option<Batch> {
+        let batch = self.rx.try_recv().ok()?;
+        let stats = &self.stats[self.id];
+        ShardStats::sub(&stats.feed_queue_batches, 1);
+        ShardStats::sub(&stats.feed_queue_bytes, batch.frames.len() as u64);
+        Some(batch)
+    }
+
+    /// Whether batches are waiting.
+    pub fn pending(&self) -> bool {
+        self.stats[self.id].feed_queue_batches.load(Relaxed) > 0
+    }
+}
+
+impl Drop for FeedReceiver {
+    /// A loop thread that ended takes nothing more: empty its account, so that backpressure does not wait on it
+    /// (the feed thread's sends to it fail from now on and are not accounted).
+    fn drop(&mut self) {
+        while self.try_recv().is_some() {}
+        let stats = &self.stats[self.id];
+        stats.feed_queue_closed.store(true, Relaxed);
+    }
+}
+
+/// One loop thread's queue: `capacity` batches at most (`std::sync::mpsc::sync_channel`: a lock-free array
+/// channel).
+pub fn queue(id: usize, capacity: usize, waker: Arc<Waker>, stats: Arc<[ShardStats]>) -> (ShardQueue, FeedReceiver) {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    (ShardQueue { tx, waker }, rx)
+    (ShardQueue { tx, waker }, FeedReceiver { rx, stats, id })
 }
 
 /// The feed thread's [`Sink`]: encodes each message once and broadcasts batches to every loop thread.
 ///
-/// Overflow policy: when a loop thread's queue is full, that batch is dropped for that thread only, counted in
-/// its `feed_batches_dropped` and logged (at most once a second); the feed reader never blocks.
+/// Overflow policy ([`FeedOverflow`]): with `Backpressure`, [`Sink::ready`] is false while any loop thread's
+/// queue holds `limits.bytes` or more (or is within a read's worth of `limits.batches`), so the feed stops
+/// reading its sources and nothing is dropped. With `Drop`, a batch that finds a queue over either limit is
+/// dropped for that thread only, counted in its `feed_batches_dropped` and logged (at most once a second).
 pub struct BroadcastSink {
     batch: Vec<u8>,
     messages: u32,
     queues: Vec<ShardQueue>,
     stats: Arc<[ShardStats]>,
+    limits: QueueLimits,
     last_drop_log: Option<Instant>,
 }
 
 impl BroadcastSink {
-    pub fn new(queues: Vec<ShardQueue>, stats: Arc<[ShardStats]>) -> Self {
-        Self { batch: Vec::with_capacity(BATCH_MAX_BYTES), messages: 0, queues, stats, last_drop_log: None }
+    pub fn new(queues: Vec<ShardQueue>, stats: Arc<[ShardStats]>, limits: QueueLimits) -> Self {
+        Self { batch: Vec::with_capacity(BATCH_MAX_BYTES), messages: 0, queues, stats, limits, last_drop_log: None }
+    }
+
+    /// Whether loop thread `shard`'s queue can take another read's worth of batches.
+    fn has_room(&self, shard: usize) -> bool {
+        let s = &self.stats[shard];
+        s.feed_queue_closed.load(Relaxed)
+            || (s.feed_queue_bytes.load(Relaxed) < self.limits.bytes
+                && s.feed_queue_batches.load(Relaxed) + READ_MARGIN_BATCHES <= self.limits.batches as u64)
     }
 
     fn note_drop(&mut self, shard: usize) {
@@ -59,7 +119,7 @@ impl BroadcastSink {
             self.last_drop_log = Some(now);
             tracing::warn!(
                 shard,
-                dropped_total = self.stats[shard].feed_batches_dropped.load(std::sync::atomic::Ordering::Relaxed),
+                dropped_total = self.stats[shard].feed_batches_dropped.load(Relaxed),
                 "loop thread's feed queue is full: batch dropped for its clients (thread overloaded?)"
             );
         }
@@ -84,17 +144,114 @@ impl Sink for BroadcastSink {
         self.batch.clear();
         self.messages = 0;
         for shard in 0..self.queues.len() {
+            if self.limits.overflow == FeedOverflow::Drop && !self.has_room(shard) {
+                self.note_drop(shard);
+                continue;
+            }
             let q = &self.queues[shard];
+            let len = frames.len() as u64;
             match q.tx.try_send(Batch { frames: frames.clone(), messages }) {
                 Ok(()) => {
+                    let s = &self.stats[shard];
+                    ShardStats::add(&s.feed_queue_batches, 1);
+                    ShardStats::add(&s.feed_queue_bytes, len);
                     if let Err(e) = q.waker.wake() {
                         tracing::warn!(shard, error = %e, "could not wake loop thread");
                     }
                 }
+                // Backpressure keeps READ_MARGIN_BATCHES free, so only `Drop` gets here.
                 Err(TrySendError::Full(_)) => self.note_drop(shard),
                 // The loop thread has exited (shutdown): nothing to deliver to.
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
+    }
+
+    fn ready(&self) -> bool {
+        self.limits.overflow == FeedOverflow::Drop || (0..self.queues.len()).all(|shard| self.has_room(shard))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(limits: QueueLimits, loops: usize) -> (BroadcastSink, Vec<FeedReceiver>, Arc<[ShardStats]>) {
+        let stats: Arc<[ShardStats]> = (0..loops).map(|_| ShardStats::default()).collect();
+        let (mut queues, mut receivers) = (Vec::new(), Vec::new());
+        for id in 0..loops {
+            let (q, rx) = queue(id, limits.batches, Arc::new(Waker::new(true).unwrap()), stats.clone());
+            queues.push(q);
+            receivers.push(rx);
+        }
+        (BroadcastSink::new(queues, stats.clone(), limits), receivers, stats)
+    }
+
+    fn publish_batch(sink: &mut BroadcastSink, bytes: usize) {
+        sink.publish(Message::new(&vec![b'x'; bytes]));
+        sink.flush();
+    }
+
+    #[test]
+    fn backpressure_stops_at_the_byte_limit_and_loses_nothing() {
+        let limits = QueueLimits { batches: 64, bytes: 10_000, overflow: FeedOverflow::Backpressure };
+        let (mut sink, rx, stats) = setup(limits, 2);
+        let mut sent = 0;
+        while sink.ready() {
+            publish_batch(&mut sink, 1000);
+            sent += 1;
+        }
+        assert_eq!(sent, 10, "1004-byte frames: the 10th passes 10,000 bytes");
+        assert!(stats[1].feed_queue_bytes.load(Relaxed) >= 10_000);
+        // One loop catching up is not enough: the other still has no room.
+        while rx[0].try_recv().is_some() {}
+        assert_eq!(stats[0].feed_queue_bytes.load(Relaxed), 0);
+        assert!(!sink.ready());
+        let mut taken = 0;
+        while rx[1].try_recv().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10);
+        assert!(sink.ready());
+        assert_eq!(stats[0].feed_batches_dropped.load(Relaxed) + stats[1].feed_batches_dropped.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn backpressure_keeps_room_for_one_read_in_batches() {
+        let limits = QueueLimits { batches: 8, bytes: 1 << 30, overflow: FeedOverflow::Backpressure };
+        let (mut sink, _rx, stats) = setup(limits, 1);
+        while sink.ready() {
+            publish_batch(&mut sink, 10);
+        }
+        assert_eq!(stats[0].feed_queue_batches.load(Relaxed), 8 - READ_MARGIN_BATCHES + 1);
+    }
+
+    #[test]
+    fn drop_policy_drops_for_the_full_loop_only() {
+        let limits = QueueLimits { batches: 64, bytes: 3000, overflow: FeedOverflow::Drop };
+        let (mut sink, rx, stats) = setup(limits, 2);
+        for _ in 0..5 {
+            assert!(sink.ready(), "drop never pauses the feed");
+            publish_batch(&mut sink, 1000);
+            while rx[0].try_recv().is_some() {}
+        }
+        assert_eq!(stats[0].feed_batches_dropped.load(Relaxed), 0);
+        assert_eq!(stats[1].feed_batches_dropped.load(Relaxed), 2, "3 batches fit, then 2 dropped");
+        assert_eq!(stats[1].feed_queue_batches.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_loop_that_ended_does_not_hold_the_feed_back() {
+        let limits = QueueLimits { batches: 64, bytes: 2000, overflow: FeedOverflow::Backpressure };
+        let (mut sink, mut rx, stats) = setup(limits, 2);
+        publish_batch(&mut sink, 1500);
+        publish_batch(&mut sink, 1500);
+        assert!(!sink.ready());
+        drop(rx.pop()); // loop 1 ends with its queue full
+        while rx[0].try_recv().is_some() {}
+        assert!(sink.ready());
+        assert_eq!(stats[1].feed_queue_bytes.load(Relaxed), 0);
+        publish_batch(&mut sink, 1500); // its send fails quietly and is not accounted
+        assert_eq!(stats[1].feed_queue_bytes.load(Relaxed), 0);
     }
 }

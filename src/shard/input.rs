@@ -1,6 +1,8 @@
 //! What a connection's incoming bytes do: the HTTP request head (upgrade, `/healthz`, refusals), then frames.
 //! All protocol decisions come from `proto`; this file only applies them to the connection's state.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::stats::{ShardStats, Shared};
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, Phase};
@@ -105,7 +107,7 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
                 // Echo the peer's code (or an empty close), then hang up once it is written.
                 encode_close_frame_into(private(&mut conn.outbuf, cx.pool), code, "", None);
                 conn.peer_closed = true;
-                start_closing(conn, key, cx.dirty);
+                start_closing(conn, key, cx);
                 return buf.len();
             }
         }
@@ -156,20 +158,62 @@ fn refuse(conn: &mut Conn, key: ConnKey, rejection: &Rejection, cx: &mut InputCx
 /// Queues a final HTTP response; the connection closes once it is written.
 fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>) {
     private(&mut conn.outbuf, cx.pool).extend_from_slice(response);
-    start_closing(conn, key, cx.dirty);
+    start_closing(conn, key, cx);
 }
 
 /// Queues our close frame (`code`, `reason`); nothing but it follows, and the connection hangs up once it is
 /// written.
 pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &mut InputCx<'_>) {
     encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
-    start_closing(conn, key, cx.dirty);
+    start_closing(conn, key, cx);
 }
 
-pub fn start_closing(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
+/// Nothing but what is queued will be written now; the connection lets go of the broadcast log at once, or,
+/// with a send in flight, when that send completes.
+fn start_closing(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     conn.phase = Phase::Closing;
     conn.close_queued = true;
-    mark_dirty(conn, key, dirty);
+    if !conn.send_in_flight {
+        release_log(conn, key, cx.log, cx.stats, cx.settings.retention.pull_budget(), cx.dead);
+    }
+    mark_dirty(conn, key, cx.dirty);
+}
+
+/// A closing connection stops reading the broadcast log, so it can never hold the log back, whatever it does
+/// next. If it is in the middle of a frame, it keeps that one chunk ([`FrameLog::pin`]) so that its close
+/// frame can follow a whole frame. The loop keeps at most `budget` bytes of such chunks (counted in
+/// `pinned_bytes`, each pin once even when connections share a chunk); past it the connection is cut without
+/// its close frame (counted in `closing_cut`). Must not be called while a send is in flight.
+pub fn release_log(
+    conn: &mut Conn,
+    key: ConnKey,
+    log: &FrameLog,
+    stats: &ShardStats,
+    budget: u64,
+    dead: &mut Vec<ConnKey>,
+) {
+    debug_assert!(!conn.send_in_flight, "the kernel may still read the log for this connection");
+    if !conn.reads_log() {
+        return;
+    }
+    conn.log_released = true;
+    let Some(pin) = log.pin(conn.cursor) else { return };
+    let len = pin.chunk.len() as u64;
+    if stats.pinned_bytes.load(Relaxed) + len > budget {
+        ShardStats::add(&stats.closing_cut, 1);
+        tracing::debug!(?key, "closing connection in the middle of a frame cut: pinned-chunk budget spent");
+        kill(conn, key, dead);
+        return;
+    }
+    ShardStats::add(&stats.pinned_bytes, len);
+    conn.pinned = Some(Box::new(pin));
+}
+
+/// Drops the chunk a closing connection had pinned (it was written, or the connection is being freed).
+pub fn unpin(conn: &mut Conn, stats: &ShardStats) {
+    if let Some(pin) = conn.pinned.take() {
+        ShardStats::sub(&stats.pinned_bytes, pin.chunk.len() as u64);
+    }
 }
 
 /// Marks `conn` for the reap phase, the only place connections are freed.

@@ -9,6 +9,7 @@ mod dispatch;
 mod event_loop;
 mod feed_queue;
 mod input;
+mod memory;
 mod output;
 mod stats;
 mod timers;
@@ -22,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use std::sync::mpsc;
 
-pub use feed_queue::{Batch, BroadcastSink};
+pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
 pub use stats::{ShardStats, Shared};
 
 use crate::config::{Config, IoBackend};
+use crate::fanout::Retention;
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
 use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
@@ -37,7 +39,8 @@ pub struct Settings {
     pub handshake: HandshakeConfig,
     pub limits: Limits,
     pub echo: bool,
-    pub max_lag_bytes: u64,
+    /// The slow-consumer rule and the log's pull budget (`max_lag_bytes`).
+    pub retention: Retention,
     pub max_private_bytes: usize,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -53,7 +56,11 @@ impl Settings {
             },
             limits: Limits { max_frame_bytes: cfg.max_frame_bytes, max_message_bytes: cfg.max_message_bytes },
             echo: cfg.echo,
-            max_lag_bytes: cfg.max_lag_bytes,
+            retention: Retention {
+                max_lag: cfg.max_lag_bytes,
+                // A batch is cut once it reaches BATCH_MAX_BYTES, so it ends at most one frame later.
+                max_chunk: (BATCH_MAX_BYTES + cfg.max_line_bytes + crate::proto::frame::MAX_HEADER_LEN) as u64,
+            },
             max_private_bytes: cfg.max_private_bytes,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
@@ -87,21 +94,23 @@ impl Gateway {
             listeners.push(crate::reactor::bind_reuseport(local_addr, cfg.backlog, nonblocking)?);
         }
 
+        let shard_stats: Arc<[ShardStats]> = (0..threads).map(|_| ShardStats::default()).collect();
+        let io_stats: Box<[Arc<IoStats>]> = (0..threads).map(|_| Arc::new(IoStats::default())).collect();
         let mut wakers = Vec::with_capacity(threads);
         let mut queues = Vec::with_capacity(threads);
         let mut receivers = Vec::with_capacity(threads);
-        for _ in 0..threads {
+        for id in 0..threads {
             let waker = Arc::new(Waker::new(nonblocking)?);
-            let (tx, rx) = feed_queue::queue(cfg.feed_queue_batches, waker.clone());
+            let (tx, rx) = feed_queue::queue(id, cfg.feed_queue_batches, waker.clone(), shard_stats.clone());
             wakers.push(waker);
             queues.push(tx);
             receivers.push(rx);
         }
-        let shard_stats: Arc<[ShardStats]> = (0..threads).map(|_| ShardStats::default()).collect();
-        let io_stats: Box<[Arc<IoStats>]> = (0..threads).map(|_| Arc::new(IoStats::default())).collect();
+        let limits =
+            QueueLimits { batches: cfg.feed_queue_batches, bytes: cfg.feed_queue_bytes, overflow: cfg.feed_overflow };
 
         let feed = match feed_config(cfg) {
-            Some(feed_cfg) => Some(upstream::spawn(feed_cfg, BroadcastSink::new(queues, shard_stats.clone()))?),
+            Some(feed_cfg) => Some(upstream::spawn(feed_cfg, BroadcastSink::new(queues, shard_stats.clone(), limits))?),
             None => {
                 tracing::info!("no feed configured (--upstream, --ingest or --demo): clients receive no broadcasts");
                 None

@@ -36,20 +36,26 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
     loop {
         let mut tail = [&[][..]; MAX_PARTS];
         let mut tail_len = 0;
-        let located = if conn.is_subscribed() { log.locate(conn.cursor) } else { Located::Head };
-        let (head, mut next_chunk) = match located {
-            Located::Trimmed => {
-                // Cannot happen while trim_log keeps every cursor in the blocked list: say so loudly if it does.
-                tracing::error!(
-                    ?key,
-                    cursor = conn.cursor,
-                    "broadcast bytes this connection needs were freed: dropped"
-                );
-                return Flushed::Failed;
+        let (head, mut next_chunk): (&[u8], Option<usize>) = if let Some(pin) = &conn.pinned {
+            // A closing connection that let go of the log finishes the frame it is in from its pinned chunk.
+            (pin.rest(conn.cursor), None)
+        } else if conn.reads_log() {
+            match log.locate(conn.cursor) {
+                Located::Trimmed => {
+                    // Cannot happen while trim_log keeps every cursor in the blocked list: say so loudly if it does.
+                    tracing::error!(
+                        ?key,
+                        cursor = conn.cursor,
+                        "broadcast bytes this connection needs were freed: dropped"
+                    );
+                    return Flushed::Failed;
+                }
+                Located::Head => (&[][..], None),
+                Located::At { index, offset: 0 } => (&[][..], Some(index)),
+                Located::At { index, offset } => (&log.chunk(index)[offset..], Some(index + 1)),
             }
-            Located::Head => (&[][..], None),
-            Located::At { index, offset: 0 } => (&[][..], Some(index)),
-            Located::At { index, offset } => (&log.chunk(index)[offset..], Some(index + 1)),
+        } else {
+            (&[][..], None)
         };
         let private_len = conn.outbuf.len() - conn.out_pos;
         let room = R::MAX_IOV.min(MAX_PARTS) - usize::from(!head.is_empty()) - usize::from(private_len > 0);
@@ -67,10 +73,12 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
         let head_len = head.len();
         let fd = conn.stream.as_raw_fd();
         let out = Outgoing { head, private: &mut conn.outbuf, private_from: conn.out_pos, tail: &tail[..tail_len] };
-        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of `log`; while this send is in flight the
-        // connection is flagged `send_in_flight` and kept in the blocked list, and `trim_log` never drops a chunk
-        // at or after the cursor of such a connection; the cursor moves only when the send's completion is
-        // handled (`on_sent`). Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
+        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of `log` or the connection's pinned chunk.
+        // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
+        // and `trim_log` never drops a chunk at or after the cursor of such a connection; a pinned chunk is
+        // dropped only by `flush_one` (never with a send in flight) or when the connection is freed (only after
+        // its last completion). The cursor moves only when the send's completion is handled (`on_sent`).
+        // Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
         match unsafe { io.send(key, fd, out) } {
             Sending::Done(Ok(written)) => advance(conn, head_len, private_len, written),
             Sending::Done(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
@@ -102,9 +110,12 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
 /// may be complete).
 pub fn on_sent(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool, written: usize, mut private: Vec<u8>, from: usize) {
     // The cursor has not moved since the send started, so the chunk under it is the same one.
-    let head_len = match log.locate(conn.cursor) {
-        Located::At { index, offset } if offset > 0 => log.chunk(index).len() - offset,
-        _ => 0,
+    let head_len = match &conn.pinned {
+        Some(pin) => pin.rest(conn.cursor).len(),
+        None => match log.locate(conn.cursor) {
+            Located::At { index, offset } if offset > 0 && conn.reads_log() => log.chunk(index).len() - offset,
+            _ => 0,
+        },
     };
     let private_len = private.len() - from;
     let k = written.min(head_len);

@@ -26,6 +26,20 @@ pub struct ShardStats {
     pub feed_messages: AtomicU64,
     /// Feed batches dropped because this thread's queue was full (written by the feed thread).
     pub feed_batches_dropped: AtomicU64,
+    /// Batches and bytes in this thread's queue from the feed thread (the feed thread adds, this thread takes).
+    pub feed_queue_batches: AtomicU64,
+    pub feed_queue_bytes: AtomicU64,
+    /// This thread no longer takes batches (it ended): its queue does not hold the feed back.
+    pub feed_queue_closed: AtomicBool,
+    /// Bytes of the broadcast log this thread retains (set after each trim).
+    pub log_bytes: AtomicU64,
+    /// Bytes of broadcast batches kept by closing connections for the rest of a frame (see `conn::Pinned`).
+    pub pinned_bytes: AtomicU64,
+    /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring), ever.
+    pub lagging_sends_cancelled: AtomicU64,
+    /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
+    /// batches for other closing connections, ever.
+    pub closing_cut: AtomicU64,
 }
 
 impl ShardStats {
@@ -65,16 +79,30 @@ impl Shared {
     pub fn health_json(&self) -> String {
         let upstream = self.feed.as_ref().map_or("disabled", |f| f.upstream_state().as_str());
         let published = self.feed.as_ref().map_or(0, |f| f.messages_published());
+        let pauses = self.feed.as_ref().map_or(0, |f| f.backpressure_pauses());
         let status = if self.shutdown.load(Relaxed) { "shutting_down" } else { "ok" };
+        let mem = super::memory::usage();
+        let num = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
         format!(
             "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
-             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"slow_consumers\":{},\"uptime_s\":{},\
+             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
+             \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
+             \"feed_queue_bytes\":{},\"log_bytes\":{},\"pinned_bytes\":{},\
+             \"rss_bytes\":{},\"heap_live_bytes\":{},\"heap_free_bytes\":{},\
              \"io\":\"{}\",\"io_waits\":{},\"io_midpass_submits\":{},\"io_recv_enobufs\":{},\"io_sends_deferred\":{}}}\n",
             self.total(|s| &s.connections),
             self.shards.len(),
             self.total(|s| &s.feed_batches_dropped),
             self.total(|s| &s.slow_consumers),
+            self.total(|s| &s.lagging_sends_cancelled),
+            self.total(|s| &s.closing_cut),
             self.started.elapsed().as_secs(),
+            self.total(|s| &s.feed_queue_bytes),
+            self.total(|s| &s.log_bytes),
+            self.total(|s| &s.pinned_bytes),
+            num(mem.rss),
+            num(mem.heap_live),
+            num(mem.heap_free),
             self.io_backend,
             self.io_total(|s| &s.waits),
             self.io_total(|s| &s.midpass_submits),

@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Waker};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::client::{Backoff, Client};
 use super::demo::Demo;
 use super::ingest::Ingest;
 use super::pump::Out;
 use super::rng::Rng;
-use super::{FeedConfig, FeedStats, Sink, UpstreamState, UPSTREAM_TOKEN, WAKER_TOKEN};
+use super::{FeedConfig, FeedStats, Sink, UpstreamState, PAUSE_POLL, UPSTREAM_TOKEN, WAKER_TOKEN};
 
 /// Size of the one read buffer all sources share.
 const READ_BUF: usize = 64 * 1024;
@@ -150,8 +150,20 @@ impl<S: Sink> Feed<S> {
             "feed thread started"
         );
         let mut events = Events::with_capacity(256);
+        let mut paused = false;
+        let mut last_pause_log: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = self.poll_timeout(Instant::now());
+            let now = Instant::now();
+            let was_paused = std::mem::replace(&mut paused, !self.sink.ready());
+            if paused && !was_paused {
+                let total = self.stats.add_backpressure_pause();
+                if last_pause_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    last_pause_log = Some(now);
+                    warn!(total, "loop threads are behind the feed: reading paused until they catch up (backpressure)");
+                }
+            }
+            // Paused: sources are not read (pump asks the sink first), so do not spin on their readiness.
+            let timeout = if paused { Some(PAUSE_POLL) } else { self.poll_timeout(now) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;

@@ -53,12 +53,22 @@ impl<'a> Message<'a> {
 /// Contract: `publish` must not block (a slow consumer is the sink's business: drop, conflate or
 /// disconnect, but return). After each batch of publishes (one `read()` that produced lines, one demo tick
 /// batch) the feed calls `flush` once, so the sink can wake its consumers once per batch, not per message.
+/// Flow control: while [`Sink::ready`] is false the feed reads nothing from its sources (TCP pushes back on
+/// them) and the demo publishes nothing; it asks again at least every [`PAUSE_POLL`].
 pub trait Sink: Send + 'static {
     /// Takes one message; the payload is only borrowed for the duration of the call.
     fn publish(&mut self, msg: Message<'_>);
     /// Ends a batch of publishes.
     fn flush(&mut self);
+    /// Whether the sink takes more now. Once it said yes, the feed may still publish one read's worth (at most
+    /// 64 KiB of input) or one demo tick before asking again.
+    fn ready(&self) -> bool {
+        true
+    }
 }
+
+/// How often a paused feed asks its sink again.
+pub const PAUSE_POLL: Duration = Duration::from_millis(1);
 
 /// What the feed thread connects to, listens on and generates.
 #[derive(Debug, Clone)]

@@ -33,6 +33,9 @@ pub(super) fn pump<S: Sink>(
     delivered: &mut u64,
 ) -> Pumped {
     for _ in 0..READS_PER_TURN {
+        if !out.ready() {
+            return Pumped::Budget; // the sink has no room: read again once it has
+        }
         match stream.read(buf) {
             Ok(0) => return Pumped::Closed(None),
             Ok(n) => *delivered += out.publish_chunk(codec, &buf[..n], source),
@@ -83,6 +86,11 @@ impl<S: Sink> Out<'_, S> {
             self.sink.flush();
         }
         published
+    }
+
+    /// Whether the sink takes more now (see [`Sink::ready`]).
+    pub(super) fn ready(&self) -> bool {
+        self.sink.ready()
     }
 
     /// Publishes one message the feed generated itself (the demo); the caller flushes after its batch.

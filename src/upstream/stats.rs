@@ -58,6 +58,7 @@ pub struct FeedStats {
     connect_failures: AtomicU64,
     ingest_publishers: AtomicU64,
     ingest_refused: AtomicU64,
+    backpressure_pauses: AtomicU64,
 }
 
 /// Adds `n` to a single-writer counter and returns the new value.
@@ -104,6 +105,10 @@ impl FeedStats {
     pub fn ingest_refused(&self) -> u64 {
         self.ingest_refused.load(Relaxed)
     }
+    /// Times the feed stopped reading its sources because the sink had no room (backpressure).
+    pub fn backpressure_pauses(&self) -> u64 {
+        self.backpressure_pauses.load(Relaxed)
+    }
 
     pub(super) fn set_upstream_state(&self, s: UpstreamState) {
         self.upstream_state.store(s as u8, Relaxed);
@@ -131,6 +136,9 @@ impl FeedStats {
     }
     pub(super) fn add_ingest_refused(&self) -> u64 {
         bump(&self.ingest_refused, 1)
+    }
+    pub(super) fn add_backpressure_pause(&self) -> u64 {
+        bump(&self.backpressure_pauses, 1)
     }
 }
 

@@ -578,12 +578,12 @@ impl Reactor for UringReactor {
         Sending::Deferred
     }
 
-    fn cancel(&mut self, key: ConnKey, _fd: RawFd, send: Option<u64>) {
+    fn cancel(&mut self, key: ConnKey, _fd: RawFd, recv: bool, send: Option<u64>) {
         // By user_data, which the kernel finds by hash: cancelling by descriptor scans every armed request, which
         // made closing n connections at once cost O(n²) (seen at shutdown with 16k connections per loop).
         // A receive that is not armed (ended, or waiting to be re-armed) is not found: harmless, the re-arm
         // step ends it instead, because the connection no longer wants input.
-        for target in std::iter::once(token::conn(Op::Recv, key)).chain(send) {
+        for target in recv.then(|| token::conn(Op::Recv, key)).into_iter().chain(send) {
             let cancel = opcode::AsyncCancel::new(target).build();
             // SAFETY: a cancel points at no memory.
             unsafe { self.push(cancel.user_data(token::encode(Op::Cancel, 0))) };

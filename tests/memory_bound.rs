@@ -1,0 +1,222 @@
+//! Memory stays bounded while clients stall: the scenario of issue 9. Clients that complete the upgrade with a
+//! 4 KiB receive buffer and then never read are connected while a publisher writes a few hundred MiB of
+//! 1,000-byte lines as fast as it can. They must be closed as slow consumers without pinning the feed: the
+//! gateway's peak RSS (`VmHWM`) and live heap (`/healthz` `heap_live_bytes`, sampled) stay within tens of MiB of
+//! idle, the gateway stays up, and a well-behaved client connected at the same time receives every line, in
+//! order. Several trials, on both I/O backends (or only on `$WSGATE_TEST_IO` when set).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::json::Value;
+use common::raw::{read_head, Request};
+use common::{Gateway, IO_ENV};
+
+/// Bytes per line, newline included (the issue's scenario).
+const LINE_BYTES: usize = 1000;
+/// Lines per trial: 200 MiB.
+const LINES_PER_TRIAL: u64 = 200 * 1024 * 1024 / LINE_BYTES as u64;
+const TRIALS: usize = 3;
+/// Stalled clients per trial: with two loop threads, most trials put one on each.
+const STALLED_PER_TRIAL: usize = 3;
+/// How far above idle the gateway may go. The design bound with the defaults is about 50 MiB for two loop
+/// threads (docs/architecture.md, "What bounds memory"); before the fix it held nearly all 200 MiB.
+const BOUND_BYTES: u64 = 64 << 20;
+/// The good client's reads may be delayed by everything else on a 2-core machine: give it room before it counts
+/// as a slow consumer itself (the stalled clients still pass this within a fraction of a second).
+const CONFIG: &str = "max_lag_bytes = 8388608\n";
+
+fn backends() -> Vec<String> {
+    match std::env::var(IO_ENV) {
+        Ok(io) if !io.is_empty() => vec![io],
+        _ => {
+            let mut all = vec!["epoll".to_string()];
+            match common::uring_available() {
+                Ok(()) => all.push("uring".into()),
+                Err(why) => eprintln!("SKIP memory_bound on io_uring: {why}"),
+            }
+            all
+        }
+    }
+}
+
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn counter(h: &Value, key: &str) -> u64 {
+    h.get(key).and_then(Value::as_u64).unwrap_or_else(|| panic!("/healthz without numeric {key}: {h:?}"))
+}
+
+/// Upgrades with a 4 KiB receive buffer and reads nothing after the response head.
+fn stalled_client(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    stream.write_all(&Request::upgrade(addr).bytes()).unwrap();
+    let (head, _) = read_head(&mut stream);
+    assert_eq!(head.status, 101, "{head:?}");
+    stream
+}
+
+/// Reads frames until `lines` text messages arrived, checking that message `i` starts with `i`.
+fn good_client(addr: SocketAddr, lines: u64) -> Result<u64, String> {
+    let mut stream = common::tcp_connect(addr);
+    stream.write_all(&Request::upgrade(addr).bytes()).unwrap();
+    let (head, mut buf) = read_head(&mut stream);
+    if head.status != 101 {
+        return Err(format!("upgrade refused: {head:?}"));
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut next = 0u64;
+    let mut pos = 0;
+    let mut chunk = vec![0u8; 1 << 20];
+    while next < lines {
+        // Parse every whole frame buffered (server frames are unmasked).
+        loop {
+            let b = &buf[pos..];
+            if b.len() < 2 {
+                break;
+            }
+            let (len, header) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if b.len() < header + len {
+                break;
+            }
+            let payload = &b[header..header + len];
+            match b[0] & 0x0f {
+                1 => {
+                    let want = format!("{next:010} ");
+                    if !payload.starts_with(want.as_bytes()) {
+                        let got = String::from_utf8_lossy(&payload[..payload.len().min(11)]).into_owned();
+                        return Err(format!("message {next} was {got:?}: a line was lost or reordered"));
+                    }
+                    next += 1;
+                }
+                8 => return Err(format!("closed by the gateway after {next} messages: {:?}", payload)),
+                op => return Err(format!("unexpected opcode {op} after {next} messages")),
+            }
+            pos += header + len;
+        }
+        buf.drain(..pos);
+        pos = 0;
+        if next == lines {
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("EOF after {next} of {lines} messages")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read error after {next} of {lines} messages: {e}")),
+        }
+    }
+    Ok(next)
+}
+
+/// Writes `lines` numbered lines of `LINE_BYTES` as fast as the gateway takes them.
+fn publish(mut publisher: TcpStream, lines: u64) {
+    publisher.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let pad = "x".repeat(LINE_BYTES - 12);
+    let mut block = Vec::with_capacity(1 << 20);
+    for i in 0..lines {
+        block.extend_from_slice(format!("{i:010} {pad}\n").as_bytes());
+        if block.len() >= 1 << 20 {
+            publisher.write_all(&block).expect("publisher write");
+            block.clear();
+        }
+    }
+    publisher.write_all(&block).expect("publisher write");
+}
+
+fn run_trials(io: &str) {
+    let gw = Gateway::start_with_config(CONFIG, &["--ingest", "127.0.0.1:0", "--threads", "2", "--io", io]);
+    assert_eq!(gw.io, io);
+    let pid = gw.pid();
+    let idle = gw.health();
+    let idle_rss = status_kib(pid, "VmRSS:") * 1024;
+    let idle_heap = counter(&idle, "heap_live_bytes");
+    let mut peak_heap = idle_heap;
+    let mut peak_log = 0;
+    for trial in 0..TRIALS {
+        let before = gw.health();
+        let stalled: Vec<TcpStream> = (0..STALLED_PER_TRIAL).map(|_| stalled_client(gw.ws_addr)).collect();
+        let addr = gw.ws_addr;
+        let reader = std::thread::spawn(move || good_client(addr, LINES_PER_TRIAL));
+        gw.wait_connections("the clients", Duration::from_secs(5), |n| n > STALLED_PER_TRIAL as u64);
+        let started = Instant::now();
+        let publisher = {
+            let p = gw.publisher();
+            std::thread::spawn(move || publish(p, LINES_PER_TRIAL))
+        };
+        // Sample the live heap while the feed runs.
+        while !reader.is_finished() {
+            let h = gw.health();
+            peak_heap = peak_heap.max(counter(&h, "heap_live_bytes"));
+            peak_log = peak_log.max(counter(&h, "log_bytes") + counter(&h, "feed_queue_bytes"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let received = reader.join().expect("good client panicked").unwrap_or_else(|e| {
+            panic!("{io} trial {trial}: the well-behaved client: {e}\n--- gateway stderr:\n{}", gw.stderr())
+        });
+        publisher.join().expect("publisher panicked");
+        let after = gw.health();
+        let slow = counter(&after, "slow_consumers") - counter(&before, "slow_consumers");
+        let peak_rss = status_kib(pid, "VmHWM:") * 1024;
+        eprintln!(
+            "{io} trial {trial}: {received} lines ({} MiB) in {:.2} s; peak RSS {} MiB (idle {} MiB), peak live heap \
+             {} MiB (idle {} MiB), peak log + queue {} MiB; slow consumers closed {slow}; backpressure pauses {}; \
+             sends cancelled {}; closing cut {}",
+            (received * LINE_BYTES as u64) >> 20,
+            started.elapsed().as_secs_f64(),
+            peak_rss >> 20,
+            idle_rss >> 20,
+            peak_heap >> 20,
+            idle_heap >> 20,
+            peak_log >> 20,
+            counter(&after, "feed_backpressure_pauses"),
+            counter(&after, "lagging_sends_cancelled"),
+            counter(&after, "closing_cut"),
+        );
+        assert_eq!(slow, STALLED_PER_TRIAL as u64, "{io} trial {trial}: every stalled client is a slow consumer");
+        assert_eq!(counter(&after, "feed_batches_dropped"), 0, "{io}: backpressure drops nothing");
+        assert!(
+            peak_rss <= idle_rss + BOUND_BYTES,
+            "{io} trial {trial}: peak RSS {} MiB, idle {} MiB: more than {} MiB above idle",
+            peak_rss >> 20,
+            idle_rss >> 20,
+            BOUND_BYTES >> 20
+        );
+        assert!(
+            peak_heap <= idle_heap + BOUND_BYTES,
+            "{io} trial {trial}: peak live heap {} MiB, idle {} MiB",
+            peak_heap >> 20,
+            idle_heap >> 20
+        );
+        drop(stalled);
+        // Every connection of the trial is gone again (the stalled ones after their linger at most).
+        gw.wait_connections("only the /healthz request", Duration::from_secs(10), |n| n == 1);
+    }
+    let end = gw.health();
+    assert_eq!(end.get("status").and_then(Value::as_str), Some("ok"));
+    assert_eq!(counter(&end, "pinned_bytes"), 0, "{io}: closed connections keep no chunk");
+}
+
+#[test]
+fn stalled_clients_do_not_pin_the_feed_in_memory() {
+    for io in backends() {
+        run_trials(&io);
+    }
+}
