@@ -4,7 +4,8 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOADGEN=${LOADGEN:-$ROOT/target/release/wsgate-loadgen}
 WSGATE=${WSGATE:-$ROOT/target/release/wsgate}
-# An older wsgate binary to compare against (server name wsgate-base), e.g. one built from the previous commit.
+# An older wsgate binary to compare against (server names wsgate-base, wsgate-base-epoll, wsgate-base-uring), e.g.
+# one built from the previous commit.
 WSGATE_BASE=${WSGATE_BASE:-}
 PEERS_DIR=${PEERS_DIR:-$ROOT/target/peers/release}
 BENCH_PIDS=()
@@ -59,7 +60,7 @@ build_all() {
 server_bin() {
   case "$1" in
     wsgate | wsgate-epoll | wsgate-uring | wsgate-uring-*) echo "$WSGATE" ;;
-    wsgate-base)
+    wsgate-base | wsgate-base-*)
       [ -n "$WSGATE_BASE" ] || { echo "wsgate-base needs WSGATE_BASE=/path/to/old/wsgate" >&2; return 1; }
       echo "$WSGATE_BASE" ;;
     tokio-tungstenite) echo "$PEERS_DIR/peer-tokio-tungstenite" ;;
@@ -71,8 +72,8 @@ server_bin() {
 # server_args NAME: the flags that make NAME out of its binary (one per line, for mapfile).
 server_args() {
   case "$1" in
-    wsgate-epoll) printf '%s\n' --io epoll ;;
-    wsgate-uring) printf '%s\n' --io uring ;;
+    wsgate-epoll | wsgate-base-epoll) printf '%s\n' --io epoll ;;
+    wsgate-uring | wsgate-base-uring) printf '%s\n' --io uring ;;
     wsgate-uring-sqpoll) printf '%s\n' --io uring --uring-sqpoll ;;
     wsgate-uring-fixed) printf '%s\n' --io uring --uring-fixed-files ;;
     wsgate-uring-b*) printf '%s\n' --io uring --uring-submit-batch "${1#wsgate-uring-b}" ;;

@@ -220,3 +220,47 @@ fn stalled_clients_do_not_pin_the_feed_in_memory() {
         run_trials(&io);
     }
 }
+
+/// A loop thread slower than the feed (one loop writing every line to many clients) fills its queue: the feed
+/// stops reading (backpressure) instead of queueing without bound or dropping, and every client still receives
+/// every line in order.
+#[test]
+fn a_loop_behind_the_feed_pauses_it_and_nobody_loses_a_line() {
+    const CLIENTS: usize = 12;
+    const LINES: u64 = 40 * 1024 * 1024 / LINE_BYTES as u64;
+    const QUEUE_BYTES: u64 = 256 * 1024;
+    let config = format!("{CONFIG}feed_queue_bytes = {QUEUE_BYTES}\n");
+    let gw = Gateway::start_with_config(&config, &["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let readers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = gw.ws_addr;
+            std::thread::spawn(move || good_client(addr, LINES))
+        })
+        .collect();
+    gw.wait_connections("the clients", Duration::from_secs(5), |n| n > CLIENTS as u64);
+    let publisher = {
+        let p = gw.publisher();
+        std::thread::spawn(move || publish(p, LINES))
+    };
+    let mut peak_queue = 0;
+    while !readers.iter().all(|r| r.is_finished()) {
+        peak_queue = peak_queue.max(counter(&gw.health(), "feed_queue_bytes"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.join().expect("client panicked");
+        assert_eq!(got, Ok(LINES), "client {i}\n--- gateway stderr:\n{}", gw.stderr());
+    }
+    publisher.join().expect("publisher panicked");
+    let h = gw.health();
+    eprintln!(
+        "{}: {CLIENTS} clients × {LINES} lines; backpressure pauses {}; peak sampled queue {peak_queue} bytes",
+        gw.io,
+        counter(&h, "feed_backpressure_pauses")
+    );
+    assert!(counter(&h, "feed_backpressure_pauses") >= 1, "the loop never fell behind: the test did not test");
+    assert_eq!(counter(&h, "feed_batches_dropped"), 0);
+    assert_eq!(counter(&h, "slow_consumers"), 0);
+    // The bound, plus the batches of the one read that may follow the last check for room (2 × ~64 KiB).
+    assert!(peak_queue <= QUEUE_BYTES + (160 << 10), "queue held {peak_queue} bytes");
+}

@@ -252,6 +252,7 @@ mod tests {
     use crate::upstream::demo::tests::check_tick;
     use crate::upstream::test_support::{channel_sink, wait_until};
     use crate::upstream::DemoConfig;
+    use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
@@ -279,6 +280,55 @@ mod tests {
         let flushes = flushes.load(Relaxed);
         assert!(flushes >= 1 && flushes <= msgs.len(), "one flush per batch: {flushes}");
         assert_eq!(stats.upstream_state(), UpstreamState::Disabled);
+    }
+
+    /// A [`ChannelSink`](crate::upstream::test_support::ChannelSink) that has room only while `open` is set.
+    struct GatedSink {
+        inner: crate::upstream::test_support::ChannelSink,
+        open: Arc<AtomicBool>,
+    }
+
+    impl Sink for GatedSink {
+        fn publish(&mut self, msg: crate::upstream::Message<'_>) {
+            self.inner.publish(msg);
+        }
+        fn flush(&mut self) {
+            self.inner.flush();
+        }
+        fn ready(&self) -> bool {
+            self.open.load(Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_sink_without_room_pauses_reading_and_loses_nothing() {
+        use std::io::Write;
+        let (inner, rx, _) = channel_sink();
+        let open = Arc::new(AtomicBool::new(false));
+        let sink = GatedSink { inner, open: open.clone() };
+        let cfg = FeedConfig {
+            ingest: Some("127.0.0.1:0".parse().unwrap()),
+            demo: Some(DemoConfig { rate_per_sec: 1000, ..DemoConfig::default() }),
+            ..FeedConfig::default()
+        };
+        let feed = spawn(cfg, sink).unwrap();
+        let stats = feed.stats.clone();
+        let mut publisher = std::net::TcpStream::connect(feed.ingest_addr.unwrap()).unwrap();
+        for i in 0..100 {
+            writeln!(publisher, "line {i}").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(rx.try_iter().count(), 0, "nothing is read or generated while the sink has no room");
+        assert!(stats.backpressure_pauses() >= 1);
+        open.store(true, Relaxed);
+        let mut lines = Vec::new();
+        wait_until("the publisher's lines", || {
+            lines.extend(rx.try_iter().filter(|m| m.starts_with("line ")));
+            lines.len() == 100
+        });
+        assert!(lines.iter().enumerate().all(|(i, l)| *l == format!("line {i}")), "in order, none lost");
+        wait_until("demo ticks after the pause", || rx.try_iter().any(|m| m.contains("\"tick\"")));
+        feed.shutdown();
     }
 
     #[test]
