@@ -25,6 +25,8 @@ use crate::reactor::{self, Reactor};
 const LINGER: Duration = Duration::from_secs(2);
 /// During a fan-out pass, the feed is pulled again after this many subscribers.
 const PULL_EVERY: usize = 64;
+/// Most bytes of idle buffers a loop thread keeps for reuse (1,024 of the usual 4 KiB).
+const POOL_BYTES: usize = 4 << 20;
 /// After the shutdown deadline, how long operations still in flight (io_uring) may take to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -92,7 +94,7 @@ impl<R: Reactor> Shard<R> {
             fanned_out_to: 0,
             refan: false,
             feed,
-            pool: BufPool::new(1024, 4096, 256 * 1024),
+            pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
             dirty: Vec::new(),
             blocked: Vec::new(),
             dead: Vec::new(),
@@ -136,8 +138,10 @@ impl<R: Reactor> Shard<R> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        // Batches still queued (the pull budget left them there) need no wake-up: the feed already sent it.
-        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to || self.feed.pending() {
+        // Batches still queued (the pull budget left them there) and connections killed after the reap phase (by
+        // a deadline) would get no wake-up of their own: the feed already sent its, deadlines have none.
+        let pending = self.feed.pending() || !self.dead.is_empty();
+        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to || pending {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
@@ -256,10 +260,9 @@ impl<R: Reactor> Shard<R> {
             return;
         }
         let stats = &self.shared.shards[self.id];
+        input::unpin_if_written(conn, stats); // io_uring: the completion that wrote it came since
         let flushed = output::flush(conn, key, &self.log, &mut self.pool, &mut self.io);
-        if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
-            input::unpin(conn, stats); // the frame it was finishing is out
-        }
+        input::unpin_if_written(conn, stats); // epoll: written just now
         match flushed {
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {

@@ -197,6 +197,9 @@ pub fn release_log(
         return;
     }
     conn.log_released = true;
+    if conn.phase == Phase::Dead {
+        return; // it writes nothing more
+    }
     let Some(pin) = log.pin(conn.cursor) else { return };
     let len = pin.chunk.len() as u64;
     if stats.pinned_bytes.load(Relaxed) + len > budget {
@@ -209,10 +212,17 @@ pub fn release_log(
     conn.pinned = Some(Box::new(pin));
 }
 
-/// Drops the chunk a closing connection had pinned (it was written, or the connection is being freed).
+/// Drops the chunk a closing connection had pinned (the connection is being freed).
 pub fn unpin(conn: &mut Conn, stats: &ShardStats) {
     if let Some(pin) = conn.pinned.take() {
         ShardStats::sub(&stats.pinned_bytes, pin.chunk.len() as u64);
+    }
+}
+
+/// Drops the pinned chunk once the frame it was kept for is written (never with a send in flight).
+pub fn unpin_if_written(conn: &mut Conn, stats: &ShardStats) {
+    if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
+        unpin(conn, stats);
     }
 }
 

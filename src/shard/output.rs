@@ -199,7 +199,7 @@ mod tests {
     fn a_short_send_puts_the_private_rest_before_newer_bytes() {
         let mut log = FrameLog::new();
         log.push(std::sync::Arc::from(&b"abcd"[..]));
-        let mut pool = BufPool::new(4, 64, 1024);
+        let mut pool = BufPool::new(4096, 64, 1024);
         let mut c = conn();
         c.cursor = 2; // "cd" of the chunk is pending
         c.outbuf = b"NEW".to_vec();
@@ -214,7 +214,7 @@ mod tests {
         let mut log = FrameLog::new();
         log.push(std::sync::Arc::from(&b"abcd"[..]));
         log.push(std::sync::Arc::from(&b"efgh"[..]));
-        let mut pool = BufPool::new(4, 64, 1024);
+        let mut pool = BufPool::new(4096, 64, 1024);
         let mut c = conn();
         c.cursor = 2;
         on_sent(&mut c, &log, &mut pool, 2 + 2 + 3, b"pq".to_vec(), 0);
