@@ -176,3 +176,80 @@ fn subscriber_that_stops_reading_is_closed_as_slow_consumer() {
         assert_eq!(pos, bytes.len(), "nothing after the close frame");
     }
 }
+
+/// Upgrades with a 4 KiB receive buffer, so that the gateway's writes to it block early.
+fn small_buffer_client(addr: std::net::SocketAddr) -> RawWs {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    stream.write_all(&common::raw::Request::upgrade(addr).bytes()).unwrap();
+    let (head, rest) = read_head(&mut stream);
+    assert_eq!(head.status, 101, "{head:?}");
+    RawWs::from_parts(stream, rest)
+}
+
+fn health_u64(gw: &Gateway, key: &str) -> u64 {
+    gw.health().get(key).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("/healthz without {key}"))
+}
+
+/// A subscriber whose socket is full of its own replies (echoes) when a broadcast arrives still gets the
+/// broadcast once it reads (found in review: it had left the list of connections holding the log, and the log
+/// was trimmed past it).
+#[test]
+fn a_subscriber_blocked_on_its_own_replies_still_gets_the_broadcast() {
+    let gw = Gateway::start_with_config(
+        "max_private_bytes = 67108864\n",
+        &["--ingest", "127.0.0.1:0", "--echo", "--threads", "1"],
+    );
+    let mut ws = small_buffer_client(gw.ws_addr);
+    let payload = vec![b'e'; 60_000];
+    for _ in 0..200 {
+        ws.send(0x2, &payload);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut publisher = gw.publisher();
+    publisher.write_all(b"hello\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut echoes = 0;
+    loop {
+        let frame = ws.read_frame();
+        match frame.opcode {
+            0x2 => echoes += 1,
+            0x1 => {
+                assert_eq!(frame.payload, b"hello");
+                break;
+            }
+            op => panic!("after {echoes} echoes: opcode {op}"),
+        }
+    }
+    assert_eq!(echoes, 200, "every echo, then the broadcast");
+}
+
+/// Clients that close while the gateway is in the middle of a frame to them (a send blocked or in flight), and
+/// then never read: their closing connections are cut after the linger time instead of staying for good, and
+/// keep nothing pinned.
+#[test]
+fn closing_clients_that_never_read_are_cut_after_the_linger_time() {
+    let gw = Gateway::start_with_config("max_lag_bytes = 67108864\n", &["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let mut clients: Vec<RawWs> = (0..10).map(|_| small_buffer_client(gw.ws_addr)).collect();
+    gw.wait_connections("the clients", Duration::from_secs(5), |n| n == 11);
+    let mut publisher = gw.publisher();
+    let mut line = vec![b'x'; 60_000];
+    line.push(b'\n');
+    for _ in 0..100 {
+        publisher.write_all(&line).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(health_u64(&gw, "log_bytes") > 0, "the clients are behind: the test would test nothing");
+    for c in &mut clients {
+        c.send(0x8, &1000u16.to_be_bytes());
+    }
+    let started = Instant::now();
+    gw.wait_connections("only the /healthz request", Duration::from_secs(5), |n| n == 1);
+    eprintln!("closing clients gone after {:?}", started.elapsed());
+    assert_eq!(health_u64(&gw, "pinned_bytes"), 0);
+    assert_eq!(health_u64(&gw, "log_bytes"), 0);
+    assert_eq!(health_u64(&gw, "slow_consumers"), 0);
+}

@@ -6,9 +6,11 @@
 //! copy, allocation or reference-count update. Topics (a later feature) are several of these per loop thread.
 
 mod log;
+mod pins;
 mod retention;
 mod subscribers;
 
 pub use log::{Cursor, FrameLog, Located, Pinned};
+pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
 pub use subscribers::Subscribers;

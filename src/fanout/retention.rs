@@ -9,9 +9,13 @@
 //!   the kernel may still read those bytes; past `max_lag` its send is cancelled, so the completion comes now;
 //! - the loop takes no more from the feed while its log holds [`Retention::pull_budget`] bytes or more. The
 //!   budget exceeds `max_lag` by two chunks, so whatever holds the log's oldest chunk then is past `max_lag`
-//!   and is let go at the next trim: the log cannot stay at its budget.
+//!   and is let go at the next trim: the log cannot stay at its budget;
+//! - nor while half of `max_lag` or more has arrived since the last fan-out began (bytes not yet offered to
+//!   every subscriber), so that a loop catching up after a stall never makes its well-behaved subscribers look
+//!   like slow consumers: whoever was at the head when the pass began is at most half `max_lag` (plus a chunk)
+//!   behind when its send is judged.
 //!
-//! So a loop's log holds at most `pull_budget` plus one pass's worth of chunks still awaiting a cancelled send.
+//! So a loop's log holds at most `pull_budget` plus one chunk.
 
 use super::log::Cursor;
 
@@ -54,9 +58,10 @@ impl Retention {
         self.max_lag.saturating_add(self.max_chunk.saturating_mul(2))
     }
 
-    /// Whether the loop may take another batch while its log retains `retained` bytes.
-    pub fn may_pull(&self, retained: u64) -> bool {
-        retained < self.pull_budget()
+    /// Whether the loop may take another batch while its log retains `retained` bytes, `unoffered` of them
+    /// newer than what the last fan-out offered everyone. One batch is always taken into an empty window.
+    pub fn may_pull(&self, retained: u64, unoffered: u64) -> bool {
+        retained < self.pull_budget() && (unoffered == 0 || unoffered < self.max_lag / 2)
     }
 
     /// Whether a subscriber `lag` bytes behind is a slow consumer.
@@ -115,13 +120,16 @@ mod tests {
     #[test]
     fn the_pull_budget_leaves_the_oldest_holder_past_the_limit() {
         assert_eq!(R.pull_budget(), 120);
-        assert!(R.may_pull(119) && !R.may_pull(120));
+        assert!(R.may_pull(119, 0) && !R.may_pull(120, 0));
+        assert!(R.may_pull(60, 49) && !R.may_pull(60, 50), "half of max_lag not yet offered stops the pull");
+        let tiny = Retention { max_lag: 1, max_chunk: 10 };
+        assert!(tiny.may_pull(0, 0) && !tiny.may_pull(10, 10), "one batch at a time at least");
         // At the budget, a holder anywhere in the oldest chunk is more than max_lag behind.
         for cursor in 0..R.max_chunk {
             let lag = R.pull_budget() - cursor;
             assert!(R.too_far_behind(lag), "{cursor}");
         }
         let huge = Retention { max_lag: u64::MAX, max_chunk: 10 };
-        assert!(huge.may_pull(u64::MAX - 1));
+        assert!(huge.may_pull(u64::MAX - 1, 0));
     }
 }

@@ -95,8 +95,7 @@ impl Handler for Dispatch<'_> {
                 // (Flushing those here instead would keep them in flight during every fan-out, for good.)
                 if conn.phase == Phase::Closing && conn.reads_log() {
                     // It closed while this send was in flight: now it can let go of the log.
-                    let budget = self.cx.settings.retention.pull_budget();
-                    input::release_log(conn, key, self.cx.log, self.cx.stats, budget, self.cx.dead);
+                    input::release_log(conn, key, self.cx.log, self.cx.pins, self.cx.stats, self.cx.dead);
                 }
                 if conn.phase != Phase::Dead {
                     if conn.phase != Phase::Open || !conn.private_pending().is_empty() {

@@ -18,7 +18,7 @@ use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{FrameLog, Holder, Subscribers};
+use crate::fanout::{FrameLog, Holder, Pins, Subscribers};
 use crate::reactor::{self, Reactor};
 
 /// How long a half-closed connection may take to hang up after our final bytes.
@@ -39,6 +39,8 @@ macro_rules! input_cx {
             stats: &$shard.shared.shards[$shard.id],
             pool: &mut $shard.pool,
             log: &$shard.log,
+            pins: &mut $shard.pins,
+            linger: &mut $shard.linger_deadlines,
             subscribers: &mut $shard.subscribers,
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
@@ -52,6 +54,8 @@ pub struct Shard<R: Reactor> {
     io: R,
     conns: GenSlab<Conn>,
     log: FrameLog,
+    /// Chunks closing connections keep apart from the log.
+    pins: Pins,
     subscribers: Subscribers,
     /// Stream position up to which every subscriber has been offered the log.
     fanned_out_to: u64,
@@ -90,6 +94,7 @@ impl<R: Reactor> Shard<R> {
             io,
             conns: GenSlab::new(),
             log: FrameLog::new(),
+            pins: Pins::new(settings.retention.pull_budget()),
             subscribers: Subscribers::new(),
             fanned_out_to: 0,
             refan: false,
@@ -194,7 +199,7 @@ impl<R: Reactor> Shard<R> {
     /// what stays queued holds the feed back (backpressure) until the trim phase has let go of the laggards.
     fn pull_feed(&mut self) {
         let mut messages = 0u64;
-        while self.settings.retention.may_pull(self.log.retained_bytes()) {
+        while self.settings.retention.may_pull(self.log.retained_bytes(), self.log.head() - self.fanned_out_to) {
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
             self.log.push(batch.frames);
@@ -247,7 +252,11 @@ impl<R: Reactor> Shard<R> {
                 continue;
             }
             if conn.write_blocked {
-                self.judge_holder(key);
+                // Blocked on its private bytes it may have left the blocked list at the head: now that the log
+                // has grown past it, it must hold the log again (or be let go).
+                if self.judge_holder(key) {
+                    self.hold(key);
+                }
             } else {
                 self.flush_one(key);
             }
@@ -260,9 +269,9 @@ impl<R: Reactor> Shard<R> {
             return;
         }
         let stats = &self.shared.shards[self.id];
-        input::unpin_if_written(conn, stats); // io_uring: the completion that wrote it came since
+        input::unpin_if_written(conn, &mut self.pins, stats); // io_uring: the completion that wrote it came since
         let flushed = output::flush(conn, key, &self.log, &mut self.pool, &mut self.io);
-        input::unpin_if_written(conn, stats); // epoll: written just now
+        input::unpin_if_written(conn, &mut self.pins, stats); // epoll: written just now
         match flushed {
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {
@@ -283,9 +292,8 @@ impl<R: Reactor> Shard<R> {
                 conn.write_blocked = true;
                 // A send in flight holds the log back whatever the phase; a blocked open subscriber holds it
                 // back until it catches up or turns into a slow consumer.
-                if !conn.in_blocked_list && conn.reads_log() && (conn.phase == Phase::Open || conn.send_in_flight) {
-                    conn.in_blocked_list = true;
-                    self.blocked.push(key);
+                if conn.reads_log() && (conn.phase == Phase::Open || conn.send_in_flight) {
+                    self.hold(key);
                 }
                 self.judge_holder(key);
             }
@@ -293,11 +301,12 @@ impl<R: Reactor> Shard<R> {
                 // Not sent yet, so its cursor may stand before `fanned_out_to`: like a blocked subscriber it must
                 // hold the log back (trim_log looks only at the blocked list), or its chunks would be trimmed
                 // before the retry and the connection dropped.
-                if !conn.in_blocked_list && conn.reads_log() {
-                    conn.in_blocked_list = true;
-                    self.blocked.push(key);
+                if conn.reads_log() {
+                    self.hold(key);
                 }
-                input::mark_dirty(conn, key, &mut self.dirty);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    input::mark_dirty(conn, key, &mut self.dirty);
+                }
             }
             Flushed::Failed => kill(conn, key, &mut self.dead),
         }
@@ -314,8 +323,7 @@ impl<R: Reactor> Shard<R> {
         if !sending && conn.reads_log() && conn.phase != Phase::Open {
             // Closing (or dead) with nothing in flight: it needs at most the chunk it is in the middle of.
             let stats = &self.shared.shards[self.id];
-            let budget = self.settings.retention.pull_budget();
-            input::release_log(conn, key, &self.log, stats, budget, &mut self.dead);
+            input::release_log(conn, key, &self.log, &mut self.pins, stats, &mut self.dead);
         }
         let holder = Holder {
             cursor: conn.cursor,
@@ -341,9 +349,18 @@ impl<R: Reactor> Shard<R> {
             ShardStats::add(&stats.slow_consumers, 1);
             let mut cx = input_cx!(self);
             input::queue_close(conn, key, 1008, "slow consumer: too far behind the feed", &mut cx);
-            self.linger_deadlines.push(Instant::now(), key);
         }
         verdict.hold
+    }
+
+    /// Puts a connection that holds the log back in the blocked list (once), so that `trim_log` sees it.
+    fn hold(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.in_blocked_list {
+                conn.in_blocked_list = true;
+                self.blocked.push(key);
+            }
+        }
     }
 
     // ---- phase: reap -----------------------------------------------------------------------------------
@@ -372,7 +389,7 @@ impl<R: Reactor> Shard<R> {
             }
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
-            input::unpin(&mut conn, &self.shared.shards[self.id]);
+            input::unpin(&mut conn, &mut self.pins, &self.shared.shards[self.id]);
             ShardStats::sub(&self.shared.shards[self.id].connections, 1);
             // Dropping the stream closes the socket: nothing is in flight on it any more.
         }

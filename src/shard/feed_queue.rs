@@ -68,12 +68,11 @@ impl FeedReceiver {
 }
 
 impl Drop for FeedReceiver {
-    /// A loop thread that ended takes nothing more: empty its account, so that backpressure does not wait on it
-    /// (the feed thread's sends to it fail from now on and are not accounted).
+    /// A loop thread that ended takes nothing more: it says so first (the feed thread then sends it nothing), and
+    /// empties its account, so that backpressure does not wait on it.
     fn drop(&mut self) {
+        self.stats[self.id].feed_queue_closed.store(true, Relaxed);
         while self.try_recv().is_some() {}
-        let stats = &self.stats[self.id];
-        stats.feed_queue_closed.store(true, Relaxed);
     }
 }
 
@@ -144,25 +143,33 @@ impl Sink for BroadcastSink {
         self.batch.clear();
         self.messages = 0;
         for shard in 0..self.queues.len() {
+            let s = &self.stats[shard];
+            if s.feed_queue_closed.load(Relaxed) {
+                continue; // the loop thread has exited (shutdown): nothing to deliver to
+            }
             if self.limits.overflow == FeedOverflow::Drop && !self.has_room(shard) {
                 self.note_drop(shard);
                 continue;
             }
-            let q = &self.queues[shard];
+            // Accounted before the send, so that the loop's subtraction can never come first.
             let len = frames.len() as u64;
+            ShardStats::add(&s.feed_queue_batches, 1);
+            ShardStats::add(&s.feed_queue_bytes, len);
+            let q = &self.queues[shard];
             match q.tx.try_send(Batch { frames: frames.clone(), messages }) {
                 Ok(()) => {
-                    let s = &self.stats[shard];
-                    ShardStats::add(&s.feed_queue_batches, 1);
-                    ShardStats::add(&s.feed_queue_bytes, len);
                     if let Err(e) = q.waker.wake() {
                         tracing::warn!(shard, error = %e, "could not wake loop thread");
                     }
                 }
-                // Backpressure keeps READ_MARGIN_BATCHES free, so only `Drop` gets here.
-                Err(TrySendError::Full(_)) => self.note_drop(shard),
-                // The loop thread has exited (shutdown): nothing to deliver to.
-                Err(TrySendError::Disconnected(_)) => {}
+                Err(e) => {
+                    ShardStats::sub(&s.feed_queue_batches, 1);
+                    ShardStats::sub(&s.feed_queue_bytes, len);
+                    // Backpressure keeps READ_MARGIN_BATCHES free, so only `Drop` finds a full queue.
+                    if let TrySendError::Full(_) = e {
+                        self.note_drop(shard);
+                    }
+                }
             }
         }
     }

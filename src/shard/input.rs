@@ -4,9 +4,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::stats::{ShardStats, Shared};
+use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, Phase};
-use crate::fanout::{FrameLog, Subscribers};
+use crate::fanout::{FrameLog, Pins, Subscribers};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
 use crate::proto::session::{encode_close_frame_into, Event, MessageKind};
@@ -18,6 +19,9 @@ pub struct InputCx<'a> {
     pub stats: &'a ShardStats,
     pub pool: &'a mut BufPool,
     pub log: &'a FrameLog,
+    pub pins: &'a mut Pins,
+    /// Closing connections get this long to finish (see [`start_closing`]).
+    pub linger: &'a mut DeadlineQueue,
     pub subscribers: &'a mut Subscribers,
     pub dirty: &'a mut Vec<ConnKey>,
     pub dead: &'a mut Vec<ConnKey>,
@@ -169,27 +173,29 @@ pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &
 }
 
 /// Nothing but what is queued will be written now; the connection lets go of the broadcast log at once, or,
-/// with a send in flight, when that send completes.
+/// with a send in flight, when that send completes. It has the linger time to write what is queued and hear the
+/// peer hang up; then it is cut, whatever state it is in (a client that stops reading cannot keep it).
 fn start_closing(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     conn.phase = Phase::Closing;
     conn.close_queued = true;
     if !conn.send_in_flight {
-        release_log(conn, key, cx.log, cx.stats, cx.settings.retention.pull_budget(), cx.dead);
+        release_log(conn, key, cx.log, cx.pins, cx.stats, cx.dead);
     }
+    cx.linger.push(std::time::Instant::now(), key);
     mark_dirty(conn, key, cx.dirty);
 }
 
 /// A closing connection stops reading the broadcast log, so it can never hold the log back, whatever it does
-/// next. If it is in the middle of a frame, it keeps that one chunk ([`FrameLog::pin`]) so that its close
-/// frame can follow a whole frame. The loop keeps at most `budget` bytes of such chunks (counted in
-/// `pinned_bytes`, each pin once even when connections share a chunk); past it the connection is cut without
-/// its close frame (counted in `closing_cut`). Must not be called while a send is in flight.
+/// next. If it is in the middle of a frame, it keeps that one chunk ([`Pins::pin`]) so that its close frame can
+/// follow a whole frame. The loop's pins are bounded in bytes (each chunk counted once however many connections
+/// share it; `pinned_bytes`); past the budget the connection is cut without its close frame (counted in
+/// `closing_cut`). Must not be called while a send is in flight.
 pub fn release_log(
     conn: &mut Conn,
     key: ConnKey,
     log: &FrameLog,
+    pins: &mut Pins,
     stats: &ShardStats,
-    budget: u64,
     dead: &mut Vec<ConnKey>,
 ) {
     debug_assert!(!conn.send_in_flight, "the kernel may still read the log for this connection");
@@ -200,29 +206,30 @@ pub fn release_log(
     if conn.phase == Phase::Dead {
         return; // it writes nothing more
     }
-    let Some(pin) = log.pin(conn.cursor) else { return };
-    let len = pin.chunk.len() as u64;
-    if stats.pinned_bytes.load(Relaxed) + len > budget {
-        ShardStats::add(&stats.closing_cut, 1);
-        tracing::debug!(?key, "closing connection in the middle of a frame cut: pinned-chunk budget spent");
-        kill(conn, key, dead);
-        return;
+    match pins.pin(log, conn.cursor) {
+        Ok(Some(pin)) => conn.pinned = Some(Box::new(pin)),
+        Ok(None) => {}
+        Err(_) => {
+            ShardStats::add(&stats.closing_cut, 1);
+            tracing::debug!(?key, "closing connection in the middle of a frame cut: pinned-chunk budget spent");
+            kill(conn, key, dead);
+        }
     }
-    ShardStats::add(&stats.pinned_bytes, len);
-    conn.pinned = Some(Box::new(pin));
+    stats.pinned_bytes.store(pins.bytes(), Relaxed);
 }
 
 /// Drops the chunk a closing connection had pinned (the connection is being freed).
-pub fn unpin(conn: &mut Conn, stats: &ShardStats) {
+pub fn unpin(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
     if let Some(pin) = conn.pinned.take() {
-        ShardStats::sub(&stats.pinned_bytes, pin.chunk.len() as u64);
+        pins.unpin(&pin);
+        stats.pinned_bytes.store(pins.bytes(), Relaxed);
     }
 }
 
 /// Drops the pinned chunk once the frame it was kept for is written (never with a send in flight).
-pub fn unpin_if_written(conn: &mut Conn, stats: &ShardStats) {
+pub fn unpin_if_written(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
     if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
-        unpin(conn, stats);
+        unpin(conn, pins, stats);
     }
 }
 
