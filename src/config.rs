@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::upstream::Framing;
+
 /// What the feed thread does when a loop thread's queue is full (in bytes or in batches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -101,8 +103,21 @@ pub struct Config {
     pub feed_queue_bytes: u64,
     /// Policy when a loop thread's queue is full: `backpressure` (stop reading the feed) or `drop`.
     pub feed_overflow: FeedOverflow,
-    /// Longest line accepted from the feed; longer lines are dropped and counted.
+    /// Longest line (or binary payload) accepted from the feed; longer ones are dropped and counted.
     pub max_line_bytes: usize,
+    /// How the upstream server frames its records: `auto`, `tab` or `binary` (`docs/feed-protocol.md`).
+    pub upstream_framing: Framing,
+    /// How publishers on the ingest listener frame their records.
+    pub ingest_framing: Framing,
+    /// Top-level field of a JSON line that names its topic (`auto` framing).
+    pub topic_field: String,
+    /// Topic of lines without a topic field (`auto` framing).
+    pub default_topic: String,
+    /// Most topics the feed keeps track of; a message for a new topic past it is dropped and counted.
+    pub max_topics: usize,
+    /// A topic without messages for this long is forgotten.
+    #[serde(with = "millis")]
+    pub topic_idle_expiry: Duration,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -144,6 +159,12 @@ impl Default for Config {
             feed_queue_bytes: 16 << 20,
             feed_overflow: FeedOverflow::Backpressure,
             max_line_bytes: 64 * 1024,
+            upstream_framing: Framing::Auto,
+            ingest_framing: Framing::Auto,
+            topic_field: "topic".into(),
+            default_topic: "default".into(),
+            max_topics: 65536,
+            topic_idle_expiry: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -198,6 +219,12 @@ pub struct Cli {
     /// Demo feed messages per second.
     #[arg(long)]
     pub demo_rate: Option<u32>,
+    /// Framing of the upstream feed [default: auto].
+    #[arg(long, value_enum)]
+    pub upstream_framing: Option<Framing>,
+    /// Framing of publishers' records [default: auto].
+    #[arg(long, value_enum)]
+    pub ingest_framing: Option<Framing>,
     /// Echo client data messages back (conformance testing).
     #[arg(long)]
     pub echo: bool,
@@ -260,6 +287,8 @@ impl Config {
         self.uring_sqpoll |= cli.uring_sqpoll;
         self.uring_fixed_files |= cli.uring_fixed_files;
         set!(demo_rate);
+        set!(upstream_framing);
+        set!(ingest_framing);
         set!(log_level);
         set!(max_connections);
         if cli.upstream.is_some() {
@@ -303,6 +332,12 @@ impl Config {
         }
         if self.max_private_bytes < 4096 {
             return bad("max_private_bytes must be at least 4096");
+        }
+        if let Err(e) = crate::upstream::topic::check(self.default_topic.as_bytes()) {
+            return Err(ConfigError::Invalid(format!("default_topic {:?}: {e}", self.default_topic)));
+        }
+        if self.topic_field.is_empty() || self.max_topics == 0 || self.topic_idle_expiry.is_zero() {
+            return bad("topic_field must not be empty, max_topics and topic_idle_expiry must be positive");
         }
         Ok(())
     }

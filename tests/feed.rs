@@ -239,3 +239,83 @@ fn upstream_partial_line_is_not_glued_to_the_next_connection() {
         assert_eq!(got, "next", "the partial line of the old upstream connection was glued to the new one's");
     }
 }
+
+fn feed_dropped(h: &Value, reason: &str) -> u64 {
+    h.get("feed_dropped")
+        .and_then(|d| d.get(reason))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("/healthz without feed_dropped.{reason}: {h:?}"))
+}
+
+/// Tab-framed publishers: `TOPIC<TAB>payload` lines are forwarded as their payload; lines without a tab or with a
+/// bad topic are dropped and counted by reason; positions count every forwarded message once.
+#[test]
+fn tab_framing_routes_and_counts_bad_records() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--ingest-framing", "tab"]);
+    let mut ws = gw.ws_connect();
+    let epoch = gw.health().get("epoch").and_then(Value::as_u64).expect("an epoch");
+    assert!(epoch > 0 && epoch < 1 << 53, "epoch {epoch}");
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"BTC-USD\t{\"px\":1}\nno tab\nBAD*\tx\nETH-USD\ttwo\tparts\nBTC-USD\t\n");
+    assert_eq!(ws_read_text(&mut ws), "{\"px\":1}");
+    assert_eq!(ws_read_text(&mut ws), "two\tparts");
+    ws_expect_silence(&mut ws, Duration::from_millis(200));
+    let h = gw.health();
+    assert_eq!(feed_dropped(&h, "no_tab"), 1);
+    assert_eq!(feed_dropped(&h, "bad_topic"), 1);
+    assert_eq!(feed_dropped(&h, "empty_payload"), 1);
+    assert_eq!(h.get("feed_seq").and_then(Value::as_u64), Some(2));
+    assert_eq!(h.get("topics").and_then(Value::as_u64), Some(2));
+    assert_eq!(h.get("epoch").and_then(Value::as_u64), Some(epoch), "one epoch per process");
+}
+
+/// Binary-framed publishers: length-prefixed records are forwarded as binary messages, byte for byte; a record
+/// over max_line_bytes is skipped without losing step.
+#[test]
+fn binary_framing_forwards_binary_messages() {
+    let gw = Gateway::start_with_config(
+        "max_line_bytes = 1000\n",
+        &["--ingest", "127.0.0.1:0", "--ingest-framing", "binary"],
+    );
+    let mut ws = gw.ws_connect();
+    let record = |topic: &[u8], payload: &[u8]| {
+        let mut r = vec![topic.len() as u8];
+        r.extend_from_slice(topic);
+        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        r.extend_from_slice(payload);
+        r
+    };
+    let mut stream = record(b"book", &[0, 159, 146, 150, 255]);
+    stream.extend(record(b"book", &[7u8; 1001]));
+    stream.extend(record(b"trades", b"\x01\x02"));
+    let mut p = gw.publisher();
+    // Byte by byte for the first record: framing does not depend on how the stream is cut.
+    for b in &stream[..12] {
+        common::write_all(&mut p, &[*b]);
+    }
+    common::write_all(&mut p, &stream[12..]);
+    for want in [&[0u8, 159, 146, 150, 255][..], b"\x01\x02"] {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Binary(got) => assert_eq!(&got[..], want),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+    ws_expect_silence(&mut ws, Duration::from_millis(200));
+    assert_eq!(feed_dropped(&gw.health(), "too_long"), 1);
+}
+
+/// Auto framing (the default): JSON lines are routed by their topic field and plain lines go to the default
+/// topic, both forwarded unchanged; a topic field that is not a string drops the line.
+#[test]
+fn auto_framing_keeps_plain_lines_working() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0"]);
+    let mut ws = gw.ws_connect();
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"plain line\n{\"topic\":\"BTC-USD\",\"px\":2}\n{\"topic\":5}\n{\"px\":3}\n");
+    assert_eq!(ws_read_text(&mut ws), "plain line");
+    assert_eq!(ws_read_text(&mut ws), "{\"topic\":\"BTC-USD\",\"px\":2}");
+    assert_eq!(ws_read_text(&mut ws), "{\"px\":3}");
+    let h = gw.health();
+    assert_eq!(feed_dropped(&h, "topic_not_string"), 1);
+    assert_eq!(h.get("topics").and_then(Value::as_u64), Some(2), "default and BTC-USD");
+}

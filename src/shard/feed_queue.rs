@@ -11,7 +11,7 @@ use super::stats::ShardStats;
 use crate::config::FeedOverflow;
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::Waker;
-use crate::upstream::{Message, Sink};
+use crate::upstream::{Message, PayloadKind, Sink};
 
 /// Complete frames, back to back; shared by every loop thread and every subscriber.
 pub struct Batch {
@@ -127,7 +127,11 @@ impl BroadcastSink {
 
 impl Sink for BroadcastSink {
     fn publish(&mut self, msg: Message<'_>) {
-        encode_frame_into(&mut self.batch, OpCode::Text, msg.payload);
+        let op = match msg.kind {
+            PayloadKind::Text => OpCode::Text,
+            PayloadKind::Binary => OpCode::Binary,
+        };
+        encode_frame_into(&mut self.batch, op, msg.payload);
         self.messages += 1;
         if self.batch.len() >= BATCH_MAX_BYTES {
             self.flush();
@@ -195,7 +199,8 @@ mod tests {
     }
 
     fn publish_batch(sink: &mut BroadcastSink, bytes: usize) {
-        sink.publish(Message::new(&vec![b'x'; bytes]));
+        let stamp = crate::upstream::Stamp { seq: 1, prev: 0 };
+        sink.publish(Message::new("t", &vec![b'x'; bytes], PayloadKind::Text, stamp));
         sink.flush();
     }
 

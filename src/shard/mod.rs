@@ -31,7 +31,7 @@ use crate::fanout::Retention;
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
 use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
-use crate::upstream::{self, DemoConfig, FeedConfig, FeedHandle};
+use crate::upstream::{self, DemoConfig, FeedConfig, FeedHandle, Routing};
 use event_loop::Shard;
 
 /// What the loop threads need of the configuration, resolved once.
@@ -269,6 +269,11 @@ fn feed_config(cfg: &Config) -> Option<FeedConfig> {
         ingest: cfg.ingest,
         demo: cfg.demo.then(|| DemoConfig { rate_per_sec: cfg.demo_rate, ..DemoConfig::default() }),
         max_line_bytes: cfg.max_line_bytes,
+        upstream_framing: cfg.upstream_framing,
+        ingest_framing: cfg.ingest_framing,
+        routing: Routing { topic_field: cfg.topic_field.clone(), default_topic: cfg.default_topic.clone() },
+        max_topics: cfg.max_topics,
+        topic_idle_expiry: cfg.topic_idle_expiry,
         ..FeedConfig::default()
     })
 }

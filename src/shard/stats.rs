@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::reactor::IoStats;
-use crate::upstream::FeedStats;
+use crate::upstream::{Dropped, FeedStats};
 
 /// One loop thread's counters. Aligned to 128 bytes so two threads never share a cache line.
 #[derive(Debug, Default)]
@@ -80,12 +80,20 @@ impl Shared {
         let upstream = self.feed.as_ref().map_or("disabled", |f| f.upstream_state().as_str());
         let published = self.feed.as_ref().map_or(0, |f| f.messages_published());
         let pauses = self.feed.as_ref().map_or(0, |f| f.backpressure_pauses());
+        let (epoch, feed_seq, (topics, topics_expired)) =
+            self.feed.as_ref().map_or((0, 0, (0, 0)), |f| (f.epoch(), f.last_seq(), f.topics()));
+        let dropped: Vec<String> = Dropped::ALL
+            .iter()
+            .map(|&r| format!("\"{}\":{}", r.as_str(), self.feed.as_ref().map_or(0, |f| f.dropped(r))))
+            .collect();
+        let dropped = dropped.join(",");
         let status = if self.shutdown.load(Relaxed) { "shutting_down" } else { "ok" };
         let mem = super::memory::usage();
         let num = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
         format!(
             "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
-             \"feed_messages\":{published},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
+             \"feed_messages\":{published},\"epoch\":{epoch},\"feed_seq\":{feed_seq},\"topics\":{topics},\
+             \"topics_expired\":{topics_expired},\"feed_dropped\":{{{dropped}}},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
              \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
              \"feed_queue_bytes\":{},\"log_bytes\":{},\"pinned_bytes\":{},\
              \"rss_bytes\":{},\"heap_live_bytes\":{},\"heap_free_bytes\":{},\

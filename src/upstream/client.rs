@@ -9,8 +9,7 @@ use mio::net::TcpStream;
 use mio::{event::Event, Interest, Registry};
 use tracing::{info, warn};
 
-use super::codec::LineCodec;
-use super::pump::{pump, Out, Pumped};
+use super::pump::{pump, Framer, Out, Pumped};
 use super::rng::Rng;
 use super::{FeedStats, Sink, UpstreamState, UPSTREAM_TOKEN};
 
@@ -75,7 +74,7 @@ pub(super) struct Client {
     conn: Conn,
     /// Resolved addresses not tried yet in this round (tried from the back).
     addrs: Vec<SocketAddr>,
-    codec: LineCodec,
+    codec: Framer,
     backoff: Backoff,
     ever_connected: bool,
 }
@@ -84,7 +83,7 @@ impl Client {
     /// Starts the first connection attempt at once.
     pub(super) fn start(
         target: String,
-        max_line_bytes: usize,
+        codec: Framer,
         backoff: Backoff,
         registry: &Registry,
         stats: &FeedStats,
@@ -94,7 +93,7 @@ impl Client {
             target,
             conn: Conn::Backoff { until: now },
             addrs: Vec::new(),
-            codec: LineCodec::new(max_line_bytes),
+            codec,
             backoff,
             ever_connected: false,
         };
@@ -276,7 +275,7 @@ impl Client {
         let partial = self.codec.reset();
         if partial > 0 {
             stats.add_partial_discarded();
-            info!(%addr, bytes = partial, "discarding the unterminated line of the closed upstream connection");
+            info!(%addr, bytes = partial, "discarding the incomplete record of the closed upstream connection");
         }
         if delivered > 0 || lived >= STABLE_AFTER {
             self.backoff.reset();

@@ -22,6 +22,8 @@ const SPREAD: f64 = 0.0001;
 
 #[derive(Debug)]
 struct Symbol {
+    /// The symbol, which is also the topic of its ticks.
+    name: String,
     /// `{"type":"tick","symbol":"<escaped>","seq":`, built once.
     prefix: Vec<u8>,
     mid: f64,
@@ -64,7 +66,7 @@ impl Demo {
                 let mut prefix = b"{\"type\":\"tick\",\"symbol\":".to_vec();
                 write_json_str(&mut prefix, name);
                 prefix.extend_from_slice(b",\"seq\":");
-                Symbol { prefix, mid, tick: 10f64.powi(-(decimals as i32)), decimals, seq: 0 }
+                Symbol { name: name.clone(), prefix, mid, tick: 10f64.powi(-(decimals as i32)), decimals, seq: 0 }
             })
             .collect();
         Demo {
@@ -99,7 +101,7 @@ impl Demo {
             self.next_symbol = (i + 1) % self.symbols.len();
             self.buf.clear();
             tick(&mut self.symbols[i], &mut self.rng, ts_ms, &mut self.buf);
-            out.publish_one(&self.buf);
+            out.publish_one(&self.symbols[i].name, &self.buf);
             self.sent += 1;
             published += 1;
         }
@@ -168,8 +170,8 @@ fn write_json_str(buf: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::upstream::test_support::channel_sink;
-    use crate::upstream::FeedStats;
+    use crate::upstream::pump::with_out;
+    use crate::upstream::test_support::{channel_sink, RecordSink};
 
     /// The text after `"field":` up to the next `,` or `}`.
     fn field<'a>(msg: &'a str, name: &str) -> &'a str {
@@ -195,9 +197,26 @@ pub(super) mod tests {
 
     fn run(demo: &mut Demo, now: Instant) -> Vec<String> {
         let (mut sink, rx, _) = channel_sink();
-        let stats = FeedStats::default();
-        demo.handle_timeout(now, &mut Out { sink: &mut sink, stats: &stats });
+        with_out(&mut sink, 64, now, |out| demo.handle_timeout(now, out));
         rx.try_iter().collect()
+    }
+
+    #[test]
+    fn each_symbol_is_a_topic() {
+        let t0 = Instant::now();
+        let mut demo = Demo::new(&DemoConfig { rate_per_sec: 1000, ..DemoConfig::default() }, t0, Rng::from_seed(5));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let now = t0 + Duration::from_millis(11);
+        with_out(&mut RecordSink(tx), 64, now, |out| demo.handle_timeout(now, out));
+        let msgs: Vec<_> = rx.try_iter().collect();
+        assert_eq!(msgs.len(), 12);
+        for (i, m) in msgs.iter().enumerate() {
+            let (symbol, _) = check_tick(std::str::from_utf8(&m.payload).unwrap());
+            assert_eq!(m.topic, symbol);
+            assert_eq!(m.seq, i as u64 + 1);
+            // Six symbols round-robin: the previous message of a topic is six back.
+            assert_eq!(m.prev, if i < 6 { 0 } else { i as u64 - 5 });
+        }
     }
 
     #[test]

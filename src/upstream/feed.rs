@@ -14,9 +14,10 @@ use tracing::{error, info, warn};
 use super::client::{Backoff, Client};
 use super::demo::Demo;
 use super::ingest::Ingest;
-use super::pump::Out;
+use super::pump::{Framer, Out};
 use super::rng::Rng;
-use super::{FeedConfig, FeedStats, Sink, UpstreamState, PAUSE_POLL, UPSTREAM_TOKEN, WAKER_TOKEN};
+use super::sequence::{Sequencer, MAX_EPOCH};
+use super::{topic, FeedConfig, FeedStats, Sink, UpstreamState, PAUSE_POLL, UPSTREAM_TOKEN, WAKER_TOKEN};
 
 /// Size of the one read buffer all sources share.
 const READ_BUF: usize = 64 * 1024;
@@ -69,7 +70,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
     let ingest = match cfg.ingest {
-        Some(addr) => Some(Ingest::bind(addr, cfg.max_line_bytes, poll.registry())?),
+        Some(addr) => Some(Ingest::bind(addr, cfg.max_line_bytes, cfg.ingest_framing, poll.registry())?),
         None => None,
     };
     let ingest_addr = ingest.as_ref().map(Ingest::local_addr);
@@ -78,6 +79,9 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         // Reported from the moment spawn returns, not from whenever the thread gets to its first attempt.
         stats.set_upstream_state(UpstreamState::Connecting);
     }
+    let epoch = (Rng::seeded().next_u64() & MAX_EPOCH).max(1);
+    let sequencer = Sequencer::new(epoch, cfg.max_topics, cfg.topic_idle_expiry);
+    stats.set_sequencer(&sequencer);
     let stop = Arc::new(AtomicBool::new(false));
     let feed = Feed {
         poll,
@@ -89,6 +93,9 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         sink,
         stats: stats.clone(),
         stop: stop.clone(),
+        sequencer,
+        scratch: String::new(),
+        next_expiry_sweep: Instant::now(),
     };
     let thread = std::thread::Builder::new().name("wsgate-feed".into()).spawn(move || feed.run())?;
     Ok(FeedHandle { stats, ingest_addr, waker, stop, thread: Some(thread) })
@@ -98,6 +105,12 @@ fn validate(cfg: &FeedConfig) -> io::Result<()> {
     let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
     if cfg.max_line_bytes == 0 {
         return invalid("max_line_bytes must be > 0".into());
+    }
+    if let Err(e) = topic::check(cfg.routing.default_topic.as_bytes()) {
+        return invalid(format!("default_topic {:?}: {e}", cfg.routing.default_topic));
+    }
+    if cfg.routing.topic_field.is_empty() || cfg.max_topics == 0 || cfg.topic_idle_expiry.is_zero() {
+        return invalid("need a non-empty topic_field, max_topics > 0 and topic_idle_expiry > 0".into());
     }
     if cfg.backoff_initial.is_zero() || cfg.backoff_max < cfg.backoff_initial {
         return invalid("need 0 < backoff_initial <= backoff_max".into());
@@ -112,6 +125,9 @@ fn validate(cfg: &FeedConfig) -> io::Result<()> {
     if let Some(demo) = &cfg.demo {
         if demo.rate_per_sec == 0 || demo.symbols.is_empty() {
             return invalid("demo needs rate_per_sec > 0 and at least one symbol".into());
+        }
+        if let Some(bad) = demo.symbols.iter().find(|s| topic::check(s.as_bytes()).is_err()) {
+            return invalid(format!("demo symbol {bad:?} is not a valid topic name"));
         }
     }
     Ok(())
@@ -129,6 +145,26 @@ struct Feed<S> {
     sink: S,
     stats: Arc<FeedStats>,
     stop: Arc<AtomicBool>,
+    /// Assigns every message its position; owns the table of topics.
+    sequencer: Sequencer,
+    /// Reused for topics that had to be unescaped.
+    scratch: String,
+    /// When idle topics are next looked for (piggybacked on wake-ups: an idle feed creates no topics).
+    next_expiry_sweep: Instant,
+}
+
+/// How a [`Feed`] builds its [`Out`] from its fields (a macro: the sources are borrowed at the same time).
+macro_rules! out {
+    ($feed:ident, $now:expr) => {
+        Out {
+            sink: &mut $feed.sink,
+            stats: &$feed.stats,
+            routing: &$feed.cfg.routing,
+            sequencer: &mut $feed.sequencer,
+            scratch: &mut $feed.scratch,
+            now: $now,
+        }
+    };
 }
 
 impl<S: Sink> Feed<S> {
@@ -138,7 +174,8 @@ impl<S: Sink> Feed<S> {
         if let Some(target) = self.cfg.upstream.clone() {
             let backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max, Rng::from_seed(rng.next_u64()));
             let registry = self.poll.registry();
-            self.client = Some(Client::start(target, self.cfg.max_line_bytes, backoff, registry, &self.stats, now));
+            let framer = Framer::new(self.cfg.upstream_framing, self.cfg.max_line_bytes);
+            self.client = Some(Client::start(target, framer, backoff, registry, &self.stats, now));
         }
         if let Some(demo) = &self.cfg.demo {
             self.demo = Some(Demo::new(demo, now, Rng::from_seed(rng.next_u64())));
@@ -216,7 +253,7 @@ impl<S: Sink> Feed<S> {
 
     fn read_ready(&mut self, now: Instant) {
         let registry = self.poll.registry();
-        let mut out = Out { sink: &mut self.sink, stats: &self.stats };
+        let mut out = out!(self, now);
         if let Some(client) = &mut self.client {
             client.handle_read(registry, &mut self.buf, &mut out, now);
         }
@@ -230,7 +267,13 @@ impl<S: Sink> Feed<S> {
             client.handle_timeout(self.poll.registry(), &self.stats, now);
         }
         if let Some(demo) = &mut self.demo {
-            demo.handle_timeout(now, &mut Out { sink: &mut self.sink, stats: &self.stats });
+            demo.handle_timeout(now, &mut out!(self, now));
+        }
+        if now >= self.next_expiry_sweep {
+            self.next_expiry_sweep = now + self.cfg.topic_idle_expiry / 4;
+            if self.sequencer.expire_idle(now) > 0 {
+                self.stats.set_sequencer(&self.sequencer);
+            }
         }
     }
 

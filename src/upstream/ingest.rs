@@ -9,8 +9,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use tracing::{info, warn};
 
-use super::codec::LineCodec;
-use super::pump::{pump, Out, Pumped};
+use super::pump::{pump, Framer, Out, Pumped};
+use super::record::Framing;
 use super::{FeedStats, Sink, FIRST_PUBLISHER_TOKEN, LISTENER_TOKEN};
 
 /// Publisher connections open at once; more are accepted and closed at once (logged, counted).
@@ -20,7 +20,7 @@ pub(super) const MAX_PUBLISHERS: usize = 64;
 struct Publisher {
     stream: TcpStream,
     peer: SocketAddr,
-    codec: LineCodec,
+    codec: Framer,
     since: Instant,
     delivered: u64,
     /// An event said there may be data; cleared when a read returns `WouldBlock`.
@@ -37,16 +37,22 @@ pub(super) struct Ingest {
     publishers: Vec<Option<Publisher>>,
     open: usize,
     max_line_bytes: usize,
+    framing: Framing,
 }
 
 impl Ingest {
     /// Binds and registers the listener.
-    pub(super) fn bind(addr: SocketAddr, max_line_bytes: usize, registry: &Registry) -> io::Result<Self> {
+    pub(super) fn bind(
+        addr: SocketAddr,
+        max_line_bytes: usize,
+        framing: Framing,
+        registry: &Registry,
+    ) -> io::Result<Self> {
         let mut listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
         info!(%local_addr, "ingest listening for publishers");
-        Ok(Ingest { listener, local_addr, publishers: Vec::new(), open: 0, max_line_bytes })
+        Ok(Ingest { listener, local_addr, publishers: Vec::new(), open: 0, max_line_bytes, framing })
     }
 
     pub(super) fn local_addr(&self) -> SocketAddr {
@@ -141,7 +147,7 @@ impl Ingest {
             self.publishers[slot] = Some(Publisher {
                 stream,
                 peer,
-                codec: LineCodec::new(self.max_line_bytes),
+                codec: Framer::new(self.framing, self.max_line_bytes),
                 since: now,
                 delivered: 0,
                 readable: true, // data may have arrived before registration

@@ -11,7 +11,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod binary_codec;
 pub mod codec;
+pub mod json_field;
+pub mod record;
+pub mod sequence;
+pub mod topic;
 
 mod client;
 mod demo;
@@ -22,6 +27,8 @@ mod rng;
 mod stats;
 
 pub use feed::{spawn, FeedHandle};
+pub use record::{Dropped, Framing, PayloadKind, Routing};
+pub use sequence::Stamp;
 pub use stats::{FeedStats, UpstreamState};
 
 /// mio tokens of the feed thread's one `Poll`.
@@ -31,20 +38,25 @@ const LISTENER_TOKEN: mio::Token = mio::Token(2);
 /// Publisher `i` of the ingest listener has token `FIRST_PUBLISHER_TOKEN + i`.
 const FIRST_PUBLISHER_TOKEN: usize = 3;
 
-/// One feed message: a line without its newline (and without a trailing `\r`), guaranteed valid UTF-8.
+/// One feed message: its topic, its payload and its position in the feed.
 ///
-/// Non-exhaustive so that fields (a topic) can be added later; build one with [`Message::new`].
+/// Non-exhaustive so that fields can be added later; build one with [`Message::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Message<'a> {
-    /// The line's bytes; valid UTF-8, never empty, never containing `\n`.
+    /// A valid topic name (`upstream::topic`).
+    pub topic: &'a str,
+    /// Never empty. With [`PayloadKind::Text`] valid UTF-8 without `\n` (a line, without its newline and any
+    /// trailing `\r`); with [`PayloadKind::Binary`] any bytes.
     pub payload: &'a [u8],
+    pub kind: PayloadKind,
+    /// `seq` and the topic's `prev` (`upstream::sequence`); the epoch is the feed's (`FeedStats::epoch`).
+    pub stamp: Stamp,
 }
 
 impl<'a> Message<'a> {
-    /// A message carrying `payload` (the feed only ever passes valid UTF-8 lines).
-    pub fn new(payload: &'a [u8]) -> Self {
-        Message { payload }
+    pub fn new(topic: &'a str, payload: &'a [u8], kind: PayloadKind, stamp: Stamp) -> Self {
+        Message { topic, payload, kind, stamp }
     }
 }
 
@@ -80,8 +92,16 @@ pub struct FeedConfig {
     pub ingest: Option<SocketAddr>,
     /// Built-in simulated market feed.
     pub demo: Option<DemoConfig>,
-    /// Longest line payload delivered; longer lines are dropped and counted. Must be > 0.
+    /// Longest line payload (or binary payload) delivered; longer ones are dropped and counted. Must be > 0.
     pub max_line_bytes: usize,
+    /// How the upstream server and the publishers frame their records.
+    pub upstream_framing: Framing,
+    pub ingest_framing: Framing,
+    /// The topic field of JSON lines and the topic of lines without one (both checked by `spawn`).
+    pub routing: Routing,
+    /// Most topics the feed keeps track of at once (> 0); a topic idle for `topic_idle_expiry` is forgotten.
+    pub max_topics: usize,
+    pub topic_idle_expiry: Duration,
     /// First reconnect delay ceiling. Must be > 0.
     pub backoff_initial: Duration,
     /// Largest reconnect delay ceiling. Must be >= `backoff_initial`.
@@ -95,6 +115,11 @@ impl Default for FeedConfig {
             ingest: None,
             demo: None,
             max_line_bytes: 64 * 1024,
+            upstream_framing: Framing::Auto,
+            ingest_framing: Framing::Auto,
+            routing: Routing::default(),
+            max_topics: 65536,
+            topic_idle_expiry: Duration::from_secs(3600),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
         }
@@ -143,6 +168,27 @@ mod test_support {
         fn flush(&mut self) {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A published message, owned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Owned {
+        pub topic: String,
+        pub payload: Vec<u8>,
+        pub kind: super::PayloadKind,
+        pub seq: u64,
+        pub prev: u64,
+    }
+
+    /// Sends every message, whole, into a channel.
+    pub(crate) struct RecordSink(pub mpsc::Sender<Owned>);
+
+    impl Sink for RecordSink {
+        fn publish(&mut self, m: Message<'_>) {
+            let (seq, prev) = (m.stamp.seq, m.stamp.prev);
+            let _ = self.0.send(Owned { topic: m.topic.into(), payload: m.payload.into(), kind: m.kind, seq, prev });
+        }
+        fn flush(&mut self) {}
     }
 
     pub(crate) fn channel_sink() -> (ChannelSink, mpsc::Receiver<String>, Arc<AtomicUsize>) {

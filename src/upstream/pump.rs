@@ -1,11 +1,16 @@
-//! Moves bytes from one non-blocking stream through its [`LineCodec`] into the [`Sink`], counting drops.
+//! Moves bytes from one non-blocking stream through its framing codec, routes and stamps each record, and hands
+//! it to the [`Sink`], counting what is dropped.
 
 use std::fmt::Display;
 use std::io::{self, Read};
+use std::time::Instant;
 
 use tracing::warn;
 
+use super::binary_codec::{self, BinaryCodec};
 use super::codec::{Event, LineCodec};
+use super::record::{Dropped, Framing, PayloadKind, Routed, Routing};
+use super::sequence::Sequencer;
 use super::{FeedStats, Message, Sink};
 
 /// Reads per stream per loop turn, so one busy stream cannot starve the others (or the demo timer).
@@ -16,17 +21,44 @@ const READS_PER_TURN: usize = 16;
 pub(super) enum Pumped {
     /// The socket has no more data for now (`WouldBlock`).
     Drained,
-    /// The read budget ran out with the socket possibly still readable: pump again after other work.
+    /// The read budget ran out, or the sink has no room, with the socket possibly still readable: pump again
+    /// after other work.
     Budget,
     /// End of stream (`None`) or a read error.
     Closed(Option<io::Error>),
 }
 
-/// Reads until `WouldBlock`, end of stream, an error, or the per-turn budget. Every read that completes
-/// lines publishes them and then flushes the sink once. Adds the number of messages published to `delivered`.
+/// One source's framing state.
+#[derive(Debug)]
+pub(super) enum Framer {
+    /// Line framings (`auto`, `tab`).
+    Lines(LineCodec, Framing),
+    Binary(BinaryCodec),
+}
+
+impl Framer {
+    pub(super) fn new(framing: Framing, max_bytes: usize) -> Self {
+        match framing {
+            Framing::Binary => Framer::Binary(BinaryCodec::new(max_bytes)),
+            lines => Framer::Lines(LineCodec::new(max_bytes), lines),
+        }
+    }
+
+    /// Forgets an incomplete record (its stream is gone); returns how many bytes were discarded.
+    pub(super) fn reset(&mut self) -> usize {
+        match self {
+            Framer::Lines(codec, _) => codec.reset(),
+            Framer::Binary(codec) => codec.reset(),
+        }
+    }
+}
+
+/// Reads until `WouldBlock`, end of stream, an error, the per-turn budget, or a sink without room. Every read
+/// that completes records publishes them and then flushes the sink once. Adds the number of messages published
+/// to `delivered`.
 pub(super) fn pump<S: Sink>(
     stream: &mut impl Read,
-    codec: &mut LineCodec,
+    framer: &mut Framer,
     buf: &mut [u8],
     out: &mut Out<'_, S>,
     source: &dyn Display,
@@ -38,7 +70,7 @@ pub(super) fn pump<S: Sink>(
         }
         match stream.read(buf) {
             Ok(0) => return Pumped::Closed(None),
-            Ok(n) => *delivered += out.publish_chunk(codec, &buf[..n], source),
+            Ok(n) => *delivered += out.publish_chunk(framer, &buf[..n], source),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pumped::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Pumped::Closed(Some(e)),
@@ -47,42 +79,52 @@ pub(super) fn pump<S: Sink>(
     Pumped::Budget
 }
 
-/// The feed thread's outputs: the sink and the counters.
+/// The feed thread's outputs: the sink, the counters, and what turns a record into a message (routing and the
+/// sequencer).
 pub(super) struct Out<'a, S> {
     pub(super) sink: &'a mut S,
     pub(super) stats: &'a FeedStats,
+    pub(super) routing: &'a Routing,
+    pub(super) sequencer: &'a mut Sequencer,
+    /// A topic that had to be unescaped (reused).
+    pub(super) scratch: &'a mut String,
+    /// The clock of this turn (topic idleness).
+    pub(super) now: Instant,
 }
 
 impl<S: Sink> Out<'_, S> {
-    /// Decodes one chunk, publishes its lines, flushes once if any, and returns how many were published.
-    pub(super) fn publish_chunk(&mut self, codec: &mut LineCodec, chunk: &[u8], source: &dyn Display) -> u64 {
-        let max = codec.max_line_bytes();
+    /// Decodes one chunk, publishes its records, flushes once if any, and returns how many were published.
+    pub(super) fn publish_chunk(&mut self, framer: &mut Framer, chunk: &[u8], source: &dyn Display) -> u64 {
         let mut published = 0;
-        let mut lines = codec.handle_chunk(chunk);
-        while let Some(ev) = lines.poll_event() {
-            match ev {
-                Event::Line(line) => {
-                    self.sink.publish(Message::new(line.as_bytes()));
-                    published += 1;
+        let Out { sink, stats, routing, sequencer, scratch, now } = self;
+        let mut to = Stamper { sink: &mut **sink, stats, sequencer, now: *now };
+        match framer {
+            Framer::Lines(codec, framing) => {
+                let framing = *framing;
+                let mut lines = codec.handle_chunk(chunk);
+                while let Some(ev) = lines.poll_event() {
+                    let routed = match ev {
+                        Event::Line(line) => routing.route_line(line, framing, scratch),
+                        Event::TooLong => Err(Dropped::TooLong),
+                        Event::InvalidUtf8 => Err(Dropped::InvalidUtf8),
+                    };
+                    published += u64::from(to.forward(routed, PayloadKind::Text, source));
                 }
-                // Warn on the 1st, 2nd, 4th, 8th... drop so a misbehaving source cannot flood the log.
-                Event::TooLong => {
-                    let total = self.stats.add_too_long();
-                    if total.is_power_of_two() {
-                        warn!(%source, max_line_bytes = max, total, "dropped a line longer than max_line_bytes");
-                    }
-                }
-                Event::InvalidUtf8 => {
-                    let total = self.stats.add_invalid_utf8();
-                    if total.is_power_of_two() {
-                        warn!(%source, total, "dropped a line that is not valid UTF-8");
-                    }
+            }
+            Framer::Binary(codec) => {
+                let mut records = codec.handle_chunk(chunk);
+                while let Some(ev) = records.poll_event() {
+                    let routed = match ev {
+                        binary_codec::Event::Record { topic, payload } => routing.route_binary(topic, payload),
+                        binary_codec::Event::TooLong { .. } => Err(Dropped::TooLong),
+                    };
+                    published += u64::from(to.forward(routed, PayloadKind::Binary, source));
                 }
             }
         }
-        drop(lines);
         if published > 0 {
             self.stats.add_published(published);
+            self.stats.set_sequencer(self.sequencer);
             self.sink.flush();
         }
         published
@@ -94,20 +136,70 @@ impl<S: Sink> Out<'_, S> {
     }
 
     /// Publishes one message the feed generated itself (the demo); the caller flushes after its batch.
-    pub(super) fn publish_one(&mut self, payload: &[u8]) {
-        self.sink.publish(Message::new(payload));
-        self.stats.add_published(1);
+    pub(super) fn publish_one(&mut self, topic: &str, payload: &[u8]) {
+        let mut to =
+            Stamper { sink: &mut *self.sink, stats: self.stats, sequencer: &mut *self.sequencer, now: self.now };
+        if to.forward(Ok(Routed { topic, payload }), PayloadKind::Text, &"demo") {
+            self.stats.add_published(1);
+        }
     }
 
     pub(super) fn flush(&mut self) {
+        self.stats.set_sequencer(self.sequencer);
         self.sink.flush();
     }
+}
+
+/// The part of [`Out`] that stamps and publishes (borrowed apart from the routing scratch a topic may live in).
+struct Stamper<'a, S> {
+    sink: &'a mut S,
+    stats: &'a FeedStats,
+    sequencer: &'a mut Sequencer,
+    now: Instant,
+}
+
+impl<S: Sink> Stamper<'_, S> {
+    /// Stamps and publishes a routed record, or counts why not; returns whether it was published.
+    fn forward(&mut self, routed: Result<Routed<'_>, Dropped>, kind: PayloadKind, source: &dyn Display) -> bool {
+        let stamped = routed.and_then(|r| Ok((r, self.sequencer.stamp(r.topic, self.now)?)));
+        match stamped {
+            Ok((r, stamp)) => {
+                self.sink.publish(Message::new(r.topic, r.payload, kind, stamp));
+                true
+            }
+            Err(reason) => {
+                // Warn on the 1st, 2nd, 4th, 8th... drop of each reason so a misbehaving source cannot flood the log.
+                let total = self.stats.add_dropped(reason);
+                if total.is_power_of_two() {
+                    warn!(%source, reason = reason.as_str(), total, "feed record dropped");
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Runs `f` with an [`Out`] over `sink`, a fresh sequencer (epoch 1, `max_topics`) and the default routing, at
+/// `now`; returns its result and the counters.
+#[cfg(test)]
+pub(super) fn with_out<S: Sink, R>(
+    sink: &mut S,
+    max_topics: usize,
+    now: Instant,
+    f: impl FnOnce(&mut Out<'_, S>) -> R,
+) -> (R, FeedStats) {
+    let stats = FeedStats::default();
+    let (routing, mut scratch) = (Routing::default(), String::new());
+    let mut sequencer = Sequencer::new(1, max_topics, std::time::Duration::from_secs(60));
+    let mut out = Out { sink, stats: &stats, routing: &routing, sequencer: &mut sequencer, scratch: &mut scratch, now };
+    let r = f(&mut out);
+    (r, stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::test_support::channel_sink;
+    use crate::upstream::test_support::{channel_sink, Owned, RecordSink};
     use std::sync::atomic::Ordering;
 
     /// Returns its chunks one read at a time, then `WouldBlock`.
@@ -123,22 +215,84 @@ mod tests {
         }
     }
 
+    /// Pumps `chunks` through a source framed by `framing` into a [`RecordSink`].
+    fn pump_records(
+        framing: Framing,
+        max: usize,
+        max_topics: usize,
+        chunks: Vec<&'static [u8]>,
+    ) -> (Vec<Owned>, FeedStats) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (delivered, stats) = with_out(&mut RecordSink(tx), max_topics, Instant::now(), |out| {
+            let mut framer = Framer::new(framing, max);
+            let (mut buf, mut delivered) = ([0u8; 1024], 0);
+            let r = pump(&mut Chunks(chunks), &mut framer, &mut buf, out, &"test", &mut delivered);
+            assert!(matches!(r, Pumped::Drained));
+            delivered
+        });
+        let got: Vec<Owned> = rx.try_iter().collect();
+        assert_eq!(delivered, got.len() as u64);
+        (got, stats)
+    }
+
+    fn owned(topic: &str, payload: &[u8], kind: PayloadKind, seq: u64, prev: u64) -> Owned {
+        Owned { topic: topic.into(), payload: payload.into(), kind, seq, prev }
+    }
+
     #[test]
     fn publishes_lines_flushes_per_productive_read_and_counts_drops() {
         let (mut sink, rx, flushes) = channel_sink();
-        let stats = FeedStats::default();
-        let mut out = Out { sink: &mut sink, stats: &stats };
-        let mut codec = LineCodec::new(8);
-        let mut stream = Chunks(vec![b"a\nb\n", b"par", b"tial\n\xff\n", b"waytoolongline\n"]);
-        let mut buf = [0u8; 64];
-        let mut delivered = 0;
-        let r = pump(&mut stream, &mut codec, &mut buf, &mut out, &"test", &mut delivered);
-        assert!(matches!(r, Pumped::Drained));
+        let (delivered, stats) = with_out(&mut sink, 8, Instant::now(), |out| {
+            let mut framer = Framer::new(Framing::Auto, 8);
+            let mut stream = Chunks(vec![b"a\nb\n", b"par", b"tial\n\xff\n", b"waytoolongline\n"]);
+            let (mut buf, mut delivered) = ([0u8; 64], 0);
+            let r = pump(&mut stream, &mut framer, &mut buf, out, &"test", &mut delivered);
+            assert!(matches!(r, Pumped::Drained));
+            delivered
+        });
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["a", "b", "partial"]);
         assert_eq!(delivered, 3);
         assert_eq!(flushes.load(Ordering::Relaxed), 2, "one flush per read that produced lines");
         assert_eq!(stats.messages_published(), 3);
         assert_eq!(stats.lines_invalid_utf8(), 1);
         assert_eq!(stats.lines_too_long(), 1);
+        assert_eq!((stats.last_seq(), stats.topics()), (3, (1, 0)), "plain lines: one default topic");
+    }
+
+    #[test]
+    fn auto_and_tab_lines_are_routed_stamped_and_bad_ones_counted() {
+        let text = PayloadKind::Text;
+        let (got, stats) = pump_records(
+            Framing::Auto,
+            64,
+            8,
+            vec![b"{\"topic\":\"A\",\"p\":1}\nplain\n{\"topic\":9}\n{\"topic\":\"A\"}\n"],
+        );
+        assert_eq!(
+            got,
+            [
+                owned("A", b"{\"topic\":\"A\",\"p\":1}", text, 1, 0),
+                owned("default", b"plain", text, 2, 0),
+                owned("A", b"{\"topic\":\"A\"}", text, 3, 1),
+            ]
+        );
+        assert_eq!(stats.dropped(Dropped::TopicNotString), 1);
+        let (got, stats) = pump_records(Framing::Tab, 64, 8, vec![b"X\tone\nno tab\nX\ttwo\n*\tbad\n"]);
+        assert_eq!(got, [owned("X", b"one", text, 1, 0), owned("X", b"two", text, 2, 1)]);
+        assert_eq!((stats.dropped(Dropped::NoTab), stats.dropped(Dropped::BadTopic)), (1, 1));
+    }
+
+    #[test]
+    fn binary_records_and_the_topic_cap() {
+        // "t1" -> [0, 1]; "t2" -> [2] (the cap of one topic refuses it); "t1" -> 300 bytes (too long).
+        let stream: &'static [u8] = &[2, b't', b'1', 0, 0, 0, 2, 0, 1, 2, b't', b'2', 0, 0, 0, 1, 2];
+        let long: &'static [u8] = Box::leak({
+            let mut v = vec![2, b't', b'1', 0, 0, 1, 44];
+            v.extend([7u8; 300]);
+            v.into_boxed_slice()
+        });
+        let (got, stats) = pump_records(Framing::Binary, 256, 1, vec![stream, long]);
+        assert_eq!(got, [owned("t1", &[0, 1], PayloadKind::Binary, 1, 0)]);
+        assert_eq!((stats.dropped(Dropped::TopicLimit), stats.dropped(Dropped::TooLong)), (1, 1));
     }
 }

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
+use super::record::Dropped;
+use super::sequence::Sequencer;
+
 /// State of the upstream client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -51,8 +54,12 @@ impl fmt::Display for UpstreamState {
 pub struct FeedStats {
     upstream_state: AtomicU8,
     messages_published: AtomicU64,
-    lines_invalid_utf8: AtomicU64,
-    lines_too_long: AtomicU64,
+    /// Records not forwarded, per [`Dropped`] reason (indexed by [`Dropped::index`]).
+    dropped: [AtomicU64; Dropped::ALL.len()],
+    epoch: AtomicU64,
+    last_seq: AtomicU64,
+    topics: AtomicU64,
+    topics_expired: AtomicU64,
     partial_lines_discarded: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
@@ -77,13 +84,29 @@ impl FeedStats {
     pub fn messages_published(&self) -> u64 {
         self.messages_published.load(Relaxed)
     }
+    /// Records not forwarded for `reason`.
+    pub fn dropped(&self, reason: Dropped) -> u64 {
+        self.dropped[reason.index()].load(Relaxed)
+    }
     /// Complete lines dropped because they were not valid UTF-8.
     pub fn lines_invalid_utf8(&self) -> u64 {
-        self.lines_invalid_utf8.load(Relaxed)
+        self.dropped(Dropped::InvalidUtf8)
     }
-    /// Lines dropped because they were longer than `max_line_bytes`.
+    /// Lines (or binary payloads) dropped because they were longer than `max_line_bytes`.
     pub fn lines_too_long(&self) -> u64 {
-        self.lines_too_long.load(Relaxed)
+        self.dropped(Dropped::TooLong)
+    }
+    /// The feed's epoch: names its sequence space (see `upstream::sequence`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Relaxed)
+    }
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Relaxed)
+    }
+    /// Topics the feed knows now, and topics it forgot for idleness so far.
+    pub fn topics(&self) -> (u64, u64) {
+        (self.topics.load(Relaxed), self.topics_expired.load(Relaxed))
     }
     /// Unterminated lines discarded because their connection ended (upstream or publisher).
     pub fn partial_lines_discarded(&self) -> u64 {
@@ -116,11 +139,14 @@ impl FeedStats {
     pub(super) fn add_published(&self, n: u64) {
         bump(&self.messages_published, n);
     }
-    pub(super) fn add_invalid_utf8(&self) -> u64 {
-        bump(&self.lines_invalid_utf8, 1)
+    pub(super) fn add_dropped(&self, reason: Dropped) -> u64 {
+        bump(&self.dropped[reason.index()], 1)
     }
-    pub(super) fn add_too_long(&self) -> u64 {
-        bump(&self.lines_too_long, 1)
+    pub(super) fn set_sequencer(&self, seq: &Sequencer) {
+        self.epoch.store(seq.epoch(), Relaxed);
+        self.last_seq.store(seq.last_seq(), Relaxed);
+        self.topics.store(seq.topics() as u64, Relaxed);
+        self.topics_expired.store(seq.expired(), Relaxed);
     }
     pub(super) fn add_partial_discarded(&self) {
         bump(&self.partial_lines_discarded, 1);
