@@ -8,6 +8,7 @@
 //! - [`upstream`]: the feed (upstream client, publisher ingest, demo), on its own thread.
 //! - [`shard`]: the loop threads, wiring all of the above.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fanout;
