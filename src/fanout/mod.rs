@@ -5,11 +5,13 @@
 //! each subscriber is a single stream position ([`Cursor`]) into that log, so a message costs no per-subscriber
 //! copy, allocation or reference-count update. Topics (a later feature) are several of these per loop thread.
 
+mod history;
 mod log;
 mod pins;
 mod retention;
 mod subscribers;
 
+pub use history::{Entry, History, HistoryLimits, Resume};
 pub use log::{Cursor, FrameLog, Located, Pinned};
 pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
