@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::json::Value;
@@ -68,14 +69,16 @@ fn stalled_client(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Reads frames until `lines` text messages arrived, checking that message `i` starts with `i`.
-fn good_client(addr: SocketAddr, lines: u64) -> Result<u64, String> {
+/// Reads frames until `lines` text messages arrived, checking that message `i` starts with `i`. Says `ready`
+/// once upgraded (from then on it receives every broadcast).
+fn good_client(addr: SocketAddr, lines: u64, ready: mpsc::Sender<()>) -> Result<u64, String> {
     let mut stream = common::tcp_connect(addr);
     stream.write_all(&Request::upgrade(addr).bytes()).unwrap();
     let (head, mut buf) = read_head(&mut stream);
     if head.status != 101 {
         return Err(format!("upgrade refused: {head:?}"));
     }
+    let _ = ready.send(());
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut next = 0u64;
     let mut pos = 0;
@@ -153,9 +156,9 @@ fn run_trials(io: &str) {
     for trial in 0..TRIALS {
         let before = gw.health();
         let stalled: Vec<TcpStream> = (0..STALLED_PER_TRIAL).map(|_| stalled_client(gw.ws_addr)).collect();
-        let addr = gw.ws_addr;
-        let reader = std::thread::spawn(move || good_client(addr, LINES_PER_TRIAL));
-        gw.wait_connections("the clients", Duration::from_secs(5), |n| n > STALLED_PER_TRIAL as u64);
+        let (addr, (ready_tx, ready)) = (gw.ws_addr, mpsc::channel());
+        let reader = std::thread::spawn(move || good_client(addr, LINES_PER_TRIAL, ready_tx));
+        ready.recv_timeout(common::IO_TIMEOUT).expect("the good client upgraded");
         let started = Instant::now();
         let publisher = {
             let p = gw.publisher();
@@ -231,13 +234,16 @@ fn a_loop_behind_the_feed_pauses_it_and_nobody_loses_a_line() {
     const QUEUE_BYTES: u64 = 256 * 1024;
     let config = format!("{CONFIG}feed_queue_bytes = {QUEUE_BYTES}\n");
     let gw = Gateway::start_with_config(&config, &["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let (ready_tx, ready) = mpsc::channel();
     let readers: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let addr = gw.ws_addr;
-            std::thread::spawn(move || good_client(addr, LINES))
+            let (addr, ready_tx) = (gw.ws_addr, ready_tx.clone());
+            std::thread::spawn(move || good_client(addr, LINES, ready_tx))
         })
         .collect();
-    gw.wait_connections("the clients", Duration::from_secs(5), |n| n > CLIENTS as u64);
+    for _ in 0..CLIENTS {
+        ready.recv_timeout(common::IO_TIMEOUT).expect("every client upgraded");
+    }
     let publisher = {
         let p = gw.publisher();
         std::thread::spawn(move || publish(p, LINES))
