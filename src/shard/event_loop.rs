@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dispatch::Dispatch;
-use super::feed_queue::FeedReceiver;
+use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, InputCx};
 use super::output::{self, Flushed};
 use super::stats::{ShardStats, Shared};
@@ -62,6 +62,8 @@ pub struct Shard<R: Reactor> {
     /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
     refan: bool,
     feed: FeedReceiver,
+    /// Reused to encode each batch's frames before they become one chunk of the log.
+    frames: Vec<u8>,
     pool: BufPool,
     /// Connections with something to write this pass.
     dirty: Vec<ConnKey>,
@@ -99,6 +101,7 @@ impl<R: Reactor> Shard<R> {
             fanned_out_to: 0,
             refan: false,
             feed,
+            frames: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
             dirty: Vec::new(),
             blocked: Vec::new(),
@@ -202,7 +205,9 @@ impl<R: Reactor> Shard<R> {
         while self.settings.retention.may_pull(self.log.retained_bytes(), self.log.head() - self.fanned_out_to) {
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
-            self.log.push(batch.frames);
+            self.frames.clear();
+            feed_queue::encode_raw_frames(&batch, &mut self.frames);
+            self.log.push(Arc::from(&self.frames[..]));
         }
         if messages > 0 {
             ShardStats::add(&self.shared.shards[self.id].feed_messages, messages);

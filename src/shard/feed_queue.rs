@@ -1,6 +1,7 @@
-//! The hand-off from the feed thread to the loop threads: each message is encoded into a WebSocket frame once,
-//! frames are gathered into a batch (one allocation per feed read, not per message), and the batch crosses to
-//! each loop thread once through a queue bounded in batches and in bytes, plus one wake-up.
+//! The hand-off from the feed thread to the loop threads: stamped messages are gathered into a batch of records
+//! (`upstream::batch`; one allocation per feed read, not per message), the batch crosses to each loop thread
+//! once through a queue bounded in batches and in bytes, plus one wake-up, and each loop encodes the frames its
+//! clients need from it ([`encode_raw_frames`]) — once per loop, shared by all its subscribers.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -11,12 +12,32 @@ use super::stats::ShardStats;
 use crate::config::FeedOverflow;
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::Waker;
+use crate::upstream::batch::{self, Records};
 use crate::upstream::{Message, PayloadKind, Sink};
 
-/// Complete frames, back to back; shared by every loop thread and every subscriber.
+/// Stamped records (`upstream::batch`), back to back; shared by every loop thread.
 pub struct Batch {
-    pub frames: Arc<[u8]>,
+    pub records: Arc<[u8]>,
     pub messages: u32,
+}
+
+/// Appends the raw-format frame of every record of `batch` to `out` (a text or binary frame carrying the payload
+/// as the feed gave it); returns how many.
+pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u32 {
+    let mut records = Records::new(&batch.records);
+    let mut n = 0;
+    for msg in records.by_ref() {
+        let op = match msg.kind {
+            PayloadKind::Text => OpCode::Text,
+            PayloadKind::Binary => OpCode::Binary,
+        };
+        encode_frame_into(out, op, msg.payload);
+        n += 1;
+    }
+    if !records.is_done() {
+        tracing::error!(decoded = n, messages = batch.messages, "malformed feed batch: the rest is skipped");
+    }
+    n
 }
 
 /// A batch is cut when it reaches this size, so one batch never delays the first message for long. A batch
@@ -57,7 +78,7 @@ impl FeedReceiver {
         let batch = self.rx.try_recv().ok()?;
         let stats = &self.stats[self.id];
         ShardStats::sub(&stats.feed_queue_batches, 1);
-        ShardStats::sub(&stats.feed_queue_bytes, batch.frames.len() as u64);
+        ShardStats::sub(&stats.feed_queue_bytes, batch.records.len() as u64);
         Some(batch)
     }
 
@@ -127,11 +148,7 @@ impl BroadcastSink {
 
 impl Sink for BroadcastSink {
     fn publish(&mut self, msg: Message<'_>) {
-        let op = match msg.kind {
-            PayloadKind::Text => OpCode::Text,
-            PayloadKind::Binary => OpCode::Binary,
-        };
-        encode_frame_into(&mut self.batch, op, msg.payload);
+        batch::append(&mut self.batch, &msg);
         self.messages += 1;
         if self.batch.len() >= BATCH_MAX_BYTES {
             self.flush();
@@ -142,7 +159,7 @@ impl Sink for BroadcastSink {
         if self.batch.is_empty() {
             return;
         }
-        let frames: Arc<[u8]> = Arc::from(&self.batch[..]);
+        let records: Arc<[u8]> = Arc::from(&self.batch[..]);
         let messages = self.messages;
         self.batch.clear();
         self.messages = 0;
@@ -156,11 +173,11 @@ impl Sink for BroadcastSink {
                 continue;
             }
             // Accounted before the send, so that the loop's subtraction can never come first.
-            let len = frames.len() as u64;
+            let len = records.len() as u64;
             ShardStats::add(&s.feed_queue_batches, 1);
             ShardStats::add(&s.feed_queue_bytes, len);
             let q = &self.queues[shard];
-            match q.tx.try_send(Batch { frames: frames.clone(), messages }) {
+            match q.tx.try_send(Batch { records: records.clone(), messages }) {
                 Ok(()) => {
                     if let Err(e) = q.waker.wake() {
                         tracing::warn!(shard, error = %e, "could not wake loop thread");
@@ -205,6 +222,26 @@ mod tests {
     }
 
     #[test]
+    fn loops_encode_the_frames_of_a_batch() {
+        let limits = QueueLimits { batches: 64, bytes: 1 << 20, overflow: FeedOverflow::Backpressure };
+        let (mut sink, rx, _) = setup(limits, 1);
+        let stamp = crate::upstream::Stamp { seq: 1, prev: 0 };
+        sink.publish(Message::new("a", b"text", PayloadKind::Text, stamp));
+        sink.publish(Message::new("b", &[0, 255], PayloadKind::Binary, stamp));
+        sink.publish(Message::new("a", &[b'x'; 300], PayloadKind::Text, stamp));
+        sink.flush();
+        let batch = rx[0].try_recv().expect("one batch");
+        assert_eq!(batch.messages, 3);
+        let mut frames = Vec::new();
+        assert_eq!(encode_raw_frames(&batch, &mut frames), 3);
+        let mut want = Vec::new();
+        encode_frame_into(&mut want, OpCode::Text, b"text");
+        encode_frame_into(&mut want, OpCode::Binary, &[0, 255]);
+        encode_frame_into(&mut want, OpCode::Text, &[b'x'; 300]);
+        assert_eq!(frames, want);
+    }
+
+    #[test]
     fn backpressure_stops_at_the_byte_limit_and_loses_nothing() {
         let limits = QueueLimits { batches: 64, bytes: 10_000, overflow: FeedOverflow::Backpressure };
         let (mut sink, rx, stats) = setup(limits, 2);
@@ -213,7 +250,7 @@ mod tests {
             publish_batch(&mut sink, 1000);
             sent += 1;
         }
-        assert_eq!(sent, 10, "1004-byte frames: the 10th passes 10,000 bytes");
+        assert_eq!(sent, 10, "1,023-byte records: the 10th passes 10,000 bytes");
         assert!(stats[1].feed_queue_bytes.load(Relaxed) >= 10_000);
         // One loop catching up is not enough: the other still has no room.
         while rx[0].try_recv().is_some() {}

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod batch;
 pub mod binary_codec;
 pub mod codec;
 pub mod json_field;
