@@ -12,7 +12,7 @@ pub use slab::{ConnKey, GenSlab};
 
 use std::net::TcpStream;
 
-use crate::fanout::{Cursor, Pinned};
+use crate::fanout::{Cursor, Pinned, StreamId};
 use crate::proto::session::Session;
 
 /// Where a connection is in its life.
@@ -73,8 +73,10 @@ pub struct Conn {
     pub out_pos: usize,
     /// Next broadcast byte this connection will receive.
     pub cursor: Cursor,
-    /// Index in the topic's subscriber list, or [`NOT_SUBSCRIBED`].
+    /// Index in its stream's subscriber list, or [`NOT_SUBSCRIBED`].
     pub sub_index: u32,
+    /// The stream it reads (its format; later its topic subscriptions): `cursor` is a position in that log.
+    pub stream_id: StreamId,
     /// Closing: the connection no longer reads the broadcast log. What it still needs of a frame it is in the
     /// middle of is in `pinned`; the log may be trimmed past its cursor.
     pub log_released: bool,
@@ -114,6 +116,7 @@ impl Conn {
             out_pos: 0,
             cursor: 0,
             sub_index: NOT_SUBSCRIBED,
+            stream_id: 0,
             log_released: false,
             lag_cancel_sent: false,
             pinned: None,

@@ -9,10 +9,12 @@ mod history;
 mod log;
 mod pins;
 mod retention;
+mod stream;
 mod subscribers;
 
 pub use history::{Entry, History, HistoryLimits, Resume};
 pub use log::{Cursor, FrameLog, Located, Pinned};
 pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
+pub use stream::{Stream, StreamId};
 pub use subscribers::Subscribers;

@@ -9,14 +9,14 @@ use super::log::{Cursor, FrameLog, Pinned};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverBudget;
 
-/// Pinned chunks by stream position.
+/// Pinned chunks, keyed by the address of their bytes (unique while pinned, whatever log they came from).
 ///
 /// INVARIANT: `bytes` is the sum of the lengths in `by_start`, and `bytes <= budget` except that a budget
 /// smaller than one chunk still admits one.
 #[derive(Debug)]
 pub struct Pins {
-    /// Chunk start → (pins on it, its length).
-    by_start: HashMap<Cursor, (u32, u64)>,
+    /// Chunk address → (pins on it, its length).
+    by_start: HashMap<usize, (u32, u64)>,
     bytes: u64,
     budget: u64,
 }
@@ -36,13 +36,13 @@ impl Pins {
     pub fn pin(&mut self, log: &FrameLog, cursor: Cursor) -> Result<Option<Pinned>, OverBudget> {
         let Some(pin) = log.pin(cursor) else { return Ok(None) };
         let len = pin.chunk.len() as u64;
-        match self.by_start.get_mut(&pin.start) {
+        match self.by_start.get_mut(&key(&pin)) {
             Some((refs, _)) => *refs += 1,
             None => {
                 if self.bytes + len > self.budget && !self.by_start.is_empty() {
                     return Err(OverBudget);
                 }
-                self.by_start.insert(pin.start, (1, len));
+                self.by_start.insert(key(&pin), (1, len));
                 self.bytes += len;
             }
         }
@@ -51,16 +51,21 @@ impl Pins {
 
     /// Gives a pin back.
     pub fn unpin(&mut self, pin: &Pinned) {
-        let Some((refs, len)) = self.by_start.get_mut(&pin.start) else {
+        let Some((refs, len)) = self.by_start.get_mut(&key(pin)) else {
             debug_assert!(false, "unpinning a chunk that is not pinned");
             return;
         };
         *refs -= 1;
         if *refs == 0 {
             self.bytes -= *len;
-            self.by_start.remove(&pin.start);
+            self.by_start.remove(&key(pin));
         }
     }
+}
+
+/// A pinned chunk's key: the address of its bytes.
+fn key(pin: &Pinned) -> usize {
+    pin.chunk.as_ptr() as usize
 }
 
 #[cfg(test)]
@@ -89,6 +94,15 @@ mod tests {
         assert_eq!(pins.bytes(), 10);
         pins.unpin(&c);
         pins.unpin(&c);
+        assert_eq!(pins.bytes(), 0);
+        // Two logs whose chunks start at the same position: two different chunks.
+        let mut other = FrameLog::new();
+        other.push(Arc::from(vec![1u8; 10]));
+        let d = pins.pin(&log, 3).unwrap().unwrap();
+        let e = pins.pin(&other, 3).unwrap().unwrap();
+        assert_eq!(pins.bytes(), 20, "same start, different chunks: both counted");
+        pins.unpin(&d);
+        pins.unpin(&e);
         assert_eq!(pins.bytes(), 0);
         let tiny = &mut Pins::new(1);
         assert!(tiny.pin(&log, 1).unwrap().is_some(), "one chunk always fits");

@@ -25,8 +25,6 @@ pub struct Dispatch<'a> {
     /// Accepted connections to register with the backend once the wait is over.
     pub to_attach: &'a mut Vec<ConnKey>,
     pub max_connections: usize,
-    /// Stream position the last fan-out offered every subscriber (see `Shard::fan_out`).
-    pub fanned_out_to: u64,
     /// Set when a subscriber the last fan-out skipped is free again: the next fan-out runs even without news.
     pub refan: &'a mut bool,
 }
@@ -79,9 +77,13 @@ impl Handler for Dispatch<'_> {
                 let cancelled_by_us = std::mem::take(&mut conn.lag_cancel_sent);
                 match result {
                     _ if conn.phase == Phase::Dead => self.cx.pool.give(&mut private),
-                    Ok(written) => output::on_sent(conn, self.cx.log, self.cx.pool, written, private, private_from),
+                    Ok(written) => {
+                        let log = &self.cx.streams[usize::from(conn.stream_id)].log;
+                        output::on_sent(conn, log, self.cx.pool, written, private, private_from)
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || (cancelled_by_us && is_cancel(&e)) => {
-                        output::on_sent(conn, self.cx.log, self.cx.pool, 0, private, private_from)
+                        let log = &self.cx.streams[usize::from(conn.stream_id)].log;
+                        output::on_sent(conn, log, self.cx.pool, 0, private, private_from)
                     }
                     Err(e) => {
                         tracing::debug!(?key, error = %e, "send failed");
@@ -95,12 +97,15 @@ impl Handler for Dispatch<'_> {
                 // (Flushing those here instead would keep them in flight during every fan-out, for good.)
                 if conn.phase == Phase::Closing && conn.reads_log() {
                     // It closed while this send was in flight: now it can let go of the log.
-                    input::release_log(conn, key, self.cx.log, self.cx.pins, self.cx.stats, self.cx.dead);
+                    let log = &self.cx.streams[usize::from(conn.stream_id)].log;
+                    input::release_log(conn, key, log, self.cx.pins, self.cx.stats, self.cx.dead);
                 }
                 if conn.phase != Phase::Dead {
                     if conn.phase != Phase::Open || !conn.private_pending().is_empty() {
                         input::mark_dirty(conn, key, self.cx.dirty);
-                    } else if conn.is_subscribed() && conn.cursor < self.fanned_out_to {
+                    } else if conn.is_subscribed()
+                        && conn.cursor < self.cx.streams[usize::from(conn.stream_id)].fanned_out_to
+                    {
                         *self.refan = true;
                     }
                 }

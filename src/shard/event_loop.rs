@@ -18,7 +18,7 @@ use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{FrameLog, Holder, Pins, Subscribers};
+use crate::fanout::{Holder, Pins, Stream};
 use crate::reactor::{self, Reactor};
 
 /// How long a half-closed connection may take to hang up after our final bytes.
@@ -38,10 +38,9 @@ macro_rules! input_cx {
             shared: &$shard.shared,
             stats: &$shard.shared.shards[$shard.id],
             pool: &mut $shard.pool,
-            log: &$shard.log,
+            streams: &mut $shard.streams,
             pins: &mut $shard.pins,
             linger: &mut $shard.linger_deadlines,
-            subscribers: &mut $shard.subscribers,
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
         }
@@ -53,17 +52,18 @@ pub struct Shard<R: Reactor> {
     id: usize,
     io: R,
     conns: GenSlab<Conn>,
-    log: FrameLog,
-    /// Chunks closing connections keep apart from the log.
+    /// The encoded streams, by `StreamId` (`input::RAW_ALL`, `input::JSON_ALL`).
+    streams: Vec<Stream>,
+    /// Chunks closing connections keep apart from the logs.
     pins: Pins,
-    subscribers: Subscribers,
-    /// Stream position up to which every subscriber has been offered the log.
-    fanned_out_to: u64,
     /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
     refan: bool,
     feed: FeedReceiver,
-    /// Reused to encode each batch's frames before they become one chunk of the log.
+    /// The feed's epoch (positions in JSON envelopes).
+    epoch: u64,
+    /// Reused to encode each batch's frames before they become one chunk of a log, and one envelope.
     frames: Vec<u8>,
+    envelope: Vec<u8>,
     pool: BufPool,
     /// Connections with something to write this pass.
     dirty: Vec<ConnKey>,
@@ -95,13 +95,13 @@ impl<R: Reactor> Shard<R> {
             id,
             io,
             conns: GenSlab::new(),
-            log: FrameLog::new(),
+            streams: (0..2).map(|_| Stream::default()).collect(),
             pins: Pins::new(settings.retention.pull_budget()),
-            subscribers: Subscribers::new(),
-            fanned_out_to: 0,
             refan: false,
             feed,
+            epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
             frames: Vec::new(),
+            envelope: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
             dirty: Vec::new(),
             blocked: Vec::new(),
@@ -149,7 +149,7 @@ impl<R: Reactor> Shard<R> {
         // Batches still queued (the pull budget left them there) and connections killed after the reap phase (by
         // a deadline) would get no wake-up of their own: the feed already sent its, deadlines have none.
         let pending = self.feed.pending() || !self.dead.is_empty();
-        if !self.dirty.is_empty() || self.refan || self.log.head() != self.fanned_out_to || pending {
+        if !self.dirty.is_empty() || self.refan || self.streams.iter().any(Stream::has_news) || pending {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
@@ -178,7 +178,6 @@ impl<R: Reactor> Shard<R> {
             accept_paused_until: &mut self.accept_paused_until,
             to_attach: &mut self.to_attach,
             max_connections: self.max_connections,
-            fanned_out_to: self.fanned_out_to,
             refan: &mut self.refan,
         };
         self.io.wait(timeout, &mut dispatch)?;
@@ -202,12 +201,24 @@ impl<R: Reactor> Shard<R> {
     /// what stays queued holds the feed back (backpressure) until the trim phase has let go of the laggards.
     fn pull_feed(&mut self) {
         let mut messages = 0u64;
-        while self.settings.retention.may_pull(self.log.retained_bytes(), self.log.head() - self.fanned_out_to) {
+        loop {
+            let retained = self.streams.iter().map(|s| s.log.retained_bytes()).max().unwrap_or(0);
+            let unoffered = self.streams.iter().map(|s| s.log.head() - s.fanned_out_to).max().unwrap_or(0);
+            if !self.settings.retention.may_pull(retained, unoffered) {
+                break;
+            }
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
             self.frames.clear();
             feed_queue::encode_raw_frames(&batch, &mut self.frames);
-            self.log.push(Arc::from(&self.frames[..]));
+            self.streams[usize::from(input::RAW_ALL)].log.push(Arc::from(&self.frames[..]));
+            // Envelopes only while someone reads them: a JSON client starts at the head.
+            let json = &mut self.streams[usize::from(input::JSON_ALL)];
+            if !json.subscribers.is_empty() {
+                self.frames.clear();
+                feed_queue::encode_json_frames(&batch, self.epoch, &mut self.envelope, &mut self.frames);
+                json.log.push(Arc::from(&self.frames[..]));
+            }
         }
         if messages > 0 {
             ShardStats::add(&self.shared.shards[self.id].feed_messages, messages);
@@ -239,22 +250,36 @@ impl<R: Reactor> Shard<R> {
     /// to end: each subscriber is visited once per pass and leaves with everything published up to its visit,
     /// so a message's worst wait is about one pass, not two.
     fn fan_out(&mut self) {
-        let head = self.log.head();
-        if head == self.fanned_out_to && !std::mem::take(&mut self.refan) {
-            return;
-        }
-        self.refan = false;
-        // INVARIANT (relied on by trim_log): after this pass every open subscriber that is not in the blocked list
-        // (write-blocked, send in flight, or send deferred) stands at or after `fanned_out_to`.
-        self.fanned_out_to = head;
-        for i in 0..self.subscribers.len() {
-            if i % PULL_EVERY == PULL_EVERY - 1 {
-                self.pull_feed();
-            }
-            let key = ConnKey(self.subscribers.keys()[i]);
-            let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.phase != Phase::Open || conn.cursor == self.log.head() {
+        let refan = std::mem::take(&mut self.refan);
+        let mut visited = 0;
+        for sid in 0..self.streams.len() {
+            let stream = &mut self.streams[sid];
+            if !stream.has_news() && !refan {
                 continue;
+            }
+            // INVARIANT (relied on by trim_log): after this pass every open subscriber of the stream that is not
+            // in the blocked list (write-blocked, send in flight, or send deferred) stands at or after
+            // `fanned_out_to`.
+            stream.fanned_out_to = stream.log.head();
+            for i in 0..stream.subscribers.len() {
+                visited += 1;
+                if visited % PULL_EVERY == 0 {
+                    self.pull_feed();
+                }
+                self.offer(sid, i);
+            }
+        }
+    }
+
+    /// Offers subscriber `i` of stream `sid` what is new for it.
+    fn offer(&mut self, sid: usize, i: usize) {
+        let stream = &self.streams[sid];
+        let key = ConnKey(stream.subscribers.keys()[i]);
+        let head = stream.log.head();
+        {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.phase != Phase::Open || conn.cursor == head {
+                return;
             }
             if conn.write_blocked {
                 // Blocked on its private bytes it may have left the blocked list at the head: now that the log
@@ -262,10 +287,10 @@ impl<R: Reactor> Shard<R> {
                 if self.judge_holder(key) {
                     self.hold(key);
                 }
-            } else {
-                self.flush_one(key);
+                return;
             }
         }
+        self.flush_one(key);
     }
 
     fn flush_one(&mut self, key: ConnKey) {
@@ -275,7 +300,8 @@ impl<R: Reactor> Shard<R> {
         }
         let stats = &self.shared.shards[self.id];
         input::unpin_if_written(conn, &mut self.pins, stats); // io_uring: the completion that wrote it came since
-        let flushed = output::flush(conn, key, &self.log, &mut self.pool, &mut self.io);
+        let log = &self.streams[usize::from(conn.stream_id)].log;
+        let flushed = output::flush(conn, key, log, &mut self.pool, &mut self.io);
         input::unpin_if_written(conn, &mut self.pins, stats); // epoll: written just now
         match flushed {
             Flushed::Done => {
@@ -322,13 +348,14 @@ impl<R: Reactor> Shard<R> {
     /// and lets go of the log; a send of its still in flight is cancelled, so that it lets go when the
     /// completion comes. Returns whether the connection still holds the log from its cursor on.
     fn judge_holder(&mut self, key: ConnKey) -> bool {
-        let head = self.log.head();
         let Some(conn) = self.conns.get_mut(key) else { return false };
+        let log = &self.streams[usize::from(conn.stream_id)].log;
+        let head = log.head();
         let sending = conn.send_in_flight && conn.reads_log();
         if !sending && conn.reads_log() && conn.phase != Phase::Open {
             // Closing (or dead) with nothing in flight: it needs at most the chunk it is in the middle of.
             let stats = &self.shared.shards[self.id];
-            input::release_log(conn, key, &self.log, &mut self.pins, stats, &mut self.dead);
+            input::release_log(conn, key, log, &mut self.pins, stats, &mut self.dead);
         }
         let holder = Holder {
             cursor: conn.cursor,
@@ -386,7 +413,7 @@ impl<R: Reactor> Shard<R> {
             self.io.detach(key, fd);
             let Some(mut conn) = self.conns.remove(key) else { continue };
             if conn.is_subscribed() {
-                if let Some(moved) = self.subscribers.remove(conn.sub_index) {
+                if let Some(moved) = self.streams[usize::from(conn.stream_id)].subscribers.remove(conn.sub_index) {
                     if let Some(other) = self.conns.get_mut(ConnKey(moved)) {
                         other.sub_index = conn.sub_index;
                     }
@@ -448,13 +475,16 @@ impl<R: Reactor> Shard<R> {
     /// send in flight too (the kernel may still be reading it) until the completion; a closing one never does.
     fn trim_log(&mut self) {
         // Subscribers visited early in the last pass may not have what was pulled during it (see fan_out).
-        let mut keep_from = self.fanned_out_to;
+        for stream in &mut self.streams {
+            stream.keep_from = stream.fanned_out_to;
+        }
         let mut blocked = std::mem::take(&mut self.blocked);
         blocked.retain(|&key| {
             let holds = self.judge_holder(key);
             let Some(conn) = self.conns.get_mut(key) else { return false };
             if holds {
-                keep_from = keep_from.min(conn.cursor);
+                let stream = &mut self.streams[usize::from(conn.stream_id)];
+                stream.keep_from = stream.keep_from.min(conn.cursor);
             } else {
                 conn.in_blocked_list = false;
             }
@@ -462,8 +492,12 @@ impl<R: Reactor> Shard<R> {
         });
         debug_assert!(self.blocked.is_empty(), "judging adds nobody to the blocked list");
         self.blocked = blocked;
-        self.log.trim_to(keep_from);
-        self.shared.shards[self.id].log_bytes.store(self.log.retained_bytes(), Relaxed);
+        let mut retained = 0;
+        for stream in &mut self.streams {
+            stream.log.trim_to(stream.keep_from);
+            retained += stream.log.retained_bytes();
+        }
+        self.shared.shards[self.id].log_bytes.store(retained, Relaxed);
     }
 
     // ---- shutdown --------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stats::ShardStats;
+use crate::client::encode::{self, FeedMessage};
+use crate::client::Position;
 use crate::config::FeedOverflow;
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::Waker;
@@ -38,6 +40,18 @@ pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u32 {
         tracing::error!(decoded = n, messages = batch.messages, "malformed feed batch: the rest is skipped");
     }
     n
+}
+
+/// Appends, for every record of `batch`, a text frame carrying its JSON envelope (`client::encode::envelope`;
+/// `epoch` is the feed's) to `out`; `envelope` is scratch.
+pub fn encode_json_frames(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
+    for msg in Records::new(&batch.records) {
+        envelope.clear();
+        let position = Position { epoch, seq: msg.stamp.seq };
+        let m = FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
+        encode::envelope(&m, envelope);
+        encode_frame_into(out, OpCode::Text, envelope);
+    }
 }
 
 /// A batch is cut when it reaches this size, so one batch never delays the first message for long. A batch

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
+use crate::client::Format;
 use crate::conn::{BufPool, Conn, ConnKey, Phase};
-use crate::fanout::{FrameLog, Pins, Subscribers};
+use crate::fanout::{FrameLog, Pins, Stream, StreamId};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
 use crate::proto::session::{encode_close_frame_into, Event, MessageKind};
@@ -18,11 +19,11 @@ pub struct InputCx<'a> {
     pub shared: &'a Shared,
     pub stats: &'a ShardStats,
     pub pool: &'a mut BufPool,
-    pub log: &'a FrameLog,
+    /// The loop's streams, by [`StreamId`] (see [`stream_for`]).
+    pub streams: &'a mut [Stream],
     pub pins: &'a mut Pins,
     /// Closing connections get this long to finish (see [`start_closing`]).
     pub linger: &'a mut DeadlineQueue,
-    pub subscribers: &'a mut Subscribers,
     pub dirty: &'a mut Vec<ConnKey>,
     pub dead: &'a mut Vec<ConnKey>,
 }
@@ -133,8 +134,11 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
                 private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
                 conn.phase = Phase::Open;
                 conn.upgraded = true;
-                conn.cursor = cx.log.head();
-                conn.sub_index = cx.subscribers.add(key.0);
+                let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
+                conn.stream_id = stream;
+                let stream = &mut cx.streams[usize::from(stream)];
+                conn.cursor = stream.log.head();
+                conn.sub_index = stream.subscribers.add(key.0);
                 ShardStats::add(&cx.stats.upgraded, 1);
                 mark_dirty(conn, key, cx.dirty);
             }
@@ -179,7 +183,8 @@ fn start_closing(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     conn.phase = Phase::Closing;
     conn.close_queued = true;
     if !conn.send_in_flight {
-        release_log(conn, key, cx.log, cx.pins, cx.stats, cx.dead);
+        let log = &cx.streams[usize::from(conn.stream_id)].log;
+        release_log(conn, key, log, cx.pins, cx.stats, cx.dead);
     }
     cx.linger.push(std::time::Instant::now(), key);
     mark_dirty(conn, key, cx.dirty);
@@ -230,6 +235,19 @@ pub fn unpin(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
 pub fn unpin_if_written(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
     if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
         unpin(conn, pins, stats);
+    }
+}
+
+/// The whole feed in the raw format (what clients that ask for no subprotocol get).
+pub const RAW_ALL: StreamId = 0;
+/// The whole feed as JSON envelopes (`wsgate.v1.json`).
+pub const JSON_ALL: StreamId = 1;
+
+/// The stream a client in `format` reads.
+pub fn stream_for(format: Format) -> StreamId {
+    match format {
+        Format::Raw => RAW_ALL,
+        Format::Json => JSON_ALL,
     }
 }
 

@@ -51,7 +51,12 @@ impl Settings {
         Self {
             handshake: HandshakeConfig {
                 max_header_bytes: cfg.max_header_bytes,
-                subprotocols: cfg.subprotocols.clone(),
+                // The client protocol's formats first (`client::format`), then the operator's own.
+                subprotocols: crate::client::format::SUBPROTOCOLS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(cfg.subprotocols.iter().cloned())
+                    .collect(),
                 allowed_origins: (!cfg.allowed_origins.is_empty()).then(|| cfg.allowed_origins.clone()),
             },
             limits: Limits { max_frame_bytes: cfg.max_frame_bytes, max_message_bytes: cfg.max_message_bytes },
