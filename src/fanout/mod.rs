@@ -5,6 +5,7 @@
 //! each subscriber is a single stream position ([`Cursor`]) into that log, so a message costs no per-subscriber
 //! copy, allocation or reference-count update. Topics (a later feature) are several of these per loop thread.
 
+mod gather;
 mod history;
 mod log;
 mod pins;
@@ -12,6 +13,7 @@ mod retention;
 mod stream;
 mod subscribers;
 
+pub use gather::{advance, plan, Plan, Trimmed, MAX_PARTS};
 pub use history::{Entry, History, HistoryLimits, Resume};
 pub use log::{Cursor, FrameLog, Located, Pinned};
 pub use pins::{OverBudget, Pins};
