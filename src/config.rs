@@ -118,6 +118,12 @@ pub struct Config {
     /// A topic without messages for this long is forgotten.
     #[serde(with = "millis")]
     pub topic_idle_expiry: Duration,
+    /// Server-Sent Events: how long a browser waits before reconnecting (the `retry:` hint).
+    #[serde(with = "millis")]
+    pub sse_retry: Duration,
+    /// Server-Sent Events: a comment line this often keeps idle streams (and proxies) alive.
+    #[serde(with = "millis")]
+    pub sse_heartbeat: Duration,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -165,6 +171,8 @@ impl Default for Config {
             default_topic: "default".into(),
             max_topics: 65536,
             topic_idle_expiry: Duration::from_secs(3600),
+            sse_retry: Duration::from_secs(3),
+            sse_heartbeat: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -335,6 +343,9 @@ impl Config {
         }
         if let Err(e) = crate::upstream::topic::check(self.default_topic.as_bytes()) {
             return Err(ConfigError::Invalid(format!("default_topic {:?}: {e}", self.default_topic)));
+        }
+        if self.sse_heartbeat < Duration::from_millis(10) {
+            return bad("sse_heartbeat must be at least 10 ms");
         }
         if self.topic_field.is_empty() || self.max_topics == 0 || self.topic_idle_expiry.is_zero() {
             return bad("topic_field must not be empty, max_topics and topic_idle_expiry must be positive");

@@ -4,7 +4,7 @@
 //!
 //! Files: `position` (`{epoch, seq}` and its text form), `pattern` (topic subscriptions, prefix patterns),
 //! `format` (the formats and their subprotocol names), `control` (parsing control messages), `encode` (messages
-//! in each format, replies and notices).
+//! in each format, replies and notices), `sse` (Server-Sent Events framing), `query` (request query parameters).
 //!
 //! Nothing here knows sockets, threads, clocks or the fan-out engine.
 
@@ -13,6 +13,8 @@ pub mod encode;
 pub mod format;
 pub mod pattern;
 pub mod position;
+pub mod query;
+pub mod sse;
 
 pub use format::Format;
 pub use pattern::Pattern;

@@ -42,6 +42,8 @@ pub struct Conn {
     pub close_queued: bool,
     /// Upgraded to WebSocket (as opposed to a plain HTTP exchange).
     pub upgraded: bool,
+    /// A Server-Sent Events stream: events follow the response head; its input is ignored; no close frame.
+    pub sse: bool,
     /// The peer's close frame has arrived: the closing handshake is complete once ours is written.
     pub peer_closed: bool,
     /// The peer broke the protocol: its further bytes are discarded, never decoded.
@@ -100,6 +102,7 @@ impl Conn {
             phase: Phase::Handshake,
             close_queued: false,
             upgraded: false,
+            sse: false,
             peer_closed: false,
             input_failed: false,
             write_shut: false,

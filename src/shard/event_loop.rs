@@ -17,6 +17,7 @@ use super::output::{self, Flushed};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
+use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
 use crate::fanout::{Holder, Pins, Stream};
 use crate::reactor::{self, Reactor};
@@ -39,6 +40,7 @@ macro_rules! input_cx {
             stats: &$shard.shared.shards[$shard.id],
             pool: &mut $shard.pool,
             streams: &mut $shard.streams,
+            position: Position { epoch: $shard.epoch, seq: $shard.last_seq },
             pins: &mut $shard.pins,
             linger: &mut $shard.linger_deadlines,
             dirty: &mut $shard.dirty,
@@ -59,8 +61,11 @@ pub struct Shard<R: Reactor> {
     /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
     refan: bool,
     feed: FeedReceiver,
-    /// The feed's epoch (positions in JSON envelopes).
+    /// The feed's epoch (positions in JSON envelopes), and the last `seq` this loop took from the feed.
     epoch: u64,
+    last_seq: u64,
+    /// When the event streams next get a heartbeat comment.
+    next_heartbeat: Instant,
     /// Reused to encode each batch's frames before they become one chunk of a log, and one envelope.
     frames: Vec<u8>,
     envelope: Vec<u8>,
@@ -95,11 +100,13 @@ impl<R: Reactor> Shard<R> {
             id,
             io,
             conns: GenSlab::new(),
-            streams: (0..2).map(|_| Stream::default()).collect(),
+            streams: (0..input::STREAMS).map(|_| Stream::default()).collect(),
             pins: Pins::new(settings.retention.pull_budget()),
             refan: false,
             feed,
             epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
+            last_seq: 0,
+            next_heartbeat: Instant::now() + settings.sse_heartbeat,
             frames: Vec::new(),
             envelope: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
@@ -153,7 +160,9 @@ impl<R: Reactor> Shard<R> {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
+        let sse_clients = !self.streams[usize::from(input::SSE_ALL)].subscribers.is_empty();
         let next = [
+            sse_clients.then_some(self.next_heartbeat),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
             self.accept_paused_until,
@@ -210,14 +219,21 @@ impl<R: Reactor> Shard<R> {
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
             self.frames.clear();
-            feed_queue::encode_raw_frames(&batch, &mut self.frames);
+            let last = feed_queue::encode_raw_frames(&batch, &mut self.frames);
+            self.last_seq = self.last_seq.max(last);
             self.streams[usize::from(input::RAW_ALL)].log.push(Arc::from(&self.frames[..]));
-            // Envelopes only while someone reads them: a JSON client starts at the head.
+            // Envelopes and events only while someone reads them: their clients start at the head.
             let json = &mut self.streams[usize::from(input::JSON_ALL)];
             if !json.subscribers.is_empty() {
                 self.frames.clear();
                 feed_queue::encode_json_frames(&batch, self.epoch, &mut self.envelope, &mut self.frames);
                 json.log.push(Arc::from(&self.frames[..]));
+            }
+            let sse = &mut self.streams[usize::from(input::SSE_ALL)];
+            if !sse.subscribers.is_empty() {
+                self.frames.clear();
+                feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames);
+                sse.log.push(Arc::from(&self.frames[..]));
             }
         }
         if messages > 0 {
@@ -446,6 +462,14 @@ impl<R: Reactor> Shard<R> {
                 if conn.phase == Phase::Closing {
                     kill(conn, key, &mut self.dead);
                 }
+            }
+        }
+        if now >= self.next_heartbeat {
+            // One comment chunk shared by every event stream (its clients and the proxies between stay alive).
+            self.next_heartbeat = now + self.settings.sse_heartbeat;
+            let sse = &mut self.streams[usize::from(input::SSE_ALL)];
+            if !sse.subscribers.is_empty() {
+                sse.log.push(Arc::from(sse::HEARTBEAT));
             }
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::stats::ShardStats;
 use crate::client::encode::{self, FeedMessage};
-use crate::client::Position;
+use crate::client::{sse, Position};
 use crate::config::FeedOverflow;
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::Waker;
@@ -24,11 +24,12 @@ pub struct Batch {
 }
 
 /// Appends the raw-format frame of every record of `batch` to `out` (a text or binary frame carrying the payload
-/// as the feed gave it); returns how many.
-pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u32 {
+/// as the feed gave it); returns the `seq` of the last one (0 if none).
+pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u64 {
     let mut records = Records::new(&batch.records);
-    let mut n = 0;
+    let (mut n, mut last) = (0, 0);
     for msg in records.by_ref() {
+        last = msg.stamp.seq;
         let op = match msg.kind {
             PayloadKind::Text => OpCode::Text,
             PayloadKind::Binary => OpCode::Binary,
@@ -39,19 +40,35 @@ pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u32 {
     if !records.is_done() {
         tracing::error!(decoded = n, messages = batch.messages, "malformed feed batch: the rest is skipped");
     }
-    n
+    last
 }
 
-/// Appends, for every record of `batch`, a text frame carrying its JSON envelope (`client::encode::envelope`;
-/// `epoch` is the feed's) to `out`; `envelope` is scratch.
-pub fn encode_json_frames(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
+/// Appends, for every record of `batch`, its JSON envelope (`client::encode::envelope`; `epoch` is the feed's)
+/// wrapped by `wrap` (a WebSocket text frame, an SSE event) to `out`; `envelope` is scratch.
+fn encode_envelopes(
+    batch: &Batch,
+    epoch: u64,
+    envelope: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    wrap: impl Fn(Position, &[u8], &mut Vec<u8>),
+) {
     for msg in Records::new(&batch.records) {
         envelope.clear();
         let position = Position { epoch, seq: msg.stamp.seq };
         let m = FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
         encode::envelope(&m, envelope);
-        encode_frame_into(out, OpCode::Text, envelope);
+        wrap(position, envelope, out);
     }
+}
+
+/// Appends a text frame carrying each record's JSON envelope (the `wsgate.v1.json` format).
+pub fn encode_json_frames(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
+    encode_envelopes(batch, epoch, envelope, out, |_, env, out| encode_frame_into(out, OpCode::Text, env));
+}
+
+/// Appends an SSE event per record: `id:` its position, `data:` its JSON envelope.
+pub fn encode_sse_events(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
+    encode_envelopes(batch, epoch, envelope, out, |position, env, out| sse::event(Some(position), None, env, out));
 }
 
 /// A batch is cut when it reaches this size, so one batch never delays the first message for long. A batch
@@ -247,7 +264,7 @@ mod tests {
         let batch = rx[0].try_recv().expect("one batch");
         assert_eq!(batch.messages, 3);
         let mut frames = Vec::new();
-        assert_eq!(encode_raw_frames(&batch, &mut frames), 3);
+        assert_eq!(encode_raw_frames(&batch, &mut frames), 1, "the last seq");
         let mut want = Vec::new();
         encode_frame_into(&mut want, OpCode::Text, b"text");
         encode_frame_into(&mut want, OpCode::Binary, &[0, 255]);

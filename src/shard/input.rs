@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
-use crate::client::Format;
+use crate::client::{encode, sse, Format, Position};
 use crate::conn::{BufPool, Conn, ConnKey, Phase};
 use crate::fanout::{FrameLog, Pins, Stream, StreamId};
 use crate::proto::frame::{encode_frame_into, OpCode};
@@ -21,6 +21,8 @@ pub struct InputCx<'a> {
     pub pool: &'a mut BufPool,
     /// The loop's streams, by [`StreamId`] (see [`stream_for`]).
     pub streams: &'a mut [Stream],
+    /// The feed's epoch and the last `seq` this loop has taken from the feed: where a new subscriber starts.
+    pub position: Position,
     pub pins: &'a mut Pins,
     /// Closing connections get this long to finish (see [`start_closing`]).
     pub linger: &'a mut DeadlineQueue,
@@ -56,6 +58,9 @@ pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx
 /// Consumes what it can of `buf`; returns how many bytes were used.
 fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) -> usize {
     let mut pos = 0;
+    if conn.sse {
+        return buf.len(); // an event stream's client has nothing to say; its bytes are drained and dropped
+    }
     if conn.phase == Phase::Handshake {
         match handshake::parse_request(buf, &cx.settings.handshake) {
             Ok(Parsed::Partial) => return 0,
@@ -144,6 +149,8 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
             }
             Err(rejection) => refuse(conn, key, &rejection, cx),
         },
+        "/sse" if head.method == "GET" => start_sse(conn, key, head, cx),
+        "/sse" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         "/healthz" if head.method == "GET" => {
             let body = cx.shared.health_json();
             respond(conn, key, &handshake::http_response(200, "application/json", body.as_bytes()), cx);
@@ -170,10 +177,59 @@ fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>)
 }
 
 /// Queues our close frame (`code`, `reason`); nothing but it follows, and the connection hangs up once it is
-/// written.
+/// written. An event stream has no close frame: it ends after the event in progress.
 pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &mut InputCx<'_>) {
-    encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
+    if !conn.sse {
+        encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
+    }
     start_closing(conn, key, cx);
+}
+
+/// `GET /sse`: the whole feed as Server-Sent Events (`docs/client-protocol.md`), from now on. A client that
+/// comes back with a position (`Last-Event-ID`, or `?since=E:S`) first gets a `gap` event when messages may
+/// have been missed since then: no history is kept yet, so only a position at the head resumes without one.
+fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    let refusal = |reason| Rejection { status: 400, reason };
+    if let Some(topics) = crate::client::query::param(&head.path, "topics") {
+        if !matches!(topics.as_deref(), Ok("*")) {
+            let reason = "topic subscriptions are not served yet: /sse sends every topic (omit topics=)";
+            return refuse(conn, key, &refusal(reason), cx);
+        }
+    }
+    let since = match sse::resume_point(&head.path, head.header("last-event-id")) {
+        Ok(since) => since,
+        Err(_) => return refuse(conn, key, &refusal("bad Last-Event-ID or since: a position is EPOCH:SEQ"), cx),
+    };
+    let allowed = cx.settings.handshake.allowed_origins.as_ref();
+    let allow_origin = match (allowed, head.origin.as_deref()) {
+        (None, _) => Some("*"),
+        (Some(list), Some(origin)) if list.iter().any(|o| o == origin) => Some(origin),
+        (Some(_), Some(_)) => {
+            return refuse(conn, key, &Rejection { status: 403, reason: "origin not allowed" }, cx);
+        }
+        (Some(_), None) => None, // not a cross-origin browser request
+    };
+    let out = private(&mut conn.outbuf, cx.pool);
+    sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
+    let now = cx.position;
+    if let Some(since) = since.filter(|s| *s != now) {
+        let reason = if since.epoch != now.epoch { encode::GapReason::Epoch } else { encode::GapReason::History };
+        // A position a few messages ahead of this loop (another loop served it) is no gap: this loop has them
+        // yet to come, and the client ignores what is not above its last seq.
+        if since.epoch != now.epoch || since.seq < now.seq {
+            let mut notice = Vec::new();
+            encode::gap("*", since, now, reason, &mut notice);
+            sse::event(None, Some("gap"), &notice, out);
+        }
+    }
+    conn.phase = Phase::Open;
+    conn.sse = true;
+    conn.stream_id = SSE_ALL;
+    let stream = &mut cx.streams[usize::from(SSE_ALL)];
+    conn.cursor = stream.log.head();
+    conn.sub_index = stream.subscribers.add(key.0);
+    ShardStats::add(&cx.stats.upgraded, 1);
+    mark_dirty(conn, key, cx.dirty);
 }
 
 /// Nothing but what is queued will be written now; the connection lets go of the broadcast log at once, or,
@@ -242,6 +298,10 @@ pub fn unpin_if_written(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
 pub const RAW_ALL: StreamId = 0;
 /// The whole feed as JSON envelopes (`wsgate.v1.json`).
 pub const JSON_ALL: StreamId = 1;
+/// The whole feed as Server-Sent Events (`/sse`).
+pub const SSE_ALL: StreamId = 2;
+/// How many streams a loop has.
+pub const STREAMS: usize = 3;
 
 /// The stream a client in `format` reads.
 pub fn stream_for(format: Format) -> StreamId {

@@ -42,6 +42,9 @@ pub struct Settings {
     /// The slow-consumer rule and the log's pull budget (`max_lag_bytes`).
     pub retention: Retention,
     pub max_private_bytes: usize,
+    /// Server-Sent Events: the `retry:` hint and the heartbeat interval.
+    pub sse_retry_ms: u32,
+    pub sse_heartbeat: Duration,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -67,6 +70,8 @@ impl Settings {
                 max_chunk: (BATCH_MAX_BYTES + cfg.max_line_bytes + crate::proto::frame::MAX_HEADER_LEN) as u64,
             },
             max_private_bytes: cfg.max_private_bytes,
+            sse_retry_ms: u32::try_from(cfg.sse_retry.as_millis()).unwrap_or(u32::MAX),
+            sse_heartbeat: cfg.sse_heartbeat,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
         }

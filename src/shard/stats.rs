@@ -14,7 +14,7 @@ use crate::upstream::{Dropped, FeedStats};
 pub struct ShardStats {
     /// Connections currently held (any phase).
     pub connections: AtomicU64,
-    /// Connections upgraded to WebSocket, ever.
+    /// Connections upgraded to WebSocket or opened as event streams (`/sse`), ever.
     pub upgraded: AtomicU64,
     /// HTTP requests refused (4xx/5xx), ever.
     pub rejected: AtomicU64,
