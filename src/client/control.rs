@@ -116,14 +116,12 @@ pub fn parse(msg: &[u8], max_topics: usize) -> Result<Control, ControlError> {
         "unsubscribe" => &["op", "id", "topics"],
         "publish" => &["op", "id", "topic", "data"],
         other => {
-            let shown: String = other.chars().take(40).collect();
-            let message = format!("unknown op {shown:?}: use subscribe, unsubscribe or publish");
+            let message = format!("unknown op {}: use subscribe, unsubscribe or publish", shown(other));
             return Err(fail(&id, ErrorCode::UnknownOp, message));
         }
     };
     if let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let shown: String = extra.chars().take(40).collect();
-        return Err(fail(&id, ErrorCode::BadRequest, format!("{op} has no field {shown:?}")));
+        return Err(fail(&id, ErrorCode::BadRequest, format!("{op} has no field {}", shown(extra))));
     }
     let body = || -> Result<Control, ControlError> {
         Ok(match op {
@@ -179,10 +177,24 @@ fn with_id(control: Control, new_id: Option<String>) -> Control {
     }
 }
 
-/// A topic or pattern as shown in an error message (bounded, quoted).
+/// Longest client text quoted in an error message, in bytes of its escaped form.
+const SHOWN_BYTES: usize = 60;
+
+/// Client text as quoted in an error message: escaped (`{:?}`: control characters never reach the client raw)
+/// and cut to at most [`SHOWN_BYTES`] escaped bytes, with `…` where it was cut. Fuzzing found that cutting
+/// before escaping is not enough: one character can escape to ten bytes.
 fn shown(s: &str) -> String {
-    let cut: String = s.chars().take(60).collect();
-    format!("{cut:?}")
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        let escaped: String = c.escape_debug().collect();
+        if out.len() + escaped.len() > SHOWN_BYTES {
+            out.push('…');
+            break;
+        }
+        out.push_str(&escaped);
+    }
+    out.push('"');
+    out
 }
 
 fn patterns(obj: &Map<String, Value>, max_topics: usize) -> Result<Vec<Pattern>, ControlError> {
@@ -322,5 +334,15 @@ mod tests {
         let e = parse(huge.as_bytes(), 4).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownOp);
         assert!(e.message.len() < 120, "{}", e.message);
+        // Found by fuzzing: characters that escape long (DEL is \u{7f}) must not stretch the message.
+        let dels = format!("{{\"op\":\"unsubscribe\",\"topics\":[\"{}\"]}}", "\u{7f}".repeat(60));
+        let e = parse(dels.as_bytes(), 4).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadTopic);
+        assert!(e.message.len() < 200, "{} bytes: {}", e.message.len(), e.message);
+        for field in ["\u{10ffff}", "\u{7f}", "\n"] {
+            let msg = format!("{{\"op\":\"subscribe\",\"topics\":[\"a\"],\"{}\":1}}", field.repeat(100));
+            let e = parse(msg.as_bytes(), 4).unwrap_err();
+            assert!(e.message.len() < 200, "{} bytes: {}", e.message.len(), e.message);
+        }
     }
 }
