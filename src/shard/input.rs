@@ -137,15 +137,9 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
         "/ws" => match handshake::accept_upgrade(head, &cx.settings.handshake) {
             Ok(accepted) => {
                 private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
-                conn.phase = Phase::Open;
                 conn.upgraded = true;
                 let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
-                conn.stream_id = stream;
-                let stream = &mut cx.streams[usize::from(stream)];
-                conn.cursor = stream.log.head();
-                conn.sub_index = stream.subscribers.add(key.0);
-                ShardStats::add(&cx.stats.upgraded, 1);
-                mark_dirty(conn, key, cx.dirty);
+                subscribe(conn, key, stream, cx);
             }
             Err(rejection) => refuse(conn, key, &rejection, cx),
         },
@@ -222,10 +216,15 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
             sse::event(None, Some("gap"), &notice, out);
         }
     }
-    conn.phase = Phase::Open;
     conn.sse = true;
-    conn.stream_id = SSE_ALL;
-    let stream = &mut cx.streams[usize::from(SSE_ALL)];
+    subscribe(conn, key, SSE_ALL, cx);
+}
+
+/// The connection is open and reads `stream` from its head on (after what its private buffer already holds).
+fn subscribe(conn: &mut Conn, key: ConnKey, stream: StreamId, cx: &mut InputCx<'_>) {
+    conn.phase = Phase::Open;
+    conn.stream_id = stream;
+    let stream = &mut cx.streams[usize::from(stream)];
     conn.cursor = stream.log.head();
     conn.sub_index = stream.subscribers.add(key.0);
     ShardStats::add(&cx.stats.upgraded, 1);
