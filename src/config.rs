@@ -124,6 +124,11 @@ pub struct Config {
     /// Server-Sent Events: a comment line this often keeps idle streams (and proxies) alive.
     #[serde(with = "millis")]
     pub sse_heartbeat: Duration,
+    /// Long-poll: how long a request waits for a message before it is answered with none.
+    #[serde(with = "millis")]
+    pub poll_timeout: Duration,
+    /// Long-poll: most requests held at once per loop thread; more get `503`.
+    pub poll_max_held: usize,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -173,6 +178,8 @@ impl Default for Config {
             topic_idle_expiry: Duration::from_secs(3600),
             sse_retry: Duration::from_secs(3),
             sse_heartbeat: Duration::from_secs(15),
+            poll_timeout: Duration::from_secs(25),
+            poll_max_held: 16384,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -344,8 +351,8 @@ impl Config {
         if let Err(e) = crate::upstream::topic::check(self.default_topic.as_bytes()) {
             return Err(ConfigError::Invalid(format!("default_topic {:?}: {e}", self.default_topic)));
         }
-        if self.sse_heartbeat < Duration::from_millis(10) {
-            return bad("sse_heartbeat must be at least 10 ms");
+        if self.sse_heartbeat < Duration::from_millis(10) || self.poll_timeout < Duration::from_millis(10) {
+            return bad("sse_heartbeat and poll_timeout must be at least 10 ms");
         }
         if self.topic_field.is_empty() || self.max_topics == 0 || self.topic_idle_expiry.is_zero() {
             return bad("topic_field must not be empty, max_topics and topic_idle_expiry must be positive");

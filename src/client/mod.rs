@@ -12,6 +12,7 @@ pub mod control;
 pub mod encode;
 pub mod format;
 pub mod pattern;
+pub mod poll;
 pub mod position;
 pub mod query;
 pub mod sse;

@@ -44,6 +44,8 @@ pub struct Conn {
     pub upgraded: bool,
     /// A Server-Sent Events stream: events follow the response head; its input is ignored; no close frame.
     pub sse: bool,
+    /// A long-poll request held until a message or its deadline (in the loop's held list); input is ignored.
+    pub held_poll: bool,
     /// The peer's close frame has arrived: the closing handshake is complete once ours is written.
     pub peer_closed: bool,
     /// The peer broke the protocol: its further bytes are discarded, never decoded.
@@ -103,6 +105,7 @@ impl Conn {
             close_queued: false,
             upgraded: false,
             sse: false,
+            held_poll: false,
             peer_closed: false,
             input_failed: false,
             write_shut: false,

@@ -148,6 +148,11 @@ pub fn status_text(status: u16) -> &'static str {
     }
 }
 
+/// Like [`http_response`], with `extra_headers` (complete `Name: value\r\n` lines) added to the head.
+pub fn http_response_with(status: u16, content_type: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
+    response_with(status, content_type, extra_headers, body)
+}
+
 fn response_with(status: u16, content_type: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
     let mut head = String::with_capacity(128 + extra_headers.len());
     let _ = write!(

@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use super::dispatch::Dispatch;
 use super::feed_queue::{self, FeedReceiver};
-use super::input::{self, kill, InputCx};
+use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
+use crate::client::encode::FeedMessage;
+use crate::client::poll::PollBody;
 use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
 use crate::fanout::{Holder, Pins, Stream};
 use crate::reactor::{self, Reactor};
+use crate::upstream::batch::Records;
 
 /// How long a half-closed connection may take to hang up after our final bytes.
 const LINGER: Duration = Duration::from_secs(2);
@@ -41,6 +44,8 @@ macro_rules! input_cx {
             pool: &mut $shard.pool,
             streams: &mut $shard.streams,
             position: Position { epoch: $shard.epoch, seq: $shard.last_seq },
+            held: &mut $shard.held,
+            poll_deadlines: &mut $shard.poll_deadlines,
             pins: &mut $shard.pins,
             linger: &mut $shard.linger_deadlines,
             dirty: &mut $shard.dirty,
@@ -66,6 +71,9 @@ pub struct Shard<R: Reactor> {
     last_seq: u64,
     /// When the event streams next get a heartbeat comment.
     next_heartbeat: Instant,
+    /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
+    held: Vec<HeldPoll>,
+    poll_deadlines: DeadlineQueue,
     /// Reused to encode each batch's frames before they become one chunk of a log, and one envelope.
     frames: Vec<u8>,
     envelope: Vec<u8>,
@@ -107,6 +115,8 @@ impl<R: Reactor> Shard<R> {
             epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
             last_seq: 0,
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
+            held: Vec::new(),
+            poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
             frames: Vec::new(),
             envelope: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
@@ -163,6 +173,7 @@ impl<R: Reactor> Shard<R> {
         let sse_clients = !self.streams[usize::from(input::SSE_ALL)].subscribers.is_empty();
         let next = [
             sse_clients.then_some(self.next_heartbeat),
+            self.poll_deadlines.next_deadline(),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
             self.accept_paused_until,
@@ -235,10 +246,42 @@ impl<R: Reactor> Shard<R> {
                 feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames);
                 sse.log.push(Arc::from(&self.frames[..]));
             }
+            if !self.held.is_empty() {
+                self.answer_held(&batch);
+            }
         }
         if messages > 0 {
             ShardStats::add(&self.shared.shards[self.id].feed_messages, messages);
         }
+    }
+
+    /// Answers every held long-poll request that `batch` has something newer for: the batch's messages after its
+    /// position, as envelopes (a long-poll response is built per request).
+    fn answer_held(&mut self, batch: &feed_queue::Batch) {
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|h| {
+            let Some(conn) = self.conns.get_mut(h.key) else { return false };
+            if !conn.held_poll || conn.phase != Phase::Open {
+                return false;
+            }
+            let mut body = PollBody::new();
+            let mut next = h.since_seq;
+            for msg in Records::new(&batch.records).filter(|m| m.stamp.seq > h.since_seq) {
+                let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
+                let prev = msg.stamp.prev;
+                body.message(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
+                next = msg.stamp.seq;
+            }
+            if body.is_empty() {
+                return true; // still waiting
+            }
+            let next = Position { epoch: self.epoch, seq: next };
+            let mut cx = input_cx!(self);
+            input::answer_poll(conn, h.key, body.finish(next), h.cors.as_deref(), &mut cx);
+            false
+        });
+        held.append(&mut self.held); // none can be added meanwhile; keep the order anyway
+        self.held = held;
     }
 
     // ---- phase: flush ----------------------------------------------------------------------------------
@@ -438,6 +481,9 @@ impl<R: Reactor> Shard<R> {
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
             input::unpin(&mut conn, &mut self.pins, &self.shared.shards[self.id]);
+            if conn.held_poll {
+                self.held.retain(|h| h.key != key); // abandoned while held: free its place at once
+            }
             ShardStats::sub(&self.shared.shards[self.id].connections, 1);
             // Dropping the stream closes the socket: nothing is in flight on it any more.
         }
@@ -463,6 +509,18 @@ impl<R: Reactor> Shard<R> {
                     kill(conn, key, &mut self.dead);
                 }
             }
+        }
+        while let Some(key) = self.poll_deadlines.pop_expired(now) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if !conn.held_poll || conn.phase != Phase::Open {
+                continue;
+            }
+            // Nothing newer arrived in time: an empty answer, from where the client stands (or this loop, if later).
+            let Some(i) = self.held.iter().position(|h| h.key == key) else { continue };
+            let h = self.held.swap_remove(i);
+            let next = Position { epoch: self.epoch, seq: h.since_seq.max(self.last_seq) };
+            let mut cx = input_cx!(self);
+            input::answer_poll(conn, key, PollBody::new().finish(next), h.cors.as_deref(), &mut cx);
         }
         if now >= self.next_heartbeat {
             // One comment chunk shared by every event stream (its clients and the proxies between stay alive).

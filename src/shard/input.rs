@@ -23,6 +23,9 @@ pub struct InputCx<'a> {
     pub streams: &'a mut [Stream],
     /// The feed's epoch and the last `seq` this loop has taken from the feed: where a new subscriber starts.
     pub position: Position,
+    /// Long-poll requests waiting for a message, and their deadlines.
+    pub held: &'a mut Vec<HeldPoll>,
+    pub poll_deadlines: &'a mut DeadlineQueue,
     pub pins: &'a mut Pins,
     /// Closing connections get this long to finish (see [`start_closing`]).
     pub linger: &'a mut DeadlineQueue,
@@ -58,8 +61,8 @@ pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx
 /// Consumes what it can of `buf`; returns how many bytes were used.
 fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) -> usize {
     let mut pos = 0;
-    if conn.sse {
-        return buf.len(); // an event stream's client has nothing to say; its bytes are drained and dropped
+    if conn.sse || conn.held_poll {
+        return buf.len(); // an event stream's or held request's client has nothing to say: drained and dropped
     }
     if conn.phase == Phase::Handshake {
         match handshake::parse_request(buf, &cx.settings.handshake) {
@@ -145,6 +148,8 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
         },
         "/sse" if head.method == "GET" => start_sse(conn, key, head, cx),
         "/sse" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
+        "/poll" if head.method == "GET" => start_poll(conn, key, head, cx),
+        "/poll" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         "/healthz" if head.method == "GET" => {
             let body = cx.shared.health_json();
             respond(conn, key, &handshake::http_response(200, "application/json", body.as_bytes()), cx);
@@ -183,25 +188,16 @@ pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &
 /// comes back with a position (`Last-Event-ID`, or `?since=E:S`) first gets a `gap` event when messages may
 /// have been missed since then: no history is kept yet, so only a position at the head resumes without one.
 fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
-    let refusal = |reason| Rejection { status: 400, reason };
-    if let Some(topics) = crate::client::query::param(&head.path, "topics") {
-        if !matches!(topics.as_deref(), Ok("*")) {
-            let reason = "topic subscriptions are not served yet: /sse sends every topic (omit topics=)";
-            return refuse(conn, key, &refusal(reason), cx);
-        }
+    if let Err(rejection) = every_topic(head) {
+        return refuse(conn, key, &rejection, cx);
     }
     let since = match sse::resume_point(&head.path, head.header("last-event-id")) {
         Ok(since) => since,
-        Err(_) => return refuse(conn, key, &refusal("bad Last-Event-ID or since: a position is EPOCH:SEQ"), cx),
+        Err(_) => return refuse(conn, key, &bad_request("bad Last-Event-ID or since: a position is EPOCH:SEQ"), cx),
     };
-    let allowed = cx.settings.handshake.allowed_origins.as_ref();
-    let allow_origin = match (allowed, head.origin.as_deref()) {
-        (None, _) => Some("*"),
-        (Some(list), Some(origin)) if list.iter().any(|o| o == origin) => Some(origin),
-        (Some(_), Some(_)) => {
-            return refuse(conn, key, &Rejection { status: 403, reason: "origin not allowed" }, cx);
-        }
-        (Some(_), None) => None, // not a cross-origin browser request
+    let allow_origin = match cors_origin(head, cx.settings) {
+        Ok(origin) => origin,
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let out = private(&mut conn.outbuf, cx.pool);
     sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
@@ -218,6 +214,92 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
     }
     conn.sse = true;
     subscribe(conn, key, SSE_ALL, cx);
+}
+
+fn bad_request(reason: &'static str) -> Rejection {
+    Rejection { status: 400, reason }
+}
+
+/// `topics=` is not served yet on `/sse` and `/poll`: only every topic (no parameter, or `*`).
+fn every_topic(head: &handshake::RequestHead) -> Result<(), Rejection> {
+    match crate::client::query::param(&head.path, "topics") {
+        None => Ok(()),
+        Some(Ok(t)) if t == "*" => Ok(()),
+        Some(_) => Err(bad_request("topic subscriptions are not served yet: every topic is sent (omit topics=)")),
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for a plain-HTTP stream or poll: any origin when `allowed_origins` is
+/// empty, the request's origin when it is on the list, none for a request without `Origin`; `403` otherwise.
+fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Result<Option<&'h str>, Rejection> {
+    match (settings.handshake.allowed_origins.as_ref(), head.origin.as_deref()) {
+        (None, _) => Ok(Some("*")),
+        (Some(list), Some(origin)) if list.iter().any(|o| o == origin) => Ok(Some(origin)),
+        (Some(_), Some(_)) => Err(Rejection { status: 403, reason: "origin not allowed" }),
+        (Some(_), None) => Ok(None), // not a cross-origin browser request
+    }
+}
+
+/// A long-poll request waiting for a message newer than `since_seq`.
+#[derive(Debug)]
+pub struct HeldPoll {
+    pub key: ConnKey,
+    pub since_seq: u64,
+    /// Its `Access-Control-Allow-Origin`, if any.
+    pub cors: Option<Box<str>>,
+}
+
+/// `GET /poll[?since=E:S]`: answered at once when the gateway can say something about the position (a gap), else
+/// held until a message newer than it arrives or `poll_timeout` passes (`docs/client-protocol.md`).
+fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    if let Err(rejection) = every_topic(head) {
+        return refuse(conn, key, &rejection, cx);
+    }
+    let since = match crate::client::query::param(&head.path, "since") {
+        None => None,
+        Some(Ok(s)) => match s.parse::<Position>() {
+            Ok(p) => Some(p),
+            Err(_) => return refuse(conn, key, &bad_request("bad since: a position is EPOCH:SEQ"), cx),
+        },
+        Some(Err(())) => return refuse(conn, key, &bad_request("bad since: a position is EPOCH:SEQ"), cx),
+    };
+    let cors = match cors_origin(head, cx.settings) {
+        Ok(origin) => origin.map(Box::from),
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
+    };
+    let now = cx.position;
+    let gap = since.and_then(|s| {
+        if s.epoch != now.epoch {
+            Some((s, encode::GapReason::Epoch))
+        } else {
+            (s.seq < now.seq).then_some((s, encode::GapReason::History))
+        }
+    });
+    if let Some((from, reason)) = gap {
+        // No history is kept yet: the client resumes from now, told what it may have missed.
+        let mut body = crate::client::poll::PollBody::new();
+        body.gap("*", from, now, reason);
+        return answer_poll(conn, key, body.finish(now), cors.as_deref(), cx);
+    }
+    if cx.held.len() >= cx.settings.poll_max_held {
+        tracing::warn!(?key, held = cx.held.len(), "poll_max_held reached: long-poll refused with 503");
+        return refuse(conn, key, &Rejection { status: 503, reason: "too many held long-poll requests" }, cx);
+    }
+    conn.phase = Phase::Open;
+    conn.held_poll = true;
+    let since_seq = since.map_or(now.seq, |s| s.seq);
+    cx.held.push(HeldPoll { key, since_seq, cors });
+    cx.poll_deadlines.push(std::time::Instant::now(), key);
+}
+
+/// Answers a long-poll request with `body`; the connection closes once it is written.
+pub fn answer_poll(conn: &mut Conn, key: ConnKey, body: Vec<u8>, cors: Option<&str>, cx: &mut InputCx<'_>) {
+    conn.held_poll = false;
+    let mut headers = String::from("Cache-Control: no-store\r\n");
+    if let Some(origin) = cors {
+        headers.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"));
+    }
+    respond(conn, key, &handshake::http_response_with(200, "application/json", &headers, &body), cx);
 }
 
 /// The connection is open and reads `stream` from its head on (after what its private buffer already holds).

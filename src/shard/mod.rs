@@ -45,6 +45,9 @@ pub struct Settings {
     /// Server-Sent Events: the `retry:` hint and the heartbeat interval.
     pub sse_retry_ms: u32,
     pub sse_heartbeat: Duration,
+    /// Long-poll: how long a request is held, and how many at once per loop.
+    pub poll_timeout: Duration,
+    pub poll_max_held: usize,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -72,6 +75,8 @@ impl Settings {
             max_private_bytes: cfg.max_private_bytes,
             sse_retry_ms: u32::try_from(cfg.sse_retry.as_millis()).unwrap_or(u32::MAX),
             sse_heartbeat: cfg.sse_heartbeat,
+            poll_timeout: cfg.poll_timeout,
+            poll_max_held: cfg.poll_max_held,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
         }

@@ -1,0 +1,108 @@
+//! Long-polling (`GET /poll?since=E:S`): held until a message newer than the position arrives, then answered
+//! with the messages as envelopes and the next position; answered at once with a gap notice when the position
+//! is from another epoch or behind what the gateway can serve; answered empty at `poll_timeout`; bounded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::json::{self, Value};
+use common::raw::{http_exchange, read_head};
+use common::Gateway;
+
+fn get(gw: &Gateway, target: &str) -> common::raw::Response {
+    http_exchange(gw.ws_addr, format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+}
+
+fn body(resp: &common::raw::Response) -> Value {
+    assert_eq!(resp.status, 200, "{resp:?}");
+    json::parse(&resp.body_text()).unwrap_or_else(|e| panic!("{e}: {:?}", resp.body_text()))
+}
+
+fn epoch(gw: &Gateway) -> u64 {
+    gw.health().get("epoch").and_then(Value::as_u64).unwrap()
+}
+
+#[test]
+fn a_held_request_is_answered_by_the_next_messages() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let e = epoch(&gw);
+    let addr = gw.ws_addr;
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        http_exchange(addr, b"GET /poll HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiter.is_finished(), "held while nothing is newer");
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"{\"topic\":\"BTC-USD\",\"px\":1}\n");
+    let resp = waiter.join().unwrap();
+    assert_eq!(resp.head.header("access-control-allow-origin"), Some("*"));
+    let v = body(&resp);
+    let msgs = v.get("messages").and_then(Value::as_array).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].get("topic").and_then(Value::as_str), Some("BTC-USD"));
+    assert_eq!(msgs[0].get("seq").and_then(Value::as_u64), Some(1));
+    assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:1").as_str()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Asking again from `next` waits for what comes after it.
+    let addr = gw.ws_addr;
+    let next = format!("/poll?since={e}:1");
+    let waiter =
+        std::thread::spawn(move || http_exchange(addr, format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()));
+    std::thread::sleep(Duration::from_millis(200));
+    common::write_all(&mut p, b"two\n");
+    let v = body(&waiter.join().unwrap());
+    let msgs = v.get("messages").and_then(Value::as_array).unwrap();
+    assert_eq!(msgs[0].get("text").and_then(Value::as_str), Some("two"));
+    assert_eq!(msgs[0].get("seq").and_then(Value::as_u64), Some(2));
+}
+
+#[test]
+fn positions_it_cannot_serve_get_a_gap_at_once() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let e = epoch(&gw);
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"a\nb\nc\n");
+    common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(3));
+    for (since, reason) in [("12:1".to_string(), "epoch"), (format!("{e}:1"), "history")] {
+        let v = body(&get(&gw, &format!("/poll?since={since}")));
+        let msgs = v.get("messages").and_then(Value::as_array).unwrap();
+        assert_eq!(msgs.len(), 1, "{v:?}");
+        assert_eq!(msgs[0].get("wsgate").and_then(Value::as_str), Some("gap"));
+        assert_eq!(msgs[0].get("reason").and_then(Value::as_str), Some(reason));
+        assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:3").as_str()), "resume from now");
+    }
+}
+
+#[test]
+fn held_requests_time_out_empty_are_bounded_and_bad_ones_refused() {
+    let gw = Gateway::start_with_config(
+        "poll_timeout = 300\npoll_max_held = 2\n",
+        &["--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let e = epoch(&gw);
+    let started = Instant::now();
+    let v = body(&get(&gw, "/poll"));
+    assert!(started.elapsed() >= Duration::from_millis(250), "held until the timeout");
+    assert_eq!(v.get("messages").and_then(Value::as_array).map(|m| m.len()), Some(0));
+    assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:0").as_str()));
+    // Two held at once is the limit: the third gets 503 at once.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = common::tcp_connect(gw.ws_addr);
+            std::io::Write::write_all(&mut s, b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(&gw, "/poll").status, 503);
+    for mut s in held {
+        assert_eq!(read_head(&mut s).0.status, 200, "the held ones are answered at their timeout");
+    }
+    for target in ["/poll?since=nonsense", "/poll?since=1:2:3", "/poll?topics=BTC-USD"] {
+        assert_eq!(get(&gw, target).status, 400, "{target}");
+    }
+    let resp = http_exchange(gw.ws_addr, b"POST /poll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(resp.status, 405);
+}
