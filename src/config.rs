@@ -179,7 +179,7 @@ impl Default for Config {
             sse_retry: Duration::from_secs(3),
             sse_heartbeat: Duration::from_secs(15),
             poll_timeout: Duration::from_secs(25),
-            poll_max_held: 16384,
+            poll_max_held: 4096,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,

@@ -51,12 +51,63 @@ impl PollBody {
         self.entries == 0
     }
 
+    /// Adds entries already encoded: a comma-separated run of JSON values (see [`EncodedRun`]).
+    pub fn encoded(&mut self, run: &[u8], entries: usize) {
+        if run.is_empty() {
+            return;
+        }
+        if self.entries > 0 {
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(run);
+        self.entries += entries;
+    }
+
     /// The finished body, with `next` as the position to resume from.
     pub fn finish(mut self, next: Position) -> Vec<u8> {
         self.out.extend_from_slice(b"],\"next\":\"");
         self.out.extend_from_slice(next.to_string().as_bytes());
         self.out.extend_from_slice(b"\"}");
         self.out
+    }
+}
+
+/// A batch's envelopes encoded once, comma-separated, with where each message starts, so that every held
+/// request takes its suffix (the messages after its position) without encoding them again.
+#[derive(Debug, Default)]
+pub struct EncodedRun {
+    bytes: Vec<u8>,
+    /// (seq, offset of its envelope in `bytes`), seq increasing.
+    starts: Vec<(u64, usize)>,
+}
+
+impl EncodedRun {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
+
+    /// Appends a message (seq above every one before it).
+    pub fn push(&mut self, msg: &FeedMessage<'_>) {
+        if !self.starts.is_empty() {
+            self.bytes.push(b',');
+        }
+        self.starts.push((msg.position.seq, self.bytes.len()));
+        encode::envelope(msg, &mut self.bytes);
+    }
+
+    /// The run of messages with `seq > since`, at most `max_bytes` of them (but at least one), how many, and the
+    /// last one's seq (the response's `next`: the rest comes on the next request); `None` when there is none.
+    pub fn after(&self, since: u64, max_bytes: usize) -> Option<(&[u8], usize, u64)> {
+        let i = self.starts.partition_point(|&(seq, _)| seq <= since);
+        let from = self.starts.get(i)?.1;
+        // The first message not to include: the first that would end past the limit (never the first one).
+        let end_of = |k: usize| self.starts.get(k + 1).map_or(self.bytes.len(), |&(_, off)| off - 1);
+        let mut j = i + 1;
+        while j < self.starts.len() && end_of(j) - from <= max_bytes {
+            j += 1;
+        }
+        Some((&self.bytes[from..end_of(j - 1)], j - i, self.starts[j - 1].0))
     }
 }
 
@@ -87,5 +138,32 @@ mod tests {
         assert_eq!(v["messages"][0]["wsgate"], "gap");
         assert_eq!(v["messages"][1]["data"], json!({"x":1}));
         assert_eq!(v["next"], "5:4");
+    }
+
+    #[test]
+    fn each_request_takes_the_suffix_after_its_position() {
+        let mut run = EncodedRun::default();
+        for seq in [3, 5, 8] {
+            let position = Position { epoch: 1, seq };
+            run.push(&FeedMessage { topic: "t", payload: b"1", kind: PayloadKind::Text, position, prev: 0 });
+        }
+        assert!(run.after(8, 1 << 20).is_none());
+        let one = run.after(6, 1 << 20).unwrap().0.len();
+        for (since, max, want) in [
+            (0, 1 << 20, vec![3, 5, 8]),
+            (3, 1 << 20, vec![5, 8]),
+            (6, 1 << 20, vec![8]),
+            (0, 1, vec![3]),
+            (0, one, vec![3]),
+            (0, 2 * one + 1, vec![3, 5]),
+        ] {
+            let (bytes, n, last) = run.after(since, max).unwrap();
+            let mut body = PollBody::new();
+            body.encoded(bytes, n);
+            let v: serde_json::Value = serde_json::from_slice(&body.finish(Position { epoch: 1, seq: last })).unwrap();
+            let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, want, "since {since}, max {max}");
+            assert_eq!(v["next"], format!("1:{}", want.last().unwrap()));
+        }
     }
 }

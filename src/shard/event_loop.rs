@@ -18,7 +18,7 @@ use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::client::encode::FeedMessage;
-use crate::client::poll::PollBody;
+use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
 use crate::fanout::{Holder, Pins, Stream};
@@ -29,6 +29,8 @@ use crate::upstream::batch::Records;
 const LINGER: Duration = Duration::from_secs(2);
 /// During a fan-out pass, the feed is pulled again after this many subscribers.
 const PULL_EVERY: usize = 64;
+/// Most bytes of messages in one long-poll response (at least one message): the rest comes on the next request.
+const POLL_RESPONSE_BYTES: usize = 32 * 1024;
 /// Most bytes of idle buffers a loop thread keeps for reuse (1,024 of the usual 4 KiB).
 const POOL_BYTES: usize = 4 << 20;
 /// After the shutdown deadline, how long operations still in flight (io_uring) may take to end.
@@ -74,6 +76,8 @@ pub struct Shard<R: Reactor> {
     /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
     held: Vec<HeldPoll>,
     poll_deadlines: DeadlineQueue,
+    /// Reused: a batch's envelopes for the held requests.
+    poll_run: EncodedRun,
     /// Reused to encode each batch's frames before they become one chunk of a log, and one envelope.
     frames: Vec<u8>,
     envelope: Vec<u8>,
@@ -117,6 +121,7 @@ impl<R: Reactor> Shard<R> {
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
+            poll_run: EncodedRun::default(),
             frames: Vec::new(),
             envelope: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
@@ -256,32 +261,35 @@ impl<R: Reactor> Shard<R> {
     }
 
     /// Answers every held long-poll request that `batch` has something newer for: the batch's messages after its
-    /// position, as envelopes (a long-poll response is built per request).
+    /// position, as envelopes encoded once for all of them (each response copies its suffix: a long-poll response
+    /// is per request by nature).
     fn answer_held(&mut self, batch: &feed_queue::Batch) {
+        let mut run = std::mem::take(&mut self.poll_run);
+        run.clear();
+        for msg in Records::new(&batch.records) {
+            let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
+            let prev = msg.stamp.prev;
+            run.push(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
+        }
         let mut held = std::mem::take(&mut self.held);
         held.retain(|h| {
             let Some(conn) = self.conns.get_mut(h.key) else { return false };
             if !conn.held_poll || conn.phase != Phase::Open {
                 return false;
             }
-            let mut body = PollBody::new();
-            let mut next = h.since_seq;
-            for msg in Records::new(&batch.records).filter(|m| m.stamp.seq > h.since_seq) {
-                let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
-                let prev = msg.stamp.prev;
-                body.message(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
-                next = msg.stamp.seq;
-            }
-            if body.is_empty() {
+            let Some((messages, n, last)) = run.after(h.since_seq, POLL_RESPONSE_BYTES) else {
                 return true; // still waiting
-            }
-            let next = Position { epoch: self.epoch, seq: next };
+            };
+            let mut body = PollBody::new();
+            body.encoded(messages, n);
+            let next = Position { epoch: self.epoch, seq: last };
             let mut cx = input_cx!(self);
             input::answer_poll(conn, h.key, body.finish(next), h.cors.as_deref(), &mut cx);
             false
         });
         held.append(&mut self.held); // none can be added meanwhile; keep the order anyway
         self.held = held;
+        self.poll_run = run;
     }
 
     // ---- phase: flush ----------------------------------------------------------------------------------
