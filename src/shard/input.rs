@@ -150,13 +150,20 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
         "/sse" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         "/poll" if head.method == "GET" => start_poll(conn, key, head, cx),
         "/poll" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
+        "/" | "/index.html" if head.method == "GET" => {
+            respond(conn, key, &handshake::http_response(200, "text/html; charset=utf-8", LIVE_PAGE), cx);
+        }
         "/healthz" if head.method == "GET" => {
             let body = cx.shared.health_json();
             respond(conn, key, &handshake::http_response(200, "application/json", body.as_bytes()), cx);
         }
         "/healthz" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         _ => {
-            let not_found = handshake::http_response(404, "text/plain", b"not found: the WebSocket endpoint is /ws\n");
+            let not_found = handshake::http_response(
+                404,
+                "text/plain",
+                b"not found: the endpoints are / (live page), /ws, /sse, /poll and /healthz\n",
+            );
             ShardStats::add(&cx.stats.rejected, 1);
             respond(conn, key, &not_found, cx);
         }
@@ -374,6 +381,9 @@ pub fn unpin_if_written(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
         unpin(conn, pins, stats);
     }
 }
+
+/// The live-ticker page (`GET /`): static, in the binary; it uses the browser's WebSocket and EventSource.
+const LIVE_PAGE: &[u8] = include_bytes!("static/index.html");
 
 /// The whole feed in the raw format (what clients that ask for no subprotocol get).
 pub const RAW_ALL: StreamId = 0;

@@ -180,3 +180,37 @@ test('EventSource receives the feed, and after a gateway restart reconnects and 
     await exited(gw.proc);
   }
 });
+
+test('the live page shows prices over both transports and the gap after a gateway restart', async () => {
+  let gw = await startGateway(['--demo', '--demo-rate', '60']);
+  const base = gw.url.replace('ws://', 'http://').replace(/\/ws$/, '');
+  try {
+    await withBrowser(async (page) => {
+      await page.goto(`${base}/`);
+      await page.waitForFunction(() => window.wsgate.messages >= 12, null, { timeout: 10_000 });
+      const symbols = await page.$$eval('#rows tr', (trs) => trs.map((tr) => tr.dataset.topic));
+      assert.ok(symbols.includes('BTC-USD') && symbols.length >= 3, `rows: ${symbols}`);
+      const bid = await page.$eval('#rows tr[data-topic="BTC-USD"] .bid', (td) => parseFloat(td.textContent));
+      assert.ok(bid > 0, 'a price is shown');
+      // Hide a symbol, then switch to Server-Sent Events.
+      await page.click('#symbols label:first-child input');
+      await page.selectOption('#transport', 'sse');
+      const before = await page.evaluate(() => window.wsgate.messages);
+      await page.waitForFunction((n) => window.wsgate.messages >= n + 6 && window.wsgate.transport === 'sse',
+        before, { timeout: 10_000 });
+      assert.equal(await page.$$eval('#rows tr.hidden', (trs) => trs.length), 1);
+      // Restart the gateway on the same port: the page reconnects and shows the gap honestly.
+      gw.proc.kill('SIGTERM');
+      await exited(gw.proc);
+      gw = await startGateway(['--demo', '--demo-rate', '60', '--listen', new URL(base).host]);
+      await page.waitForFunction(() => window.wsgate.gaps.some((g) => g.reason === 'epoch'), null, { timeout: 15_000 });
+      const n = await page.evaluate(() => window.wsgate.messages);
+      await page.waitForFunction((k) => window.wsgate.messages > k, n, { timeout: 10_000 });
+      await page.screenshot({ path: `${process.env.TMPDIR ?? '/tmp'}/wsgate-live-page.png` });
+      assert.match(await page.textContent('#log'), /gap notice \(epoch\)/);
+    });
+  } finally {
+    gw.proc.kill('SIGTERM');
+    await exited(gw.proc);
+  }
+});
