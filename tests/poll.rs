@@ -106,3 +106,57 @@ fn held_requests_time_out_empty_are_bounded_and_bad_ones_refused() {
     let resp = http_exchange(gw.ws_addr, b"POST /poll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(resp.status, 405);
 }
+
+/// Polling again from `next` under a running feed: every message arrives once and in order, or is covered by a
+/// gap notice (no history is kept yet, so what arrived between two polls cannot be served) — never a silent hole.
+#[test]
+fn consecutive_polls_from_next_miss_nothing_silently() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let e = epoch(&gw);
+    let addr = gw.ws_addr;
+    let poller = std::thread::spawn(move || {
+        let (mut seqs, mut gaps) = (Vec::new(), Vec::new());
+        let mut since = format!("{e}:0");
+        while seqs.last().copied().max(gaps.last().map(|&(_, to)| to)).unwrap_or(0) < 600 {
+            let resp = http_exchange(addr, format!("GET /poll?since={since} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            let v = json::parse(&resp.body_text()).unwrap();
+            for m in v.get("messages").and_then(Value::as_array).unwrap() {
+                match m.get("wsgate").and_then(Value::as_str) {
+                    Some("gap") => {
+                        let seq = |k: &str| m.get(k).and_then(|p| p.get("seq")).and_then(Value::as_u64).unwrap();
+                        gaps.push((seq("from"), seq("to")));
+                    }
+                    _ => seqs.push(m.get("seq").and_then(Value::as_u64).unwrap()),
+                }
+            }
+            since = v.get("next").and_then(Value::as_str).unwrap().to_string();
+        }
+        (seqs, gaps)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut p = gw.publisher();
+    let line = format!("{}\n", "m".repeat(1000));
+    for _ in 0..6 {
+        common::write_all(&mut p, line.repeat(100).as_bytes());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (seqs, gaps) = poller.join().expect("the poller saw the feed through");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate");
+    for n in 1..=600u64 {
+        let covered = seqs.contains(&n) || gaps.iter().any(|&(from, to)| n > from && n <= to);
+        assert!(covered, "message {n} neither delivered nor covered by a gap notice; gaps {gaps:?}");
+    }
+    assert!(!seqs.is_empty());
+}
+
+#[test]
+fn a_held_poll_is_answered_when_the_gateway_shuts_down() {
+    let mut gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let mut s = common::tcp_connect(gw.ws_addr);
+    std::io::Write::write_all(&mut s, b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal(libc::SIGTERM);
+    let (head, _) = read_head(&mut s);
+    assert_eq!(head.status, 200, "an HTTP answer, not a WebSocket close frame");
+    gw.wait_exit(Duration::from_secs(10)).expect("the gateway exits");
+}

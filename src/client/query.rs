@@ -24,7 +24,7 @@ fn decode(v: &str) -> Result<Cow<'_, str>, ()> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(())?;
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or(())?;
                 let hex = std::str::from_utf8(hex).map_err(|_| ())?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
                 i += 2;
@@ -50,7 +50,7 @@ mod tests {
         assert_eq!(param(t, "none"), None);
         assert_eq!(param("/sse", "since"), None);
         assert_eq!(param("/sse?a=x+y#frag", "a"), Some(Ok(Cow::Owned("x y".into()))));
-        for bad in ["/s?a=%", "/s?a=%4", "/s?a=%zz", "/s?a=%ff"] {
+        for bad in ["/s?a=%", "/s?a=%4", "/s?a=%zz", "/s?a=%ff", "/s?a=%+5", "/s?a=%-1"] {
             assert_eq!(param(bad, "a"), Some(Err(())), "{bad}");
         }
     }

@@ -14,7 +14,7 @@ use super::query;
 /// CORS when `allow_origin` is given.
 pub fn response_head(allow_origin: Option<&str>, retry_ms: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\n\
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\
           X-Accel-Buffering: no\r\n",
     );
     if let Some(origin) = allow_origin {

@@ -21,7 +21,7 @@ use crate::client::encode::FeedMessage;
 use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{Holder, Pins, Stream};
+use crate::fanout::{FrameLog, Holder, Pins, Stream};
 use crate::reactor::{self, Reactor};
 use crate::upstream::batch::Records;
 
@@ -29,8 +29,6 @@ use crate::upstream::batch::Records;
 const LINGER: Duration = Duration::from_secs(2);
 /// During a fan-out pass, the feed is pulled again after this many subscribers.
 const PULL_EVERY: usize = 64;
-/// Most bytes of messages in one long-poll response (at least one message): the rest comes on the next request.
-const POLL_RESPONSE_BYTES: usize = 32 * 1024;
 /// Most bytes of idle buffers a loop thread keeps for reuse (1,024 of the usual 4 KiB).
 const POOL_BYTES: usize = 4 << 20;
 /// After the shutdown deadline, how long operations still in flight (io_uring) may take to end.
@@ -54,6 +52,14 @@ macro_rules! input_cx {
             dead: &mut $shard.dead,
         }
     };
+}
+
+/// Appends what an encoder hands over as one chunk of `log`, and clears it for the next.
+fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>) + '_ {
+    move |buf: &mut Vec<u8>| {
+        log.push(Arc::from(&buf[..]));
+        buf.clear();
+    }
 }
 
 /// One loop thread over I/O backend `R` (monomorphised per backend; the phases do not know which one runs).
@@ -239,17 +245,18 @@ impl<R: Reactor> Shard<R> {
             self.last_seq = self.last_seq.max(last);
             self.streams[usize::from(input::RAW_ALL)].log.push(Arc::from(&self.frames[..]));
             // Envelopes and events only while someone reads them: their clients start at the head.
+            // Envelopes can be far larger than the raw bytes: they are cut into chunks the retention bound covers.
             let json = &mut self.streams[usize::from(input::JSON_ALL)];
             if !json.subscribers.is_empty() {
                 self.frames.clear();
-                feed_queue::encode_json_frames(&batch, self.epoch, &mut self.envelope, &mut self.frames);
-                json.log.push(Arc::from(&self.frames[..]));
+                let chunk = chunk_into(&mut json.log);
+                feed_queue::encode_json_frames(&batch, self.epoch, &mut self.envelope, &mut self.frames, chunk);
             }
             let sse = &mut self.streams[usize::from(input::SSE_ALL)];
             if !sse.subscribers.is_empty() {
                 self.frames.clear();
-                feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames);
-                sse.log.push(Arc::from(&self.frames[..]));
+                let chunk = chunk_into(&mut sse.log);
+                feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames, chunk);
             }
             if !self.held.is_empty() {
                 self.answer_held(&batch);
@@ -277,7 +284,8 @@ impl<R: Reactor> Shard<R> {
             if !conn.held_poll || conn.phase != Phase::Open {
                 return false;
             }
-            let Some((messages, n, last)) = run.after(h.since_seq, POLL_RESPONSE_BYTES) else {
+            // The whole suffix: with no history kept, what an answer leaves out could not be served later.
+            let Some((messages, n, last)) = run.after(h.since_seq, usize::MAX) else {
                 return true; // still waiting
             };
             let mut body = PollBody::new();
@@ -606,6 +614,14 @@ impl<R: Reactor> Shard<R> {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             match conn.phase {
                 Phase::Handshake => kill(conn, key, &mut self.dead),
+                Phase::Open if conn.held_poll => {
+                    // A held long-poll gets its (empty) answer now, from where it stands.
+                    let Some(i) = self.held.iter().position(|h| h.key == key) else { continue };
+                    let h = self.held.swap_remove(i);
+                    let next = Position { epoch: self.epoch, seq: h.since_seq.max(self.last_seq) };
+                    let mut cx = input_cx!(self);
+                    input::answer_poll(conn, key, PollBody::new().finish(next), h.cors.as_deref(), &mut cx);
+                }
                 Phase::Open => {
                     let mut cx = input_cx!(self);
                     input::queue_close(conn, key, 1001, "server shutting down", &mut cx);

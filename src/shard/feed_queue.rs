@@ -43,14 +43,24 @@ pub fn encode_raw_frames(batch: &Batch, out: &mut Vec<u8>) -> u64 {
     last
 }
 
-/// Appends, for every record of `batch`, its JSON envelope (`client::encode::envelope`; `epoch` is the feed's)
-/// wrapped by `wrap` (a WebSocket text frame, an SSE event) to `out`; `envelope` is scratch.
+/// Largest chunk an envelope stream (JSON frames, SSE events) is cut into: it is cut once it reaches
+/// `BATCH_MAX_BYTES`, so it ends at most one message later, and one message's envelope is at most 6 × its payload
+/// (text escaped as `\u00XX`) plus its topic, position and framing. The retention rules rely on this bound
+/// (`fanout::Retention::max_chunk`), whatever the expansion from raw to envelopes.
+pub fn max_envelope_chunk(max_line_bytes: usize) -> usize {
+    BATCH_MAX_BYTES + 6 * max_line_bytes + 512
+}
+
+/// Encodes, for every record of `batch`, its JSON envelope (`client::encode::envelope`; `epoch` is the feed's)
+/// wrapped by `wrap` (a WebSocket text frame, an SSE event) into `out`, handing `out` to `chunk` (which takes
+/// and clears it) each time it reaches `BATCH_MAX_BYTES` and at the end; `envelope` is scratch.
 fn encode_envelopes(
     batch: &Batch,
     epoch: u64,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
     wrap: impl Fn(Position, &[u8], &mut Vec<u8>),
+    mut chunk: impl FnMut(&mut Vec<u8>),
 ) {
     for msg in Records::new(&batch.records) {
         envelope.clear();
@@ -58,17 +68,39 @@ fn encode_envelopes(
         let m = FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
         encode::envelope(&m, envelope);
         wrap(position, envelope, out);
+        if out.len() >= BATCH_MAX_BYTES {
+            chunk(out);
+        }
+    }
+    if !out.is_empty() {
+        chunk(out);
     }
 }
 
-/// Appends a text frame carrying each record's JSON envelope (the `wsgate.v1.json` format).
-pub fn encode_json_frames(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
-    encode_envelopes(batch, epoch, envelope, out, |_, env, out| encode_frame_into(out, OpCode::Text, env));
+/// Text frames carrying each record's JSON envelope (the `wsgate.v1.json` format), in chunks (see
+/// [`encode_envelopes`]).
+pub fn encode_json_frames(
+    batch: &Batch,
+    epoch: u64,
+    envelope: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    chunk: impl FnMut(&mut Vec<u8>),
+) {
+    let wrap = |_, env: &[u8], out: &mut Vec<u8>| encode_frame_into(out, OpCode::Text, env);
+    encode_envelopes(batch, epoch, envelope, out, wrap, chunk);
 }
 
-/// Appends an SSE event per record: `id:` its position, `data:` its JSON envelope.
-pub fn encode_sse_events(batch: &Batch, epoch: u64, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
-    encode_envelopes(batch, epoch, envelope, out, |position, env, out| sse::event(Some(position), None, env, out));
+/// An SSE event per record (`id:` its position, `data:` its JSON envelope), in chunks (see
+/// [`encode_envelopes`]).
+pub fn encode_sse_events(
+    batch: &Batch,
+    epoch: u64,
+    envelope: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    chunk: impl FnMut(&mut Vec<u8>),
+) {
+    let wrap = |position, env: &[u8], out: &mut Vec<u8>| sse::event(Some(position), None, env, out);
+    encode_envelopes(batch, epoch, envelope, out, wrap, chunk);
 }
 
 /// A batch is cut when it reaches this size, so one batch never delays the first message for long. A batch
@@ -270,6 +302,30 @@ mod tests {
         encode_frame_into(&mut want, OpCode::Binary, &[0, 255]);
         encode_frame_into(&mut want, OpCode::Text, &[b'x'; 300]);
         assert_eq!(frames, want);
+    }
+
+    #[test]
+    fn envelope_streams_are_cut_into_bounded_chunks_of_whole_messages() {
+        let limits = QueueLimits { batches: 64, bytes: 1 << 20, overflow: FeedOverflow::Backpressure };
+        let (mut sink, rx, _) = setup(limits, 1);
+        // 60 KiB of 1-byte payloads: their envelopes are ~50 times the raw bytes.
+        for seq in 1..=20_000u64 {
+            let stamp = crate::upstream::Stamp { seq, prev: seq - 1 };
+            sink.publish(Message::new("t", b"\x01", PayloadKind::Text, stamp));
+        }
+        sink.flush();
+        let (mut envelope, mut out, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(batch) = rx[0].try_recv() {
+            encode_sse_events(&batch, 7, &mut envelope, &mut out, |buf| chunks.push(std::mem::take(buf)));
+        }
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        let mut events = 0;
+        for c in &chunks {
+            assert!(c.len() <= max_envelope_chunk(64 * 1024), "{}", c.len());
+            assert!(c.ends_with(b"\n\n"), "a chunk ends with a whole event");
+            events += c.windows(4).filter(|w| w == b"id: ").count();
+        }
+        assert_eq!(events, 20_000);
     }
 
     #[test]

@@ -183,9 +183,9 @@ fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>)
 }
 
 /// Queues our close frame (`code`, `reason`); nothing but it follows, and the connection hangs up once it is
-/// written. An event stream has no close frame: it ends after the event in progress.
+/// written. Only a WebSocket has a close frame: an event stream ends after the event in progress.
 pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &mut InputCx<'_>) {
-    if !conn.sse {
+    if conn.upgraded {
         encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
     }
     start_closing(conn, key, cx);

@@ -69,8 +69,9 @@ impl Settings {
             echo: cfg.echo,
             retention: Retention {
                 max_lag: cfg.max_lag_bytes,
-                // A batch is cut once it reaches BATCH_MAX_BYTES, so it ends at most one frame later.
-                max_chunk: (BATCH_MAX_BYTES + cfg.max_line_bytes + crate::proto::frame::MAX_HEADER_LEN) as u64,
+                // Raw chunks are a batch's frames (smaller than its records); envelope chunks are cut to a bound
+                // of their own, which is the larger.
+                max_chunk: feed_queue::max_envelope_chunk(cfg.max_line_bytes) as u64,
             },
             max_private_bytes: cfg.max_private_bytes,
             sse_retry_ms: u32::try_from(cfg.sse_retry.as_millis()).unwrap_or(u32::MAX),
