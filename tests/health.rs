@@ -56,7 +56,7 @@ fn healthz_with_upstream_reports_its_state() {
 #[test]
 fn other_paths_get_404_and_close() {
     let gw = Gateway::start(&[]);
-    for path in ["/", "/nope", "/wsx", "/healthzz", "/ws/extra"] {
+    for path in ["/nope", "/wsx", "/healthzz", "/ws/extra", "/index.htm"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr);
         let resp = http_exchange(gw.ws_addr, req.as_bytes());
         assert_eq!(resp.status, 404, "GET {path}: {resp:?}");
@@ -65,4 +65,17 @@ fn other_paths_get_404_and_close() {
     // An upgrade request on another path is a 404 too, not a WebSocket.
     let resp = http_exchange(gw.ws_addr, &Request::upgrade(gw.ws_addr).path("/other").bytes());
     assert_eq!(resp.status, 404, "upgrade on /other: {resp:?}");
+}
+
+#[test]
+fn the_root_serves_the_live_page() {
+    let gw = Gateway::start(&[]);
+    for path in ["/", "/index.html"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr);
+        let resp = http_exchange(gw.ws_addr, req.as_bytes());
+        assert_eq!(resp.status, 200, "GET {path}");
+        assert_eq!(resp.head.header("content-type"), Some("text/html; charset=utf-8"));
+        let page = resp.body_text();
+        assert!(page.contains("live ticker") && page.contains("EventSource") && page.contains("wsgate.v1.json"));
+    }
 }
