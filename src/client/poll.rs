@@ -96,18 +96,14 @@ impl EncodedRun {
         encode::envelope(msg, &mut self.bytes);
     }
 
-    /// The run of messages with `seq > since`, at most `max_bytes` of them (but at least one), how many, and the
-    /// last one's seq (the response's `next`: the rest comes on the next request); `None` when there is none.
-    pub fn after(&self, since: u64, max_bytes: usize) -> Option<(&[u8], usize, u64)> {
+    /// The run of messages with `seq > since`, how many, and the last one's seq (the response's `next`); `None`
+    /// when there is none. Always the whole suffix: with no history kept, what an answer left out could not be
+    /// served later.
+    pub fn after(&self, since: u64) -> Option<(&[u8], usize, u64)> {
         let i = self.starts.partition_point(|&(seq, _)| seq <= since);
         let from = self.starts.get(i)?.1;
-        // The first message not to include: the first that would end past the limit (never the first one).
-        let end_of = |k: usize| self.starts.get(k + 1).map_or(self.bytes.len(), |&(_, off)| off - 1);
-        let mut j = i + 1;
-        while j < self.starts.len() && end_of(j) - from <= max_bytes {
-            j += 1;
-        }
-        Some((&self.bytes[from..end_of(j - 1)], j - i, self.starts[j - 1].0))
+        let &(last, _) = self.starts.last()?;
+        Some((&self.bytes[from..], self.starts.len() - i, last))
     }
 }
 
@@ -147,22 +143,14 @@ mod tests {
             let position = Position { epoch: 1, seq };
             run.push(&FeedMessage { topic: "t", payload: b"1", kind: PayloadKind::Text, position, prev: 0 });
         }
-        assert!(run.after(8, 1 << 20).is_none());
-        let one = run.after(6, 1 << 20).unwrap().0.len();
-        for (since, max, want) in [
-            (0, 1 << 20, vec![3, 5, 8]),
-            (3, 1 << 20, vec![5, 8]),
-            (6, 1 << 20, vec![8]),
-            (0, 1, vec![3]),
-            (0, one, vec![3]),
-            (0, 2 * one + 1, vec![3, 5]),
-        ] {
-            let (bytes, n, last) = run.after(since, max).unwrap();
+        assert!(run.after(8).is_none());
+        for (since, want) in [(0, vec![3, 5, 8]), (3, vec![5, 8]), (6, vec![8])] {
+            let (bytes, n, last) = run.after(since).unwrap();
             let mut body = PollBody::new();
             body.encoded(bytes, n);
             let v: serde_json::Value = serde_json::from_slice(&body.finish(Position { epoch: 1, seq: last })).unwrap();
             let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-            assert_eq!(seqs, want, "since {since}, max {max}");
+            assert_eq!(seqs, want, "since {since}");
             assert_eq!(v["next"], format!("1:{}", want.last().unwrap()));
         }
     }

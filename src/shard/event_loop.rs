@@ -284,8 +284,7 @@ impl<R: Reactor> Shard<R> {
             if !conn.held_poll || conn.phase != Phase::Open {
                 return false;
             }
-            // The whole suffix: with no history kept, what an answer leaves out could not be served later.
-            let Some((messages, n, last)) = run.after(h.since_seq, usize::MAX) else {
+            let Some((messages, n, last)) = run.after(h.since_seq) else {
                 return true; // still waiting
             };
             let mut body = PollBody::new();
