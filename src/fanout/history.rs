@@ -57,18 +57,40 @@ pub struct History {
     bytes: u64,
     /// `seq` of the topic's last message, retained or not (0: none yet).
     last_seq: u64,
+    /// Every message of the topic with a `seq` above this went through this history: what came before is
+    /// unknown here (the topic was made, or made again after it expired, when the feed stood at this `seq`).
+    known_from: u64,
     limits: HistoryLimits,
 }
 
 impl History {
+    /// A history that has seen every message of its topic.
     pub fn new(limits: HistoryLimits) -> Self {
-        History { entries: VecDeque::new(), bytes: 0, last_seq: 0, limits }
+        Self::known_from(limits, 0, 0)
+    }
+
+    /// A history that knows nothing of the topic's messages up to feed position `known_from`, and whose topic's
+    /// last message so far is `last_seq` (0: none).
+    pub fn known_from(limits: HistoryLimits, known_from: u64, last_seq: u64) -> Self {
+        History { entries: VecDeque::new(), bytes: 0, last_seq, known_from, limits }
+    }
+
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
+    }
+
+    pub fn known_from_seq(&self) -> u64 {
+        self.known_from
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.iter()
     }
 
     /// Records the topic's next message, then evicts what the bounds no longer allow (age counted from `now`).
     pub fn push(&mut self, entry: Entry, now: Instant) {
-        debug_assert!(entry.seq > self.last_seq, "seq must increase");
-        self.last_seq = entry.seq;
+        debug_assert!(entry.seq > self.last_seq || self.entries.is_empty(), "seq must increase");
+        self.last_seq = self.last_seq.max(entry.seq);
         self.bytes += u64::from(entry.len);
         self.entries.push_back(entry);
         self.evict(now);
@@ -111,6 +133,11 @@ impl History {
         self.last_seq
     }
 
+    /// Records that the topic's last message is `seq` (at least), retained or not.
+    pub fn note_last_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -129,14 +156,14 @@ impl History {
         if since_seq > last_feed_seq {
             return Resume::Ahead;
         }
-        if self.last_seq <= since_seq {
-            return Resume::From { at: head }; // nothing of this topic since then
-        }
         let Some(oldest) = self.oldest() else {
-            // Messages came after `since_seq` and none is retained.
-            return Resume::Gap { from_seq: since_seq, to_seq: self.last_seq, at: head };
+            if since_seq >= self.last_seq && since_seq >= self.known_from {
+                return Resume::From { at: head }; // nothing of this topic since then
+            }
+            // Messages came after `since_seq` and none is retained, or what came is unknown here.
+            return Resume::Gap { from_seq: since_seq, to_seq: self.last_seq.max(last_feed_seq), at: head };
         };
-        if oldest.prev > since_seq {
+        if oldest.prev > since_seq || (oldest.prev == 0 && since_seq < self.known_from) {
             return Resume::Gap { from_seq: since_seq, to_seq: oldest.seq, at: oldest.at };
         }
         // The first retained message after `since_seq`.

@@ -115,6 +115,14 @@ impl FrameLog {
         }
     }
 
+    /// The `len` bytes at `at`, when they lie within one retained chunk (a frame always does).
+    pub fn bytes_at(&self, at: Cursor, len: usize) -> Option<&[u8]> {
+        match self.locate(at) {
+            Located::At { index, offset } => self.chunks[index].get(offset..offset + len),
+            _ => None,
+        }
+    }
+
     /// Drops every chunk that ends at or before `keep_from`.
     pub fn trim_to(&mut self, keep_from: Cursor) {
         while let Some(&start) = self.starts.front() {

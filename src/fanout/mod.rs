@@ -12,6 +12,7 @@ mod pins;
 mod retention;
 mod stream;
 mod subscribers;
+mod topics;
 
 pub use gather::{advance, plan, Plan, Trimmed, MAX_PARTS};
 pub use history::{Entry, History, HistoryLimits, Resume};
@@ -20,3 +21,4 @@ pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
 pub use stream::{Stream, StreamId};
 pub use subscribers::Subscribers;
+pub use topics::{Encoding, TableFull, Topic, TopicId, TopicLimits, TopicLog, Topics, ENCODINGS};
