@@ -129,6 +129,21 @@ pub struct Config {
     pub poll_timeout: Duration,
     /// Long-poll: most requests held at once per loop thread; more get `503`.
     pub poll_max_held: usize,
+    /// History per topic and encoding, on each loop thread: the last this many messages...
+    pub history_messages: usize,
+    /// ... no older than this ...
+    #[serde(with = "millis")]
+    pub history_age: Duration,
+    /// ... and at most this many bytes. 0 messages or bytes: no history (resume always reports a gap).
+    pub history_bytes: u64,
+    /// Most history bytes over every topic of one loop thread (oldest evicted first).
+    pub history_total_bytes: u64,
+    /// Most subscriptions (topics and patterns as written) of one connection.
+    pub max_subscriptions: usize,
+    /// Topics clients may subscribe to, as topics or prefix patterns (`BTC-*`); empty = any.
+    pub allowed_topics: Vec<String>,
+    /// A WebSocket client that subscribes to nothing receives nothing (otherwise: every topic).
+    pub require_subscription: bool,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -180,6 +195,13 @@ impl Default for Config {
             sse_heartbeat: Duration::from_secs(15),
             poll_timeout: Duration::from_secs(25),
             poll_max_held: 4096,
+            history_messages: 1000,
+            history_age: Duration::from_secs(300),
+            history_bytes: 1 << 20,
+            history_total_bytes: 64 << 20,
+            max_subscriptions: 1024,
+            allowed_topics: Vec::new(),
+            require_subscription: false,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -350,6 +372,12 @@ impl Config {
         }
         if let Err(e) = crate::upstream::topic::check(self.default_topic.as_bytes()) {
             return Err(ConfigError::Invalid(format!("default_topic {:?}: {e}", self.default_topic)));
+        }
+        if self.max_subscriptions == 0 || self.max_subscriptions > 65536 {
+            return bad("max_subscriptions must be in 1..=65536");
+        }
+        if let Some(bad_pattern) = self.allowed_topics.iter().find(|p| crate::client::Pattern::parse(p).is_err()) {
+            return Err(ConfigError::Invalid(format!("allowed_topics: {bad_pattern:?} is not a topic or pattern")));
         }
         if self.sse_heartbeat < Duration::from_millis(10) || self.poll_timeout < Duration::from_millis(10) {
             return bad("sse_heartbeat and poll_timeout must be at least 10 ms");

@@ -359,8 +359,10 @@ fn fragmented_message_over_one_mib_is_1009() {
     ws.expect_close(1009, "two fragments of 600 KiB");
 }
 
+/// Without `--echo`, client messages are control messages: data that is not one gets an `error` reply (never an
+/// echo, never a close), and frames are still validated.
 #[test]
-fn data_is_discarded_without_echo() {
+fn data_without_echo_is_read_as_control_messages() {
     let gw = Gateway::start(&[]);
     let mut ws = RawWs::connect(gw.ws_addr);
     ws.send(OP_TEXT, b"ignored");
@@ -368,7 +370,13 @@ fn data_is_discarded_without_echo() {
     ws.send_frame(false, OP_TEXT, b"frag");
     ws.send_frame(true, OP_CONT, b"mented");
     ws.send(OP_PING, b"marker");
-    // The pong is the first thing back: nothing was echoed before it.
+    for what in ["text", "binary", "fragmented text"] {
+        let f = ws.read_frame();
+        let reply = String::from_utf8_lossy(&f.payload).into_owned();
+        assert_eq!(f.opcode, OP_TEXT, "{what}: {f:?}");
+        assert!(reply.starts_with(r#"{"wsgate":"error","code":"bad_json""#), "{what}: {reply}");
+    }
+    // Then the pong: nothing was echoed.
     let f = ws.read_frame();
     assert_eq!((f.opcode, f.payload.as_slice()), (OP_PONG, &b"marker"[..]), "{f:?}");
     // Invalid UTF-8 is still validated when not echoed.

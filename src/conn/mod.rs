@@ -6,9 +6,11 @@
 
 mod pool;
 mod slab;
+mod subs;
 
 pub use pool::BufPool;
 pub use slab::{ConnKey, GenSlab};
+pub use subs::{Sub, TopicSubs, PINNED};
 
 use std::net::TcpStream;
 
@@ -86,10 +88,15 @@ pub struct Conn {
     pub log_released: bool,
     /// The send in flight was cancelled because the connection fell too far behind (io_uring).
     pub lag_cancel_sent: bool,
-    /// The broadcast chunk a closing connection is in the middle of (rare: boxed to keep `Conn` small).
-    /// INVARIANT: `Some` ⇒ `log_released`, and `cursor` lies inside the pinned chunk; its bytes are counted in
-    /// the loop's `pinned_bytes`.
+    /// The broadcast chunk a connection stopped reading in the middle of: a closing one, or one that left the
+    /// whole-feed stream for topic subscriptions (rare: boxed to keep `Conn` small).
+    /// INVARIANT: `Some` ⇒ `cursor` lies inside the pinned chunk, and the connection reads no other broadcast
+    /// bytes before the pinned ones; its bytes are counted in the loop's `pinned_bytes`.
     pub pinned: Option<Box<Pinned>>,
+    /// Topic subscriptions: `Some` once the connection subscribed (it then reads no whole-feed stream).
+    pub topics: Option<Box<TopicSubs>>,
+    /// Control messages of this connection waiting in the loop's queue.
+    pub pending_controls: u8,
 }
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
@@ -126,6 +133,8 @@ impl Conn {
             log_released: false,
             lag_cancel_sent: false,
             pinned: None,
+            topics: None,
+            pending_controls: 0,
         }
     }
 
@@ -148,8 +157,8 @@ impl Conn {
         self.sub_index != NOT_SUBSCRIBED
     }
 
-    /// Reads the broadcast log: subscribed, and not (yet) let go of it while closing.
+    /// Reads broadcast logs (the whole-feed stream, or its topics), and has not let go of them while closing.
     pub fn reads_log(&self) -> bool {
-        self.is_subscribed() && !self.log_released
+        (self.is_subscribed() || self.topics.is_some()) && !self.log_released
     }
 }

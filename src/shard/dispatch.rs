@@ -10,6 +10,7 @@ use super::input::{self, kill, InputCx};
 use super::output;
 use super::stats::ShardStats;
 use super::timers::DeadlineQueue;
+use super::topic_output;
 use crate::conn::{Conn, ConnKey, GenSlab, Phase};
 use crate::reactor::{self, Event, Handler};
 
@@ -77,13 +78,9 @@ impl Handler for Dispatch<'_> {
                 let cancelled_by_us = std::mem::take(&mut conn.lag_cancel_sent);
                 match result {
                     _ if conn.phase == Phase::Dead => self.cx.pool.give(&mut private),
-                    Ok(written) => {
-                        let log = &self.cx.streams[usize::from(conn.stream_id)].log;
-                        output::on_sent(conn, log, self.cx.pool, written, private, private_from)
-                    }
+                    Ok(written) => sent(conn, &mut self.cx, written, private, private_from),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || (cancelled_by_us && is_cancel(&e)) => {
-                        let log = &self.cx.streams[usize::from(conn.stream_id)].log;
-                        output::on_sent(conn, log, self.cx.pool, 0, private, private_from)
+                        sent(conn, &mut self.cx, 0, private, private_from)
                     }
                     Err(e) => {
                         tracing::debug!(?key, error = %e, "send failed");
@@ -97,11 +94,13 @@ impl Handler for Dispatch<'_> {
                 // (Flushing those here instead would keep them in flight during every fan-out, for good.)
                 if conn.phase == Phase::Closing && conn.reads_log() {
                     // It closed while this send was in flight: now it can let go of the log.
-                    let log = &self.cx.streams[usize::from(conn.stream_id)].log;
-                    input::release_log(conn, key, log, self.cx.pins, self.cx.stats, self.cx.dead);
+                    let cx = &mut self.cx;
+                    input::release_log(conn, key, cx.streams, cx.topics, cx.pins, cx.stats, cx.dead);
                 }
                 if conn.phase != Phase::Dead {
-                    if conn.phase != Phase::Open || !conn.private_pending().is_empty() {
+                    let topic_news =
+                        conn.topics.as_deref().is_some_and(|subs| topic_output::has_pending(self.cx.topics, subs));
+                    if conn.phase != Phase::Open || !conn.private_pending().is_empty() || topic_news {
                         input::mark_dirty(conn, key, self.cx.dirty);
                     } else if conn.is_subscribed()
                         && conn.cursor < self.cx.streams[usize::from(conn.stream_id)].fanned_out_to
@@ -130,6 +129,16 @@ fn op_ended(conn: &mut Conn, key: ConnKey, dead: &mut Vec<ConnKey>) {
     conn.inflight -= 1;
     if conn.inflight == 0 && conn.phase == Phase::Dead && conn.cancel_sent {
         dead.push(key);
+    }
+}
+
+/// Applies a completed send by what it carried: a topic connection's parts, or its whole-feed stream.
+fn sent(conn: &mut Conn, cx: &mut InputCx<'_>, written: usize, private: Vec<u8>, private_from: usize) {
+    if conn.topics.is_some() {
+        topic_output::on_sent(conn, cx.pool, written, private, private_from);
+    } else {
+        let log = &cx.streams[usize::from(conn.stream_id)].log;
+        output::on_sent(conn, log, cx.pool, written, private, private_from);
     }
 }
 

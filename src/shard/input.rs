@@ -1,14 +1,16 @@
 //! What a connection's incoming bytes do: the HTTP request head (upgrade, `/healthz`, refusals), then frames.
 //! All protocol decisions come from `proto`; this file only applies them to the connection's state.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
-use crate::client::{encode, sse, Format, Position};
+use crate::client::control::{self, Control, ControlError, ErrorCode};
+use crate::client::{encode, sse, Format, Pattern, Position};
 use crate::conn::{BufPool, Conn, ConnKey, Phase};
-use crate::fanout::{FrameLog, Pins, Stream, StreamId};
+use crate::fanout::{Pins, Stream, StreamId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
 use crate::proto::session::{encode_close_frame_into, Event, MessageKind};
@@ -21,6 +23,10 @@ pub struct InputCx<'a> {
     pub pool: &'a mut BufPool,
     /// The loop's streams, by [`StreamId`] (see [`stream_for`]).
     pub streams: &'a mut [Stream],
+    /// The loop's topics (a topic connection that closes lets go of their logs).
+    pub topics: &'a Topics,
+    /// Control messages waiting to be applied (after the wait, where every connection can be reached).
+    pub controls: &'a mut VecDeque<(ConnKey, Control)>,
     /// The feed's epoch and the last `seq` this loop has taken from the feed: where a new subscriber starts.
     pub position: Position,
     /// Long-poll requests waiting for a message, and their deadlines.
@@ -112,6 +118,18 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
                         MessageKind::Binary => OpCode::Binary,
                     };
                     encode_frame_into(private(&mut conn.outbuf, cx.pool), op, payload);
+                } else if kind == MessageKind::Binary {
+                    let e = ControlError {
+                        id: None,
+                        code: ErrorCode::BadJson,
+                        message: "control messages are JSON text messages, not binary".into(),
+                    };
+                    reply_error(conn, key, &e, cx);
+                } else {
+                    match control::parse(payload, cx.settings.max_subscriptions) {
+                        Ok(request) => queue_control(conn, key, request, cx),
+                        Err(e) => reply_error(conn, key, &e, cx),
+                    }
                 }
             }
             Event::Ping(payload) => encode_frame_into(private(&mut conn.outbuf, cx.pool), OpCode::Pong, payload),
@@ -137,15 +155,38 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
 
 fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
     match head.path_only() {
-        "/ws" => match handshake::accept_upgrade(head, &cx.settings.handshake) {
-            Ok(accepted) => {
-                private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
-                conn.upgraded = true;
-                let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
-                subscribe(conn, key, stream, cx);
+        "/ws" => {
+            // Subscriptions at connect are checked before upgrading: a bad one is a 400.
+            let at_connect = match subscription_at_connect(head, cx.settings) {
+                Ok(request) => request,
+                Err(rejection) => return refuse(conn, key, &rejection, cx),
+            };
+            match handshake::accept_upgrade(head, &cx.settings.handshake) {
+                Ok(accepted) => {
+                    private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
+                    conn.upgraded = true;
+                    let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
+                    match at_connect {
+                        Some(request) => {
+                            // Its topics are subscribed once the request is applied, right after this wait: it
+                            // reads no whole-feed stream meanwhile.
+                            conn.phase = Phase::Open;
+                            conn.stream_id = stream;
+                            ShardStats::add(&cx.stats.upgraded, 1);
+                            queue_control(conn, key, request, cx);
+                        }
+                        None if cx.settings.require_subscription => {
+                            conn.phase = Phase::Open;
+                            conn.stream_id = stream;
+                            ShardStats::add(&cx.stats.upgraded, 1);
+                            mark_dirty(conn, key, cx.dirty);
+                        }
+                        None => subscribe(conn, key, stream, cx),
+                    }
+                }
+                Err(rejection) => refuse(conn, key, &rejection, cx),
             }
-            Err(rejection) => refuse(conn, key, &rejection, cx),
-        },
+        }
         "/sse" if head.method == "GET" => start_sse(conn, key, head, cx),
         "/sse" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         "/poll" if head.method == "GET" => start_poll(conn, key, head, cx),
@@ -327,8 +368,7 @@ fn start_closing(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     conn.phase = Phase::Closing;
     conn.close_queued = true;
     if !conn.send_in_flight {
-        let log = &cx.streams[usize::from(conn.stream_id)].log;
-        release_log(conn, key, log, cx.pins, cx.stats, cx.dead);
+        release_log(conn, key, cx.streams, cx.topics, cx.pins, cx.stats, cx.dead);
     }
     cx.linger.push(std::time::Instant::now(), key);
     mark_dirty(conn, key, cx.dirty);
@@ -342,7 +382,8 @@ fn start_closing(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
 pub fn release_log(
     conn: &mut Conn,
     key: ConnKey,
-    log: &FrameLog,
+    streams: &[Stream],
+    topics: &Topics,
     pins: &mut Pins,
     stats: &ShardStats,
     dead: &mut Vec<ConnKey>,
@@ -352,11 +393,28 @@ pub fn release_log(
         return;
     }
     conn.log_released = true;
-    if conn.phase == Phase::Dead {
-        return; // it writes nothing more
+    if conn.phase == Phase::Dead || conn.pinned.is_some() {
+        return; // it writes nothing more, or already has the one chunk it may need
     }
-    match pins.pin(log, conn.cursor) {
-        Ok(Some(pin)) => conn.pinned = Some(Box::new(pin)),
+    // The one log a frame may be in the middle of: the whole-feed stream's, or the topic a short write stopped in.
+    let (log, cursor) = match conn.topics.as_deref() {
+        None => (&streams[usize::from(conn.stream_id)].log, conn.cursor),
+        Some(subs) => {
+            let partial = subs.partial.and_then(|t| {
+                let log = &topics.get(t)?.log(subs.encoding)?.log;
+                Some((log, subs.subs[subs.find(t)?].cursor))
+            });
+            match partial {
+                Some(found) => found,
+                None => return,
+            }
+        }
+    };
+    match pins.pin(log, cursor) {
+        Ok(Some(pin)) => {
+            conn.pinned = Some(Box::new(pin));
+            conn.cursor = cursor;
+        }
         Ok(None) => {}
         Err(_) => {
             ShardStats::add(&stats.closing_cut, 1);
@@ -380,6 +438,64 @@ pub fn unpin_if_written(conn: &mut Conn, pins: &mut Pins, stats: &ShardStats) {
     if !conn.send_in_flight && conn.pinned.as_ref().is_some_and(|pin| conn.cursor >= pin.end()) {
         unpin(conn, pins, stats);
     }
+}
+
+/// Most control messages of one connection waiting to be applied; more get `rate_limited`.
+pub const MAX_PENDING_CONTROLS: u8 = 16;
+
+/// Queues a parsed control message for the loop to apply (it needs other connections and the topics).
+fn queue_control(conn: &mut Conn, key: ConnKey, request: Control, cx: &mut InputCx<'_>) {
+    if conn.pending_controls >= MAX_PENDING_CONTROLS {
+        let e = ControlError {
+            id: request.id().map(str::to_string),
+            code: ErrorCode::RateLimited,
+            message: format!("more than {MAX_PENDING_CONTROLS} requests waiting: wait for the replies"),
+        };
+        return reply_error(conn, key, &e, cx);
+    }
+    conn.pending_controls += 1;
+    cx.controls.push_back((key, request));
+}
+
+/// Queues an `error` reply (a JSON text frame) for `conn`.
+pub fn reply_error(conn: &mut Conn, key: ConnKey, e: &ControlError, cx: &mut InputCx<'_>) {
+    let mut json = Vec::new();
+    encode::error(e.id.as_deref(), e.code.as_str(), &e.message, &mut json);
+    encode_frame_into(private(&mut conn.outbuf, cx.pool), OpCode::Text, &json);
+    mark_dirty(conn, key, cx.dirty);
+}
+
+/// `/ws?topics=A,B-*[&since=E:S][&snapshot=true]`: the subscription a client asks for at connect, as a
+/// `subscribe` request (no id); `None` without `topics=`.
+fn subscription_at_connect(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Control>, Rejection> {
+    let Some(topics) = crate::client::query::param(&head.path, "topics") else {
+        return Ok(None);
+    };
+    let topics = topics.map_err(|()| bad_request("bad topics=: malformed percent escape"))?;
+    let mut patterns: Vec<Pattern> = Vec::new();
+    for name in topics.split(',').filter(|t| !t.is_empty()) {
+        let pattern = Pattern::parse(name).map_err(|_| bad_request("bad topics=: a topic or pattern is not valid"))?;
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    if patterns.is_empty() {
+        return Err(bad_request("bad topics=: no topic given"));
+    }
+    if patterns.len() > settings.max_subscriptions {
+        return Err(bad_request("bad topics=: more topics than max_subscriptions"));
+    }
+    let since = match crate::client::query::param(&head.path, "since") {
+        None => None,
+        Some(Ok(s)) => Some(s.parse::<Position>().map_err(|_| bad_request("bad since: a position is EPOCH:SEQ"))?),
+        Some(Err(())) => return Err(bad_request("bad since: a position is EPOCH:SEQ")),
+    };
+    let snapshot = match crate::client::query::param(&head.path, "snapshot").as_ref().map(|r| r.as_deref()) {
+        None | Some(Ok("false" | "0")) => false,
+        Some(Ok("true" | "1" | "")) => true,
+        Some(_) => return Err(bad_request("bad snapshot: true or false")),
+    };
+    Ok(Some(Control::Subscribe { id: None, patterns, since, snapshot }))
 }
 
 /// The live-ticker page (`GET /`): static, in the binary; it uses the browser's WebSocket and EventSource.

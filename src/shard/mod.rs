@@ -13,6 +13,7 @@ mod memory;
 mod output;
 mod stats;
 mod timers;
+mod topic_output;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,8 +27,9 @@ use std::sync::mpsc;
 pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
 pub use stats::{ShardStats, Shared};
 
+use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
-use crate::fanout::Retention;
+use crate::fanout::{HistoryLimits, Retention, TopicLimits};
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
 use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
@@ -50,6 +52,12 @@ pub struct Settings {
     pub poll_max_held: usize,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Topics, history and subscriptions.
+    pub topics: TopicLimits,
+    pub max_subscriptions: usize,
+    /// Empty: any topic.
+    pub allowed_topics: Vec<Pattern>,
+    pub require_subscription: bool,
 }
 
 impl Settings {
@@ -80,6 +88,19 @@ impl Settings {
             poll_max_held: cfg.poll_max_held,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
+            topics: TopicLimits {
+                max_topics: cfg.max_topics,
+                idle: cfg.topic_idle_expiry,
+                history: HistoryLimits {
+                    max_messages: cfg.history_messages,
+                    max_age: cfg.history_age,
+                    max_bytes: cfg.history_bytes,
+                },
+                total_bytes: cfg.history_total_bytes,
+            },
+            max_subscriptions: cfg.max_subscriptions,
+            allowed_topics: cfg.allowed_topics.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
+            require_subscription: cfg.require_subscription,
         }
     }
 }

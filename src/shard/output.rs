@@ -81,11 +81,10 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
         // Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
         match unsafe { io.send(key, fd, out) } {
             Sending::Done(Ok(written)) => advance(conn, head_len, private_len, written),
-            Sending::Done(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
-            Sending::Done(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Sending::Done(Err(e)) => {
-                tracing::debug!(error = %e, "write failed");
-                return Flushed::Failed;
+                if let Some(outcome) = send_failed(&e) {
+                    return outcome;
+                }
             }
             Sending::InFlight(token) => {
                 conn.send_token = token;
@@ -108,7 +107,7 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
 /// Applies a completed send (io_uring): moves the cursor over the broadcast bytes written and puts back the
 /// private bytes that were not. The connection must then be flushed again (more may be pending, or its close
 /// may be complete).
-pub fn on_sent(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool, written: usize, mut private: Vec<u8>, from: usize) {
+pub fn on_sent(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool, written: usize, private: Vec<u8>, from: usize) {
     // The cursor has not moved since the send started, so the chunk under it is the same one.
     let head_len = match &conn.pinned {
         Some(pin) => pin.rest(conn.cursor).len(),
@@ -121,9 +120,26 @@ pub fn on_sent(conn: &mut Conn, log: &FrameLog, pool: &mut BufPool, written: usi
     let k = written.min(head_len);
     let p = (written - k).min(private_len);
     conn.cursor += (written - p) as u64;
-    if p < private_len {
-        // A short send: what is left of the old private bytes goes before anything queued since.
-        private.drain(..from + p);
+    return_private(conn, pool, private, from, p);
+}
+
+/// What a failed send means for the flush: `None` to try again at once (interrupted).
+pub fn send_failed(e: &io::Error) -> Option<Flushed> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Some(Flushed::Blocked),
+        io::ErrorKind::Interrupted => None,
+        _ => {
+            tracing::debug!(error = %e, "write failed");
+            Some(Flushed::Failed)
+        }
+    }
+}
+
+/// After a completed send of `private[from..]`, of which `written` bytes went out: a short send's rest goes back
+/// before anything queued since; otherwise the buffer returns to the pool.
+pub fn return_private(conn: &mut Conn, pool: &mut BufPool, mut private: Vec<u8>, from: usize, written: usize) {
+    if written < private.len() - from {
+        private.drain(..from + written);
         private.extend_from_slice(&conn.outbuf[conn.out_pos..]);
         pool.give(&mut conn.outbuf);
         conn.outbuf = private;

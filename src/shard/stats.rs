@@ -33,6 +33,11 @@ pub struct ShardStats {
     pub feed_queue_closed: AtomicBool,
     /// Bytes of the broadcast log this thread retains (set after each trim).
     pub log_bytes: AtomicU64,
+    /// Bytes of topic logs this thread retains (history and what subscribers have yet to receive), the history
+    /// part of it, and its topics (set after each trim).
+    pub topic_log_bytes: AtomicU64,
+    pub history_bytes: AtomicU64,
+    pub loop_topics: AtomicU64,
     /// Bytes of broadcast batches kept by closing connections for the rest of a frame (see `conn::Pinned`).
     pub pinned_bytes: AtomicU64,
     /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring), ever.
@@ -95,7 +100,8 @@ impl Shared {
              \"feed_messages\":{published},\"epoch\":{epoch},\"feed_seq\":{feed_seq},\"topics\":{topics},\
              \"topics_expired\":{topics_expired},\"feed_dropped\":{{{dropped}}},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
              \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
-             \"feed_queue_bytes\":{},\"log_bytes\":{},\"pinned_bytes\":{},\
+             \"feed_queue_bytes\":{},\"log_bytes\":{},\"topic_log_bytes\":{},\"history_bytes\":{},\
+             \"loop_topics\":{},\"pinned_bytes\":{},\
              \"rss_bytes\":{},\"heap_live_bytes\":{},\"heap_free_bytes\":{},\
              \"io\":\"{}\",\"io_waits\":{},\"io_midpass_submits\":{},\"io_recv_enobufs\":{},\"io_sends_deferred\":{}}}\n",
             self.total(|s| &s.connections),
@@ -107,6 +113,9 @@ impl Shared {
             self.started.elapsed().as_secs(),
             self.total(|s| &s.feed_queue_bytes),
             self.total(|s| &s.log_bytes),
+            self.total(|s| &s.topic_log_bytes),
+            self.total(|s| &s.history_bytes),
+            self.total(|s| &s.loop_topics),
             self.total(|s| &s.pinned_bytes),
             num(mem.rss),
             num(mem.heap_live),

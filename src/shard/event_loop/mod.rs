@@ -5,6 +5,7 @@
 //! something new → reap the dead → sweep deadlines → trim the broadcast log. Connections are freed only in the
 //! reap phase, so a key stays valid for the whole pass.
 
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -16,14 +17,18 @@ use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
+use super::topic_output;
 use super::Settings;
-use crate::client::encode::FeedMessage;
+use crate::client::control::Control;
+use crate::client::encode::{self, FeedMessage};
 use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
-use crate::fanout::{FrameLog, Holder, Pins, Stream};
+use crate::fanout::{Encoding, FrameLog, Holder, Pins, Stream, TopicId, Topics};
+use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::{self, Reactor};
 use crate::upstream::batch::Records;
+use crate::upstream::PayloadKind;
 
 /// How long a half-closed connection may take to hang up after our final bytes.
 const LINGER: Duration = Duration::from_secs(2);
@@ -43,6 +48,8 @@ macro_rules! input_cx {
             stats: &$shard.shared.shards[$shard.id],
             pool: &mut $shard.pool,
             streams: &mut $shard.streams,
+            topics: &$shard.topics,
+            controls: &mut $shard.controls,
             position: Position { epoch: $shard.epoch, seq: $shard.last_seq },
             held: &mut $shard.held,
             poll_deadlines: &mut $shard.poll_deadlines,
@@ -53,6 +60,11 @@ macro_rules! input_cx {
         }
     };
 }
+
+mod subscriptions;
+
+/// How often idle topics are looked for and every topic log is trimmed (history ages out).
+const TOPIC_SWEEP: Duration = Duration::from_secs(1);
 
 /// Appends what an encoder hands over as one chunk of `log`, and clears it for the next.
 fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>) + '_ {
@@ -71,6 +83,26 @@ pub struct Shard<R: Reactor> {
     streams: Vec<Stream>,
     /// Chunks closing connections keep apart from the logs.
     pins: Pins,
+    /// Topics with their logs, history and subscribers (`fanout::Topics`).
+    topics: Topics,
+    /// Topics that grew during the current pull (their open chunks are sealed at its end).
+    grown: Vec<TopicId>,
+    /// Topics whose new bytes are still to be offered to their subscribers.
+    to_offer: Vec<TopicId>,
+    /// Topics that grew since the last trim.
+    to_trim: Vec<TopicId>,
+    /// Counts pulls: a topic connection flushed at generation `g` has everything pulled up to it.
+    pull_gen: u64,
+    /// Control messages to apply (queued by input handling), and connections to close for lack of room.
+    controls: VecDeque<(ConnKey, Control)>,
+    too_busy: Vec<ConnKey>,
+    /// Connections with prefix patterns (may hold stale entries): a new topic is offered to them.
+    pattern_conns: Vec<ConnKey>,
+    /// When idle topics are next looked for and every topic trimmed.
+    next_topic_sweep: Instant,
+    full_trim: bool,
+    /// When a message for a topic the table has no room for was last logged.
+    table_full_logged: Option<Instant>,
     /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
     refan: bool,
     feed: FeedReceiver,
@@ -120,6 +152,17 @@ impl<R: Reactor> Shard<R> {
             conns: GenSlab::new(),
             streams: (0..input::STREAMS).map(|_| Stream::default()).collect(),
             pins: Pins::new(settings.retention.pull_budget()),
+            topics: Topics::new(settings.topics),
+            grown: Vec::new(),
+            to_offer: Vec::new(),
+            to_trim: Vec::new(),
+            pull_gen: 0,
+            controls: VecDeque::new(),
+            too_busy: Vec::new(),
+            pattern_conns: Vec::new(),
+            next_topic_sweep: Instant::now() + TOPIC_SWEEP,
+            full_trim: false,
+            table_full_logged: None,
             refan: false,
             feed,
             epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
@@ -153,10 +196,12 @@ impl<R: Reactor> Shard<R> {
                 tracing::error!(shard = self.id, error = %e, "waiting for I/O failed: loop thread stops");
                 return;
             }
+            self.apply_controls();
             self.pull_feed();
             self.check_shutdown();
             self.flush_dirty();
             self.fan_out();
+            self.fan_out_topics();
             self.reap_dead();
             self.sweep_deadlines();
             self.trim_log();
@@ -177,7 +222,8 @@ impl<R: Reactor> Shard<R> {
         // Batches still queued (the pull budget left them there) and connections killed after the reap phase (by
         // a deadline) would get no wake-up of their own: the feed already sent its, deadlines have none.
         let pending = self.feed.pending() || !self.dead.is_empty();
-        if !self.dirty.is_empty() || self.refan || self.streams.iter().any(Stream::has_news) || pending {
+        let news = self.streams.iter().any(Stream::has_news) || !self.to_offer.is_empty();
+        if !self.dirty.is_empty() || self.refan || news || pending {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
@@ -187,6 +233,7 @@ impl<R: Reactor> Shard<R> {
             self.poll_deadlines.next_deadline(),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
+            (!self.topics.is_empty()).then_some(self.next_topic_sweep),
             self.accept_paused_until,
             self.shutdown_deadline,
             grace,
@@ -258,6 +305,7 @@ impl<R: Reactor> Shard<R> {
                 let chunk = chunk_into(&mut sse.log);
                 feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames, chunk);
             }
+            self.append_to_topics(&batch);
             if !self.held.is_empty() {
                 self.answer_held(&batch);
             }
@@ -265,6 +313,136 @@ impl<R: Reactor> Shard<R> {
         if messages > 0 {
             ShardStats::add(&self.shared.shards[self.id].feed_messages, messages);
         }
+    }
+
+    /// Appends every message of `batch` to its topic's logs (each encoding in use, encoded once), then seals
+    /// each grown topic's new frames into one chunk per log and queues the topic to be offered.
+    fn append_to_topics(&mut self, batch: &feed_queue::Batch) {
+        self.pull_gen += 1;
+        let now = Instant::now();
+        for msg in Records::new(&batch.records) {
+            let (topic, made) = match self.topics.get_or_make(msg.topic, now) {
+                Ok(found) => found,
+                Err(_) => {
+                    // Its subscribers (none on this loop: a subscribed topic is never forgotten) lose nothing;
+                    // a topic made later must not claim to know what came before.
+                    self.topics.forget_up_to(msg.stamp.seq);
+                    if self.table_full_logged.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+                        self.table_full_logged = Some(now);
+                        tracing::warn!(
+                            shard = self.id,
+                            topic = msg.topic,
+                            "topic table full: message kept out of topic logs"
+                        );
+                    }
+                    continue;
+                }
+            };
+            if made {
+                self.join_patterns(topic);
+            }
+            let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
+            let m =
+                FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
+            let envelope = &mut self.envelope;
+            let mut encoded = false;
+            self.topics.append(topic, msg.stamp.seq, msg.stamp.prev, now, |encoding, out| {
+                if encoding != Encoding::Raw && !encoded {
+                    envelope.clear();
+                    encode::envelope(&m, envelope);
+                    encoded = true;
+                }
+                match encoding {
+                    Encoding::Raw => {
+                        let op = if m.kind == PayloadKind::Binary { OpCode::Binary } else { OpCode::Text };
+                        encode_frame_into(out, op, m.payload);
+                    }
+                    Encoding::Json => encode_frame_into(out, OpCode::Text, envelope),
+                    Encoding::Sse => sse::event(Some(position), None, envelope, out),
+                }
+            });
+            if let Some(t) = self.topics.get_mut(topic) {
+                if !t.grown {
+                    t.grown = true;
+                    self.grown.push(topic);
+                }
+            }
+        }
+        for topic in self.grown.drain(..) {
+            let Some(t) = self.topics.get_mut(topic) else { continue };
+            t.grown = false;
+            if !t.trim {
+                t.trim = true;
+                self.to_trim.push(topic);
+            }
+            let mut subscribed = false;
+            for log in t.logs.iter_mut().flatten() {
+                log.seal();
+                if log.subscribers.is_empty() {
+                    // Nobody to offer to: only the history holds the log back (see trim_log).
+                    log.offered = log.log.head();
+                } else {
+                    subscribed = true;
+                }
+            }
+            if subscribed && !t.offer {
+                t.offer = true;
+                self.to_offer.push(topic);
+            }
+        }
+    }
+
+    /// Offers what is new in each grown topic to its subscribers (as [`Shard::fan_out`] does for the whole-feed
+    /// streams; a connection already flushed since the last pull costs one comparison).
+    fn fan_out_topics(&mut self) {
+        let mut list = std::mem::take(&mut self.to_offer);
+        let mut visited = 0;
+        for &topic in &list {
+            let Some(t) = self.topics.get_mut(topic) else { continue };
+            t.offer = false;
+            for encoding in [Encoding::Raw, Encoding::Json, Encoding::Sse] {
+                let Some(log) = self.topics.get_mut(topic).and_then(|t| t.log_mut(encoding)) else { continue };
+                // INVARIANT (relied on by trim_log): once this loop is over, every open subscriber of the log
+                // that is not in the blocked list stands at or after `offered`.
+                let head = log.log.head();
+                let n = log.subscribers.len();
+                for i in 0..n {
+                    visited += 1;
+                    if visited % PULL_EVERY == 0 {
+                        self.pull_feed();
+                    }
+                    let Some(log) = self.topics.get(topic).and_then(|t| t.log(encoding)) else { break };
+                    let Some(&key) = log.subscribers.keys().get(i) else { break };
+                    self.offer_topics(ConnKey(key));
+                }
+                if let Some(log) = self.topics.get_mut(topic).and_then(|t| t.log_mut(encoding)) {
+                    log.offered = head;
+                }
+            }
+        }
+        list.clear();
+        if self.to_offer.is_empty() {
+            self.to_offer = list;
+        }
+    }
+
+    /// Offers topic connection `key` what is new for it.
+    fn offer_topics(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.phase != Phase::Open || conn.log_released {
+            return;
+        }
+        let Some(subs) = conn.topics.as_deref() else { return };
+        if subs.offered_gen == self.pull_gen && !conn.write_blocked {
+            return; // flushed since the last pull: it has everything
+        }
+        if conn.write_blocked {
+            if self.judge_holder(key) {
+                self.hold(key);
+            }
+            return;
+        }
+        self.flush_one(key);
     }
 
     /// Answers every held long-poll request that `batch` has something newer for: the batch's messages after its
@@ -374,8 +552,13 @@ impl<R: Reactor> Shard<R> {
         }
         let stats = &self.shared.shards[self.id];
         input::unpin_if_written(conn, &mut self.pins, stats); // io_uring: the completion that wrote it came since
-        let log = &self.streams[usize::from(conn.stream_id)].log;
-        let flushed = output::flush(conn, key, log, &mut self.pool, &mut self.io);
+        let flushed = if let Some(subs) = conn.topics.as_deref_mut() {
+            subs.offered_gen = self.pull_gen;
+            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut self.io)
+        } else {
+            let log = &self.streams[usize::from(conn.stream_id)].log;
+            output::flush(conn, key, log, &mut self.pool, &mut self.io)
+        };
         input::unpin_if_written(conn, &mut self.pins, stats); // epoll: written just now
         match flushed {
             Flushed::Done => {
@@ -423,16 +606,19 @@ impl<R: Reactor> Shard<R> {
     /// completion comes. Returns whether the connection still holds the log from its cursor on.
     fn judge_holder(&mut self, key: ConnKey) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
-        let log = &self.streams[usize::from(conn.stream_id)].log;
-        let head = log.head();
         let sending = conn.send_in_flight && conn.reads_log();
         if !sending && conn.reads_log() && conn.phase != Phase::Open {
             // Closing (or dead) with nothing in flight: it needs at most the chunk it is in the middle of.
             let stats = &self.shared.shards[self.id];
-            input::release_log(conn, key, log, &mut self.pins, stats, &mut self.dead);
+            input::release_log(conn, key, &self.streams, &self.topics, &mut self.pins, stats, &mut self.dead);
         }
+        // A topic connection's lag is the sum over its subscriptions, judged as one whole-feed cursor would be.
+        let (head, cursor) = match conn.topics.as_deref() {
+            Some(subs) => (topic_output::lag(&self.topics, subs), 0),
+            None => (self.streams[usize::from(conn.stream_id)].log.head(), conn.cursor),
+        };
         let holder = Holder {
-            cursor: conn.cursor,
+            cursor,
             open: conn.phase == Phase::Open,
             sending,
             cancel_sent: conn.lag_cancel_sent || conn.cancel_sent,
@@ -440,18 +626,13 @@ impl<R: Reactor> Shard<R> {
         let verdict = self.settings.retention.judge(holder, head);
         let stats = &self.shared.shards[self.id];
         if verdict.cancel_send {
-            tracing::debug!(
-                shard = self.id,
-                ?key,
-                lag_bytes = head - conn.cursor,
-                "cancelling a send that fell behind"
-            );
+            tracing::debug!(shard = self.id, ?key, lag_bytes = head - cursor, "cancelling a send that fell behind");
             ShardStats::add(&stats.lagging_sends_cancelled, 1);
             conn.lag_cancel_sent = true;
             self.io.cancel(key, conn.stream.as_raw_fd(), false, Some(conn.send_token));
         }
         if verdict.close {
-            tracing::warn!(shard = self.id, ?key, lag_bytes = head - conn.cursor, "slow consumer: closing with 1008");
+            tracing::warn!(shard = self.id, ?key, lag_bytes = head - cursor, "slow consumer: closing with 1008");
             ShardStats::add(&stats.slow_consumers, 1);
             let mut cx = input_cx!(self);
             input::queue_close(conn, key, 1008, "slow consumer: too far behind the feed", &mut cx);
@@ -492,6 +673,9 @@ impl<R: Reactor> Shard<R> {
                         other.sub_index = conn.sub_index;
                     }
                 }
+            }
+            if let Some(subs) = conn.topics.take() {
+                self.drop_topic_subs(key, &subs);
             }
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
@@ -545,6 +729,11 @@ impl<R: Reactor> Shard<R> {
                 sse.log.push(Arc::from(sse::HEARTBEAT));
             }
         }
+        if now >= self.next_topic_sweep {
+            self.next_topic_sweep = now + TOPIC_SWEEP;
+            self.topics.expire_idle(now, None);
+            self.full_trim = true;
+        }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             self.io.accept(true);
@@ -575,13 +764,39 @@ impl<R: Reactor> Shard<R> {
         for stream in &mut self.streams {
             stream.keep_from = stream.fanned_out_to;
         }
+        // Topic logs: those that grew since the last trim (every one at the sweep), from what their history and
+        // the last offer keep.
+        let full = std::mem::take(&mut self.full_trim);
+        let mut to_trim = std::mem::take(&mut self.to_trim);
+        if full {
+            to_trim.clear();
+            to_trim.extend(self.topics.iter().map(|(id, _)| id));
+        }
+        for &id in &to_trim {
+            let Some(topic) = self.topics.get_mut(id) else { continue };
+            for log in topic.logs.iter_mut().flatten() {
+                let history = log.history.oldest().map_or(log.log.head(), |e| e.at);
+                log.keep_from = log.offered.min(history);
+            }
+        }
         let mut blocked = std::mem::take(&mut self.blocked);
         blocked.retain(|&key| {
             let holds = self.judge_holder(key);
             let Some(conn) = self.conns.get_mut(key) else { return false };
             if holds {
-                let stream = &mut self.streams[usize::from(conn.stream_id)];
-                stream.keep_from = stream.keep_from.min(conn.cursor);
+                match conn.topics.as_deref() {
+                    Some(subs) => {
+                        for sub in &subs.subs {
+                            if let Some(log) = self.topics.get_mut(sub.topic).and_then(|t| t.log_mut(subs.encoding)) {
+                                log.keep_from = log.keep_from.min(sub.cursor);
+                            }
+                        }
+                    }
+                    None => {
+                        let stream = &mut self.streams[usize::from(conn.stream_id)];
+                        stream.keep_from = stream.keep_from.min(conn.cursor);
+                    }
+                }
             } else {
                 conn.in_blocked_list = false;
             }
@@ -594,7 +809,24 @@ impl<R: Reactor> Shard<R> {
             stream.log.trim_to(stream.keep_from);
             retained += stream.log.retained_bytes();
         }
-        self.shared.shards[self.id].log_bytes.store(retained, Relaxed);
+        for &id in &to_trim {
+            let Some(topic) = self.topics.get_mut(id) else { continue };
+            topic.trim = false;
+            for log in topic.logs.iter_mut().flatten() {
+                log.log.trim_to(log.keep_from);
+            }
+        }
+        to_trim.clear();
+        self.to_trim = to_trim;
+        let stats = &self.shared.shards[self.id];
+        stats.log_bytes.store(retained, Relaxed);
+        if full {
+            // Over every topic: once per sweep, not per pass.
+            let logs = self.topics.iter().flat_map(|(_, t)| t.logs.iter().flatten());
+            stats.topic_log_bytes.store(logs.map(|l| l.log.retained_bytes()).sum(), Relaxed);
+            stats.history_bytes.store(self.topics.history_bytes(), Relaxed);
+            stats.loop_topics.store(self.topics.len() as u64, Relaxed);
+        }
     }
 
     // ---- shutdown --------------------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+//! Writing a connection that reads topic subscriptions: everything pending for it — the rest of the frame a
+//! short write stopped in (or of its pinned chunk), its private bytes, then what is new in each subscribed
+//! topic's log — leaves in one send per pass, as for a whole-feed connection (`output`). Per topic the bytes go
+//! in log order; across topics there is no order promise (each message carries its topic's `prev`).
+
+use crate::conn::{BufPool, Conn, ConnKey, TopicSubs, PINNED};
+use crate::fanout::{Cursor, Located, TopicId, Topics};
+use crate::reactor::{Outgoing, Reactor, Sending};
+
+use super::output::{send_failed, Flushed};
+
+/// Most slices of any backend's send.
+const MAX_PARTS: usize = 64;
+
+/// Writes (or starts writing) what is pending for topic connection `conn` (see the module docs). Once
+/// `close_queued` is set only the frame in progress is finished.
+pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &mut BufPool, io: &mut R) -> Flushed {
+    use std::os::fd::AsRawFd;
+    debug_assert!(!conn.send_in_flight, "one send per connection at a time");
+    loop {
+        let subs = conn.topics.as_deref_mut().expect("a topic connection");
+        let released = conn.log_released;
+        let mut sources = [0 as TopicId; MAX_PARTS];
+        let mut tail = [&[][..]; MAX_PARTS];
+        let mut tail_len = 0;
+        // The head: the rest of the pinned chunk, or of the chunk a short write stopped in.
+        let (head, head_source): (&[u8], TopicId) = if let Some(pin) = &conn.pinned {
+            (pin.rest(conn.cursor), PINNED)
+        } else if let (Some(t), false) = (subs.partial, released) {
+            match rest_of_chunk(topics, subs, t) {
+                Ok(rest) => (rest, t),
+                Err(()) => return trimmed(key, t),
+            }
+        } else {
+            (&[][..], PINNED)
+        };
+        let private_len = conn.outbuf.len() - conn.out_pos;
+        let room = R::MAX_IOV.min(MAX_PARTS) - usize::from(!head.is_empty()) - usize::from(private_len > 0);
+        if !conn.close_queued && !released && conn.pinned.is_none() {
+            match gather(topics, subs, room, &mut tail, &mut sources) {
+                Ok(n) => tail_len = n,
+                Err(t) => return trimmed(key, t),
+            }
+        }
+        if head.is_empty() && private_len == 0 && tail_len == 0 {
+            conn.out_pos = 0;
+            pool.give(&mut conn.outbuf);
+            return Flushed::Done;
+        }
+        let head_len = head.len();
+        let fd = conn.stream.as_raw_fd();
+        let out = Outgoing { head, private: &mut conn.outbuf, private_from: conn.out_pos, tail: &tail[..tail_len] };
+        let lens: [u32; MAX_PARTS] = std::array::from_fn(|i| if i < tail_len { tail[i].len() as u32 } else { 0 });
+        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of topic logs or the connection's pinned chunk.
+        // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
+        // and the trim phase never drops a chunk at or after a cursor of such a connection (each of its
+        // subscriptions holds its log); subscriptions change only with no send in flight (the loop defers control
+        // messages until the completion), and a pinned chunk is dropped only with no send in flight or when the
+        // connection is freed. The cursors move only when the completion is handled (`on_sent`).
+        match unsafe { io.send(key, fd, out) } {
+            Sending::Done(Ok(written)) => {
+                let parts = sources[..tail_len].iter().copied().zip(lens[..tail_len].iter().copied());
+                let private = advance(conn, (head_source, head_len), private_len, parts, written);
+                conn.out_pos += private;
+                if conn.out_pos == conn.outbuf.len() {
+                    conn.out_pos = 0;
+                    pool.give(&mut conn.outbuf);
+                }
+            }
+            Sending::Done(Err(e)) => {
+                if let Some(outcome) = send_failed(&e) {
+                    return outcome;
+                }
+            }
+            Sending::InFlight(token) => {
+                let subs = conn.topics.as_deref_mut().expect("a topic connection");
+                subs.sent.clear();
+                subs.sent_head = head_len > 0;
+                if head_len > 0 {
+                    subs.sent.push((head_source, head_len as u32));
+                }
+                subs.sent.extend(sources[..tail_len].iter().copied().zip(lens[..tail_len].iter().copied()));
+                conn.send_token = token;
+                conn.out_pos = 0; // the private bytes went with the operation
+                conn.send_in_flight = true;
+                conn.inflight += 1;
+                return Flushed::InFlight;
+            }
+            Sending::Deferred => return Flushed::Deferred,
+        }
+    }
+}
+
+fn trimmed(key: ConnKey, topic: TopicId) -> Flushed {
+    tracing::error!(?key, topic, "topic bytes this connection needs were freed: dropped");
+    Flushed::Failed
+}
+
+/// The rest of the chunk subscription `t`'s cursor stands inside of.
+fn rest_of_chunk<'a>(topics: &'a Topics, subs: &TopicSubs, t: TopicId) -> Result<&'a [u8], ()> {
+    let sub = subs.subs[subs.find(t).ok_or(())?];
+    let log = &topics.get(t).and_then(|topic| topic.log(subs.encoding)).ok_or(())?.log;
+    match log.locate(sub.cursor) {
+        Located::At { index, offset } => Ok(&log.chunk(index)[offset..]),
+        Located::Head => Ok(&[]),
+        Located::Trimmed => Err(()),
+    }
+}
+
+/// Fills `tail` with up to `room` parts: for each subscription in turn (from `rotate`), the rest of its chunk
+/// from its cursor (a frame boundary), then its newer chunks. Returns how many; `Err(topic)` when a cursor fell
+/// out of its log.
+fn gather<'a>(
+    topics: &'a Topics,
+    subs: &mut TopicSubs,
+    room: usize,
+    tail: &mut [&'a [u8]; MAX_PARTS],
+    sources: &mut [TopicId; MAX_PARTS],
+) -> Result<usize, TopicId> {
+    let n = subs.subs.len();
+    let mut len = 0;
+    for i in 0..n {
+        if len >= room {
+            // Out of room: the next send starts with the subscriptions this one did not reach.
+            subs.rotate = (subs.rotate + i) % n.max(1);
+            return Ok(len);
+        }
+        let sub = subs.subs[(subs.rotate + i) % n];
+        let Some(log) = topics.get(sub.topic).and_then(|t| t.log(subs.encoding)) else { continue };
+        let log = &log.log;
+        let mut index = match log.locate(sub.cursor) {
+            Located::Head => continue,
+            Located::Trimmed => return Err(sub.topic),
+            Located::At { index, offset } => {
+                let rest = &log.chunk(index)[offset..];
+                if subs.partial == Some(sub.topic) {
+                    index + 1 // its rest went as the head
+                } else {
+                    tail[len] = rest;
+                    sources[len] = sub.topic;
+                    len += 1;
+                    index + 1
+                }
+            }
+        };
+        while index < log.chunk_count() && len < room {
+            tail[len] = log.chunk(index);
+            sources[len] = sub.topic;
+            len += 1;
+            index += 1;
+        }
+    }
+    Ok(len)
+}
+
+/// Moves the cursors over `written` bytes of `[head][private_len private][tail parts]`; returns how many private
+/// bytes went. A part cut short leaves its source `partial` (inside a frame, perhaps).
+fn advance(
+    conn: &mut Conn,
+    head: (TopicId, usize),
+    private_len: usize,
+    tail: impl Iterator<Item = (TopicId, u32)>,
+    mut written: usize,
+) -> usize {
+    let (head_source, head_len) = head;
+    let k = written.min(head_len);
+    move_cursor(conn, head_source, k);
+    written -= k;
+    let subs = conn.topics.as_deref_mut().expect("a topic connection");
+    if k < head_len {
+        return 0; // still inside the same chunk: `partial` (or the pin) stays
+    }
+    if head_source != PINNED {
+        subs.partial = None;
+    }
+    let private = written.min(private_len);
+    written -= private;
+    if private < private_len {
+        return private;
+    }
+    for (source, len) in tail {
+        let len = len as usize;
+        let k = written.min(len);
+        move_cursor(conn, source, k);
+        written -= k;
+        if k < len {
+            if k > 0 {
+                conn.topics.as_deref_mut().expect("a topic connection").partial = Some(source);
+            }
+            break;
+        }
+    }
+    private
+}
+
+fn move_cursor(conn: &mut Conn, source: TopicId, by: usize) {
+    if by == 0 {
+        return;
+    }
+    if source == PINNED {
+        conn.cursor += by as Cursor;
+    } else if let Some(sub) = conn.topics.as_deref_mut().and_then(|s| s.find_mut(source)) {
+        sub.cursor += by as Cursor;
+    }
+}
+
+/// Applies a completed send (io_uring) by the parts it carried: moves the cursors over the broadcast bytes
+/// written and puts back the private bytes that were not (as `output::on_sent`).
+pub fn on_sent(conn: &mut Conn, pool: &mut BufPool, written: usize, private: Vec<u8>, from: usize) {
+    let subs = conn.topics.as_deref_mut().expect("a topic connection");
+    let mut sent = std::mem::take(&mut subs.sent);
+    let (head, tail) = if subs.sent_head && !sent.is_empty() {
+        let (s, l) = sent[0];
+        ((s, l as usize), &sent[1..])
+    } else {
+        ((PINNED, 0), &sent[..])
+    };
+    let private_len = private.len() - from;
+    let p = advance(conn, head, private_len, tail.iter().copied(), written);
+    sent.clear();
+    if let Some(subs) = conn.topics.as_deref_mut() {
+        subs.sent = sent;
+    }
+    super::output::return_private(conn, pool, private, from, p);
+}
+
+/// Bytes topic connection `subs` is behind over all its subscriptions (its lag, judged like a whole-feed
+/// connection's against `max_lag_bytes`).
+pub fn lag(topics: &Topics, subs: &TopicSubs) -> u64 {
+    subs.subs
+        .iter()
+        .filter_map(|s| Some(topics.get(s.topic)?.log(subs.encoding)?.log.head().saturating_sub(s.cursor)))
+        .sum()
+}
+
+/// Whether anything is pending for `subs` in its logs.
+pub fn has_pending(topics: &Topics, subs: &TopicSubs) -> bool {
+    subs.subs
+        .iter()
+        .any(|s| topics.get(s.topic).and_then(|t| t.log(subs.encoding)).is_some_and(|l| s.cursor < l.log.head()))
+}
