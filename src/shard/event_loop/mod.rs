@@ -813,7 +813,7 @@ impl<R: Reactor> Shard<R> {
             let Some(topic) = self.topics.get_mut(id) else { continue };
             topic.trim = false;
             for log in topic.logs.iter_mut().flatten() {
-                log.log.trim_to(log.keep_from);
+                log.trim(log.keep_from);
             }
         }
         to_trim.clear();
