@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::poll_history;
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
@@ -323,15 +324,6 @@ fn bad_request(reason: &'static str) -> Rejection {
     Rejection { status: 400, reason }
 }
 
-/// `topics=` is not served yet on `/sse` and `/poll`: only every topic (no parameter, or `*`).
-fn every_topic(head: &handshake::RequestHead) -> Result<(), Rejection> {
-    match crate::client::query::param(&head.path, "topics") {
-        None => Ok(()),
-        Some(Ok(t)) if t == "*" => Ok(()),
-        Some(_) => Err(bad_request("topic subscriptions are not served yet: every topic is sent (omit topics=)")),
-    }
-}
-
 /// The `Access-Control-Allow-Origin` value for a plain-HTTP stream or poll: any origin when `allowed_origins` is
 /// empty, the request's origin when it is on the list, none for a request without `Origin`; `403` otherwise.
 fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Result<Option<&'h str>, Rejection> {
@@ -348,16 +340,16 @@ fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Res
 pub struct HeldPoll {
     pub key: ConnKey,
     pub since_seq: u64,
+    /// The topics it asked for; `None`: every topic.
+    pub patterns: Option<Box<[Pattern]>>,
     /// Its `Access-Control-Allow-Origin`, if any.
     pub cors: Option<Box<str>>,
 }
 
-/// `GET /poll[?since=E:S]`: answered at once when the gateway can say something about the position (a gap), else
-/// held until a message newer than it arrives or `poll_timeout` passes (`docs/client-protocol.md`).
+/// `GET /poll[?topics=A,B-*][&since=E:S]`: answered at once when the topics' history holds something after the
+/// position (messages, or a gap where it no longer reaches back), else held until a message newer than it
+/// arrives in those topics or `poll_timeout` passes (`docs/client-protocol.md`).
 fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
-    if let Err(rejection) = every_topic(head) {
-        return refuse(conn, key, &rejection, cx);
-    }
     let since = match crate::client::query::param(&head.path, "since") {
         None => None,
         Some(Ok(s)) => match s.parse::<Position>() {
@@ -366,23 +358,19 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
         },
         Some(Err(())) => return refuse(conn, key, &bad_request("bad since: a position is EPOCH:SEQ"), cx),
     };
+    let patterns = match requested_patterns(head, cx.settings) {
+        Ok(patterns) => patterns.filter(|p| !is_every_topic(p)),
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
+    };
     let cors = match cors_origin(head, cx.settings) {
         Ok(origin) => origin.map(Box::from),
         Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let now = cx.position;
-    let gap = since.and_then(|s| {
-        if s.epoch != now.epoch {
-            Some((s, encode::GapReason::Epoch))
-        } else {
-            (s.seq < now.seq).then_some((s, encode::GapReason::History))
+    if let Some(since) = since {
+        if let Some(body) = poll_history::answer(cx.topics, patterns.as_deref(), since, now) {
+            return answer_poll(conn, key, body, cors.as_deref(), cx);
         }
-    });
-    if let Some((from, reason)) = gap {
-        // No history is kept yet: the client resumes from now, told what it may have missed.
-        let mut body = crate::client::poll::PollBody::new();
-        body.gap("*", from, now, reason);
-        return answer_poll(conn, key, body.finish(now), cors.as_deref(), cx);
     }
     if cx.held.len() >= cx.settings.poll_max_held {
         tracing::warn!(?key, held = cx.held.len(), "poll_max_held reached: long-poll refused with 503");
@@ -391,7 +379,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
     conn.phase = Phase::Open;
     conn.held_poll = true;
     let since_seq = since.map_or(now.seq, |s| s.seq);
-    cx.held.push(HeldPoll { key, since_seq, cors });
+    cx.held.push(HeldPoll { key, since_seq, patterns: patterns.map(Vec::into_boxed_slice), cors });
     cx.poll_deadlines.push(std::time::Instant::now(), key);
 }
 

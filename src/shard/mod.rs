@@ -11,6 +11,7 @@ mod feed_queue;
 mod input;
 mod memory;
 mod output;
+mod poll_history;
 mod stats;
 mod timers;
 mod topic_output;

@@ -15,6 +15,7 @@ use super::dispatch::Dispatch;
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
+use super::poll_history;
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::topic_output;
@@ -461,9 +462,24 @@ impl<R: Reactor> Shard<R> {
             run.push(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
         }
         let mut held = std::mem::take(&mut self.held);
+        let now = Position { epoch: self.epoch, seq: self.last_seq };
         held.retain(|h| {
             let Some(conn) = self.conns.get_mut(h.key) else { return false };
             if !conn.held_poll || conn.phase != Phase::Open {
+                return false;
+            }
+            if let Some(patterns) = h.patterns.as_deref() {
+                // Topics asked for: answered from their history (the batch is in it) once one of them has news.
+                // Each waiting request looks at the batch's topics (bounded by `poll_max_held`).
+                let news = Records::new(&batch.records)
+                    .any(|m| m.stamp.seq > h.since_seq && patterns.iter().any(|p| p.matches(m.topic)));
+                let since = Position { epoch: self.epoch, seq: h.since_seq };
+                let Some(body) = news.then(|| poll_history::answer(&self.topics, Some(patterns), since, now)).flatten()
+                else {
+                    return true;
+                };
+                let mut cx = input_cx!(self);
+                input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
                 return false;
             }
             let Some((messages, n, last)) = run.after(h.since_seq) else {
