@@ -1,10 +1,11 @@
 //! What a connection's incoming bytes do: the HTTP request head (upgrade, `/healthz`, refusals), then frames.
 //! All protocol decisions come from `proto`; this file only applies them to the connection's state.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::poll_history;
+use super::publishing::{self, TokenBucket};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
@@ -38,6 +39,8 @@ pub struct InputCx<'a> {
     pub linger: &'a mut DeadlineQueue,
     pub dirty: &'a mut Vec<ConnKey>,
     pub dead: &'a mut Vec<ConnKey>,
+    /// Rate limits of the connections that published.
+    pub publish_buckets: &'a mut HashMap<ConnKey, TokenBucket>,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -128,6 +131,9 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
                     reply_error(conn, key, &e, cx);
                 } else {
                     match control::parse(payload, cx.settings.max_subscriptions) {
+                        Ok(Control::Publish { id, topic, payload }) => {
+                            publishing::publish(conn, key, id.as_deref(), &topic, &payload, cx)
+                        }
                         Ok(request) => queue_control(conn, key, request, cx),
                         Err(e) => reply_error(conn, key, &e, cx),
                     }
