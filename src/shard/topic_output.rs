@@ -59,7 +59,9 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &
         match unsafe { io.send(key, fd, out) } {
             Sending::Done(Ok(written)) => {
                 let parts = sources[..tail_len].iter().copied().zip(lens[..tail_len].iter().copied());
-                let private = advance(conn, (head_source, head_len), private_len, parts, written);
+                let subs = conn.topics.as_deref_mut().expect("a topic connection");
+                let head = (head_source, head_len);
+                let private = advance(subs, &mut conn.cursor, head, private_len, parts, written);
                 conn.out_pos += private;
                 if conn.out_pos == conn.outbuf.len() {
                     conn.out_pos = 0;
@@ -176,9 +178,11 @@ fn gather<'a>(
 }
 
 /// Moves the cursors over `written` bytes of `[head][private_len private][tail parts]`; returns how many private
-/// bytes went. A part cut short leaves its source `partial` (inside a frame, perhaps).
+/// bytes went. A part cut short leaves its source `partial` (inside a frame, perhaps). `pinned_cursor` is the
+/// connection's cursor into its pinned chunk (source [`PINNED`]).
 fn advance(
-    conn: &mut Conn,
+    subs: &mut TopicSubs,
+    pinned_cursor: &mut Cursor,
     head: (TopicId, usize),
     private_len: usize,
     tail: impl Iterator<Item = (TopicId, u32)>,
@@ -186,9 +190,8 @@ fn advance(
 ) -> usize {
     let (head_source, head_len) = head;
     let k = written.min(head_len);
-    move_cursor(conn, head_source, k);
+    move_cursor(subs, pinned_cursor, head_source, k);
     written -= k;
-    let subs = conn.topics.as_deref_mut().expect("a topic connection");
     if k < head_len {
         return 0; // still inside the same chunk: `partial` (or the pin) stays
     }
@@ -203,11 +206,11 @@ fn advance(
     for (source, len) in tail {
         let len = len as usize;
         let k = written.min(len);
-        move_cursor(conn, source, k);
+        move_cursor(subs, pinned_cursor, source, k);
         written -= k;
         if k < len {
             if k > 0 {
-                conn.topics.as_deref_mut().expect("a topic connection").partial = Some(source);
+                subs.partial = Some(source);
             }
             break;
         }
@@ -215,13 +218,13 @@ fn advance(
     private
 }
 
-fn move_cursor(conn: &mut Conn, source: TopicId, by: usize) {
+fn move_cursor(subs: &mut TopicSubs, pinned_cursor: &mut Cursor, source: TopicId, by: usize) {
     if by == 0 {
         return;
     }
     if source == PINNED {
-        conn.cursor += by as Cursor;
-    } else if let Some(sub) = conn.topics.as_deref_mut().and_then(|s| s.find_mut(source)) {
+        *pinned_cursor += by as Cursor;
+    } else if let Some(sub) = subs.find_mut(source) {
         sub.cursor += by as Cursor;
     }
 }
@@ -238,11 +241,10 @@ pub fn on_sent(conn: &mut Conn, pool: &mut BufPool, written: usize, private: Vec
         ((PINNED, 0), &sent[..])
     };
     let private_len = private.len() - from;
-    let p = advance(conn, head, private_len, tail.iter().copied(), written);
+    let subs = conn.topics.as_deref_mut().expect("a topic connection");
+    let p = advance(subs, &mut conn.cursor, head, private_len, tail.iter().copied(), written);
     sent.clear();
-    if let Some(subs) = conn.topics.as_deref_mut() {
-        subs.sent = sent;
-    }
+    subs.sent = sent;
     super::output::return_private(conn, pool, private, from, p);
 }
 
@@ -260,4 +262,106 @@ pub fn has_pending(topics: &Topics, subs: &TopicSubs) -> bool {
     subs.subs
         .iter()
         .any(|s| topics.get(s.topic).and_then(|t| t.log(subs.encoding)).is_some_and(|l| s.cursor < l.log.head()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The merge against a model: whatever the pulls, the room per send and the bytes each send gets written,
+    //! a connection receives exactly its topics' messages, each once and whole, in seq order.
+    use super::*;
+    use crate::conn::Sub;
+    use crate::fanout::{Encoding, HistoryLimits, TopicLimits};
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// A message's bytes: its seq, then filler, so that any misplaced byte shows.
+    fn message(seq: u64, len: usize) -> Vec<u8> {
+        let mut m = format!("<{seq}:").into_bytes();
+        m.resize(m.len() + len, b'a' + (seq % 26) as u8);
+        m.push(b'>');
+        m
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A pull: messages (topic index, filler length), then every log is sealed.
+        Pull(Vec<(usize, usize)>),
+        /// A send with room for `room` parts, of which the first `written` bytes (capped at the total) go.
+        Send { room: usize, written: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            prop::collection::vec((0..4usize, 0..40usize), 0..12).prop_map(Step::Pull),
+            (1..8usize, 0..300usize).prop_map(|(room, written)| Step::Send { room, written }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn sends_deliver_every_subscribed_message_once_in_seq_order(
+            subscribed in prop::collection::vec(any::<bool>(), 4),
+            steps in prop::collection::vec(step(), 1..40),
+        ) {
+            let limits = TopicLimits {
+                max_topics: 8,
+                idle: Duration::from_secs(60),
+                history: HistoryLimits { max_messages: 0, max_age: Duration::from_secs(60), max_bytes: 0 },
+                total_bytes: 0,
+            };
+            let now = Instant::now();
+            let mut topics = Topics::new(limits);
+            let ids: Vec<TopicId> = (0..4).map(|t| topics.get_or_make(&format!("t{t}"), now).unwrap().0).collect();
+            let mut subs = TopicSubs::new(Encoding::Raw);
+            for (t, _) in subscribed.iter().enumerate().filter(|(_, on)| **on) {
+                subs.subs.push(Sub { topic: ids[t], cursor: 0, index: 0, refs: 1 });
+            }
+            let mut pinned_cursor = 0;
+            let (mut seq, mut want, mut got) = (0u64, Vec::new(), Vec::new());
+            let mut last_topic = [0u64; 4];
+            for step in steps.iter().chain(std::iter::repeat_n(&Step::Send { room: 64, written: usize::MAX }, 200)) {
+                match step {
+                    Step::Pull(messages) => {
+                        for &(t, len) in messages {
+                            seq += 1;
+                            let bytes = message(seq, len);
+                            if subscribed[t] {
+                                want.extend_from_slice(&bytes);
+                            }
+                            let prev = std::mem::replace(&mut last_topic[t], seq);
+                            topics.append(ids[t], seq, prev, now, |_, out| out.extend_from_slice(&bytes));
+                        }
+                        // Seal, and trim as the loop does: to the subscriber's cursor (no history is kept).
+                        for (id, topic) in topics.iter_mut() {
+                            for log in topic.logs.iter_mut().flatten() {
+                                log.seal();
+                                let keep = subs.subs.iter().find(|s| s.topic == id).map_or(log.log.head(), |s| s.cursor);
+                                log.trim(keep);
+                            }
+                        }
+                    }
+                    Step::Send { room, written } => {
+                        let head: &[u8] = match subs.partial {
+                            Some(t) => rest_of_message(&topics, &subs, t).expect("retained"),
+                            None => &[],
+                        };
+                        let head_source = subs.partial.unwrap_or(PINNED);
+                        let mut tail = [&[][..]; MAX_PARTS];
+                        let mut sources = [0 as TopicId; MAX_PARTS];
+                        let n = gather(&topics, &mut subs, *room, &mut tail, &mut sources).expect("retained");
+                        let mut out = head.to_vec();
+                        for part in &tail[..n] {
+                            out.extend_from_slice(part);
+                        }
+                        let w = (*written).min(out.len());
+                        got.extend_from_slice(&out[..w]);
+                        let parts: Vec<(TopicId, u32)> =
+                            (0..n).map(|i| (sources[i], tail[i].len() as u32)).collect();
+                        advance(&mut subs, &mut pinned_cursor, (head_source, head.len()), 0, parts.into_iter(), w);
+                    }
+                }
+            }
+            prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        }
+    }
 }
