@@ -261,7 +261,9 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
     sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
     conn.sse = true;
     let now = cx.position;
-    let resumes = since.filter(|s| s.epoch == now.epoch && s.seq < now.seq);
+    // A position of this epoch other than this loop's: behind (replay from history) or a little ahead (another
+    // loop served it; the request waits until this loop has pulled that far). Either way exactly once.
+    let resumes = since.filter(|s| s.epoch == now.epoch && s.seq != now.seq);
     // `topics=*` is the whole feed: the fast path unless it resumes.
     let patterns = patterns.filter(|p| !(is_every_topic(p) && resumes.is_none()));
     match (patterns, resumes) {
@@ -274,8 +276,6 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
                 encode::gap("*", since, now, encode::GapReason::Epoch, &mut notice);
                 sse::event(None, Some("gap"), &notice, out);
             }
-            // A position a few messages ahead of this loop (another loop served it) is no gap: this loop has
-            // them yet to come, and the client ignores what is not above its last seq.
             subscribe(conn, key, SSE_ALL, cx)
         }
     }
