@@ -1,7 +1,7 @@
-//! Server-Sent Events (`GET /sse`): the whole feed as events with `id:` (the position) and `data:` (the JSON
-//! envelope, split on line endings), the `retry:` hint, comment heartbeats, a `gap` event for a client that comes
-//! back with a position the gateway cannot resume from, refusals for what is not served, and the slow-consumer
-//! rule.
+//! Server-Sent Events (`GET /sse`): the whole feed or chosen topics as events with `id:` (the position) and
+//! `data:` (the JSON envelope, split on line endings), the `retry:` hint, comment heartbeats, resume from
+//! `Last-Event-ID` through the history (exactly once), a `gap` event where it cannot, refusals, and the
+//! slow-consumer rule.
 
 mod common;
 
@@ -88,11 +88,11 @@ fn a_client_that_comes_back_gets_a_gap_event_and_heartbeats_keep_it_alive() {
     // Heartbeats: comment lines, then still live.
     let beat = events(&mut s, &mut buf, 1);
     assert_eq!(beat, [":"], "a comment heartbeat");
-    // This epoch but behind: a gap, reason history (no history is kept yet).
+    // This epoch but behind: resumed from the history, no gap.
     let (mut s2, _, mut buf2) = open(&gw, &format!("/sse?since={epoch}:1"), "");
     let got = events(&mut s2, &mut buf2, 2);
-    let gap = json::parse(field(&got[1], "data")[0]).unwrap();
-    assert_eq!(gap.get("reason").and_then(Value::as_str), Some("history"), "{got:?}");
+    assert_eq!(field(&got[1], "id"), [format!("{epoch}:2")], "{got:?}");
+    assert!(field(&got[1], "event").is_empty(), "{got:?}");
     // At the head: no gap; the next message is the first event.
     let (mut s3, _, mut buf3) = open(&gw, &format!("/sse?since={epoch}:2"), "");
     assert_eq!(events(&mut s3, &mut buf3, 1), ["retry: 3000"]);
@@ -106,7 +106,8 @@ fn a_client_that_comes_back_gets_a_gap_event_and_heartbeats_keep_it_alive() {
 fn refusals_say_why() {
     let gw = Gateway::start_with_config("allowed_origins = [\"https://ok.example\"]\n", &["--ingest", "127.0.0.1:0"]);
     for (target, headers, status) in [
-        ("/sse?topics=BTC-USD", "", 400),
+        ("/sse?topics=a%20b", "", 400),
+        ("/sse?topics=", "", 400),
         ("/sse", "Last-Event-ID: nonsense\r\n", 400),
         ("/sse?since=1-2", "", 400),
         ("/sse", "Origin: https://evil.example\r\n", 403),
@@ -137,4 +138,96 @@ fn a_stalled_event_stream_is_cut_and_frees_its_memory() {
     assert!(closed, "the stalled event stream was not cut");
     gw.wait_connections("only the /healthz request", Duration::from_secs(5), |n| n == 1);
     drop(stalled);
+}
+
+fn id_seq(event: &str) -> u64 {
+    let id = field(event, "id");
+    assert_eq!(id.len(), 1, "one id per data event: {event:?}");
+    id[0].split_once(':').unwrap().1.parse().unwrap()
+}
+
+fn envelope(event: &str) -> Value {
+    json::parse(&field(event, "data").join("\n")).unwrap_or_else(|e| panic!("{e}: {event:?}"))
+}
+
+/// `topics=` chooses topics (exact and prefix); a stream that reconnects with `Last-Event-ID` gets every message
+/// of its topics after that position exactly once, in feed order; topic streams get heartbeats too.
+#[test]
+fn topic_streams_resume_from_last_event_id_exactly_once() {
+    let gw = Gateway::start_with_config("sse_heartbeat = 300\n", &["--ingest", "127.0.0.1:0", "--threads", "2"]);
+    let epoch = gw.health().get("epoch").and_then(Value::as_u64).unwrap();
+    let mut p = gw.publisher();
+    let batch = |from: u64, to: u64| -> String {
+        (from..to)
+            .map(|n| format!("{{\"topic\":\"{}\",\"n\":{n}}}\n", ["A", "B-1", "B-2", "C"][(n % 4) as usize]))
+            .collect()
+    };
+    common::write_all(&mut p, batch(0, 4).as_bytes()); // every topic exists before the streams open
+    common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(4));
+    let (mut s, head, mut buf) = open(&gw, "/sse?topics=A,B-*", "");
+    assert_eq!(head.status, 200);
+    events(&mut s, &mut buf, 1); // retry:
+    common::write_all(&mut p, batch(4, 44).as_bytes());
+    let mut seen = Vec::new();
+    let mut last = 0;
+    for event in events(&mut s, &mut buf, 15) {
+        let v = envelope(&event);
+        assert_ne!(v.get("topic").and_then(Value::as_str), Some("C"), "{event:?}");
+        let seq = id_seq(&event);
+        assert!(seq > last, "feed order");
+        last = seq;
+        seen.push(v.get("data").unwrap().get("n").and_then(Value::as_u64).unwrap());
+    }
+    drop(s);
+    // Away while more arrives; then back, as EventSource comes back, on whichever loop thread.
+    common::write_all(&mut p, batch(44, 80).as_bytes());
+    let (mut s, _, mut buf) = open(&gw, "/sse?topics=A,B-*", &format!("Last-Event-ID: {epoch}:{last}\r\n"));
+    events(&mut s, &mut buf, 1);
+    let want: Vec<u64> = (4..80).filter(|n| n % 4 != 3).collect();
+    while seen.len() < want.len() {
+        let event = events(&mut s, &mut buf, 1).remove(0);
+        if event == ":" {
+            continue;
+        }
+        assert!(field(&event, "event").is_empty(), "no gap: {event:?}");
+        let seq = id_seq(&event);
+        assert!(seq > last, "feed order, none twice");
+        last = seq;
+        seen.push(envelope(&event).get("data").unwrap().get("n").and_then(Value::as_u64).unwrap());
+    }
+    assert_eq!(seen, want);
+    // Quiet now: the topic stream gets comment heartbeats.
+    assert_eq!(events(&mut s, &mut buf, 1), [":"]);
+}
+
+/// Where the history does not reach back, a topic stream gets a `gap` event for that topic (reason history),
+/// then what is kept; a position from another epoch gets reason epoch; topics outside `allowed_topics` are 403.
+#[test]
+fn topic_streams_report_gaps_and_refuse_what_is_not_offered() {
+    let gw = Gateway::start_with_config(
+        "history_messages = 3\nallowed_topics = [\"H\", \"K-*\"]\n",
+        &["--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let epoch = gw.health().get("epoch").and_then(Value::as_u64).unwrap();
+    let mut p = gw.publisher();
+    let lines: String = (1..=10).map(|n| format!("{{\"topic\":\"H\",\"n\":{n}}}\n")).collect();
+    common::write_all(&mut p, lines.as_bytes());
+    common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(10));
+    let (mut s, _, mut buf) = open(&gw, &format!("/sse?topics=H&since={epoch}:2"), "");
+    let got = events(&mut s, &mut buf, 5);
+    assert_eq!(field(&got[1], "event"), ["gap"], "{got:?}");
+    let gap = json::parse(field(&got[1], "data")[0]).unwrap();
+    assert_eq!(gap.get("reason").and_then(Value::as_str), Some("history"));
+    assert_eq!(gap.get("topic").and_then(Value::as_str), Some("H"));
+    assert_eq!(got[2..].iter().map(|e| id_seq(e)).collect::<Vec<_>>(), [8, 9, 10], "the last 3 are kept");
+    let (mut s, _, mut buf) = open(&gw, "/sse?topics=H&since=1:2", "");
+    let got = events(&mut s, &mut buf, 2);
+    let gap = json::parse(field(&got[1], "data")[0]).unwrap();
+    assert_eq!(gap.get("reason").and_then(Value::as_str), Some("epoch"), "{got:?}");
+    for target in ["/sse?topics=SECRET", "/sse?topics=*", "/sse?topics=H,K*"] {
+        let (_, head, _) = open(&gw, target, "");
+        assert_eq!(head.status, 403, "{target}");
+    }
+    let (_, head, _) = open(&gw, "/sse?topics=K-1,K-*", "");
+    assert_eq!(head.status, 200);
 }

@@ -176,7 +176,14 @@ fn every_bad_control_message_gets_an_error_code_and_the_connection_stays() {
     publish(&mut p, &[line("OK-1", 1)]);
     assert_eq!(str_of(&read_json(&mut ws), "topic"), "OK-1");
     // Bad subscriptions at connect are refused before the upgrade.
-    for path in ["/ws?topics=a%20b", "/ws?topics=", "/ws?topics=A&since=x", "/ws?topics=A&snapshot=maybe"] {
+    // (400 when malformed, 403 when not offered.)
+    for (path, status) in [
+        ("/ws?topics=a%20b", "400"),
+        ("/ws?topics=", "400"),
+        ("/ws?topics=OK-1&since=x", "400"),
+        ("/ws?topics=OK-1&snapshot=maybe", "400"),
+        ("/ws?topics=SECRET", "403"),
+    ] {
         let mut s = common::tcp_connect(gw.ws_addr);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -185,7 +192,7 @@ fn every_bad_control_message_gets_an_error_code_and_the_connection_stays() {
         s.write_all(req.as_bytes()).unwrap();
         let mut head = [0u8; 12];
         std::io::Read::read_exact(&mut s, &mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 400", "{path}");
+        assert_eq!(head, format!("HTTP/1.1 {status}").as_bytes(), "{path}");
     }
 }
 
@@ -253,6 +260,69 @@ fn resume_is_exactly_once_across_reconnects_under_a_running_feed() {
     // Every T message between the first and the last received, exactly once, in order.
     let first = seen[0];
     let want: Vec<u64> = (first..=*seen.last().unwrap()).filter(|n| !n.is_multiple_of(3)).collect();
+    assert_eq!(seen, want);
+}
+
+/// A connection with several topics receives their messages in seq order (feed order), so the position of the
+/// last message it received is one resume point for all of them: reconnecting with it (at connect, through a
+/// pattern) gives every message of every topic exactly once, under a running feed.
+#[test]
+fn several_topics_arrive_in_feed_order_and_resume_from_one_position() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "2"]);
+    let epoch = num(&gw.health(), "epoch");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut p = gw.publisher();
+    // The topics exist before the first subscription (a pattern covers the topics a loop knows, and new ones).
+    publish(&mut p, &["M-0", "M-1", "M-2", "M-3"].map(|t| line(t, 0)));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut batch = String::new();
+                for _ in 0..40 {
+                    n += 1;
+                    // Uneven: M-0 busiest, some messages in no subscribed topic.
+                    let topic = ["M-0", "M-0", "M-1", "M-2", "M-3", "X"][(n % 6) as usize];
+                    batch.push_str(&line(topic, n));
+                    batch.push('\n');
+                }
+                p.write_all(batch.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut seen: Vec<u64> = Vec::new(); // the `n` of every message received, in order
+    let mut last_seq: Option<u64> = None;
+    for round in 0..8 {
+        let path = match last_seq {
+            Some(seq) => format!("/ws?topics=M-*&since={epoch}:{seq}"),
+            None => "/ws?topics=M-*".to_string(),
+        };
+        let mut ws = json_client(&gw, &path);
+        next_reply(&mut ws, "subscribed");
+        for _ in 0..300 {
+            let v = read_json(&mut ws);
+            assert!(v.get("wsgate").is_none(), "round {round}: no gap may be reported: {v:?}");
+            assert!(str_of(&v, "topic").starts_with("M-"), "{v:?}");
+            let seq = num(&v, "seq");
+            if let Some(last) = last_seq {
+                assert!(seq > last, "round {round}: seq {seq} after {last}: out of feed order or twice");
+            }
+            last_seq = Some(seq);
+            let n = num(v.get("data").unwrap(), "n");
+            if n > 0 {
+                seen.push(n);
+            }
+        }
+        drop(ws);
+        std::thread::sleep(Duration::from_millis(5 * round));
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let first = seen[0];
+    let want: Vec<u64> = (first..=*seen.last().unwrap()).filter(|n| n % 6 != 5).collect();
+    assert_eq!(seen.len(), want.len(), "messages missing or repeated");
     assert_eq!(seen, want);
 }
 

@@ -33,6 +33,17 @@ impl Pattern {
         }
     }
 
+    /// Whether this pattern stays within `allowed` (an empty list allows everything): a topic any allowed
+    /// pattern names, or a prefix at least as narrow as an allowed prefix.
+    pub fn within(&self, allowed: &[Pattern]) -> bool {
+        allowed.is_empty()
+            || allowed.iter().any(|a| match (a, self) {
+                (Pattern::Prefix(allowed), Pattern::Prefix(asked)) => asked.starts_with(&**allowed),
+                (_, Pattern::Topic(name)) => a.matches(name),
+                (Pattern::Topic(_), Pattern::Prefix(_)) => false,
+            })
+    }
+
     /// The pattern as a client writes it.
     pub fn as_written(&self) -> String {
         match self {
@@ -59,5 +70,14 @@ mod tests {
         assert_eq!(Pattern::parse("**"), Err(TopicError::BadChar(b'*')));
         assert_eq!(Pattern::parse(""), Err(TopicError::Empty));
         assert_eq!(Pattern::parse("a b*"), Err(TopicError::BadChar(b' ')));
+    }
+
+    #[test]
+    fn within_an_allow_list() {
+        let p = |s| Pattern::parse(s).unwrap();
+        let list = [p("BTC-*"), p("ETH-USD")];
+        assert!(p("BTC-USD").within(&list) && p("BTC-X*").within(&list) && p("ETH-USD").within(&list));
+        assert!(!p("ETH-*").within(&list) && !p("*").within(&list) && !p("SOL").within(&list));
+        assert!(p("*").within(&[]));
     }
 }

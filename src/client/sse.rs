@@ -47,6 +47,10 @@ pub fn event(id: Option<Position>, name: Option<&str>, data: &[u8], out: &mut Ve
     out.push(b'\n');
 }
 
+/// The name of the event that carries an `error` notice (a request at connect that cannot be served; the stream
+/// then ends). Not `error`: `EventSource` fires its own `error` event on every disconnect.
+pub const ERROR_EVENT: &str = "wsgate-error";
+
 /// A comment line that keeps idle connections (and proxies' timers) alive.
 pub const HEARTBEAT: &[u8] = b":\n\n";
 

@@ -40,8 +40,8 @@ pub struct TopicSubs {
     pub sent_head: bool,
     /// The loop's pull generation up to which this connection has been offered everything.
     pub offered_gen: u64,
-    /// Where the next send starts among `subs`, so that no topic waits behind the others for long.
-    pub rotate: usize,
+    /// Scratch for merging the subscriptions' pending messages in seq order (kept to save the allocation).
+    pub merge: Vec<(u64, u32, u32)>,
 }
 
 impl TopicSubs {
@@ -54,7 +54,7 @@ impl TopicSubs {
             sent: Vec::new(),
             sent_head: false,
             offered_gen: 0,
-            rotate: 0,
+            merge: Vec::new(),
         }
     }
 

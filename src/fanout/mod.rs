@@ -21,4 +21,4 @@ pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
 pub use stream::{Stream, StreamId};
 pub use subscribers::Subscribers;
-pub use topics::{Encoding, TableFull, Topic, TopicId, TopicLimits, TopicLog, Topics, ENCODINGS};
+pub use topics::{Encoding, Mark, TableFull, Topic, TopicId, TopicLimits, TopicLog, Topics, ENCODINGS};

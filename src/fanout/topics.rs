@@ -54,6 +54,16 @@ pub struct TopicLog {
     pub keep_from: Cursor,
     /// Frames appended since the last [`TopicLog::seal`]: they become one chunk of `log`.
     open: Vec<u8>,
+    /// Where each message in the log (and in `open`) starts, seq increasing: what lets a connection with
+    /// several topics take their messages in seq order. Trimmed with the log.
+    marks: VecDeque<Mark>,
+}
+
+/// Where one message of a topic log starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: u64,
+    pub at: Cursor,
 }
 
 impl TopicLog {
@@ -65,7 +75,39 @@ impl TopicLog {
             offered: 0,
             keep_from: 0,
             open: Vec::new(),
+            marks: VecDeque::new(),
         }
+    }
+
+    /// Drops the chunks before `keep_from` (as [`FrameLog::trim_to`]) and their marks.
+    pub fn trim(&mut self, keep_from: Cursor) {
+        self.log.trim_to(keep_from);
+        let tail = self.log.tail();
+        while self.marks.front().is_some_and(|m| m.at < tail) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// How many messages the log holds (and `open`).
+    pub fn message_count(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// Message `i` (in log order) and where it ends (its successor's start, or the sealed head).
+    pub fn message(&self, i: usize) -> (Mark, Cursor) {
+        let mark = self.marks[i];
+        let end = self.marks.get(i + 1).map_or(self.log.head(), |next| next.at).min(self.log.head());
+        (mark, end)
+    }
+
+    /// The index of the first message that starts at or after `cursor`.
+    pub fn message_from(&self, cursor: Cursor) -> usize {
+        self.marks.partition_point(|m| m.at < cursor)
+    }
+
+    /// The index of the message `cursor` stands in (or at the start of); `None` before the first.
+    pub fn message_containing(&self, cursor: Cursor) -> Option<usize> {
+        self.marks.partition_point(|m| m.at <= cursor).checked_sub(1)
     }
 
     /// Where the next appended frame starts.
@@ -80,6 +122,7 @@ impl TopicLog {
         let start = self.open.len();
         write(&mut self.open);
         let len = (self.open.len() - start) as u32;
+        self.marks.push_back(Mark { seq, at });
         let before = self.history.bytes();
         self.history.push(Entry { seq, prev, at, len, time: now }, now);
         self.history.bytes() as i64 - before as i64
@@ -295,6 +338,7 @@ impl Topics {
             let start = log.open.len();
             convert(&topic.name, entry, frame, &mut log.open);
             let len = (log.open.len() - start) as u32;
+            log.marks.push_back(Mark { seq: entry.seq, at });
             log.history.push(Entry { at, len, ..*entry }, now);
             if log.open.len() >= OPEN_KEEP {
                 log.seal();

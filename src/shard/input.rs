@@ -232,16 +232,19 @@ pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &
     start_closing(conn, key, cx);
 }
 
-/// `GET /sse`: the whole feed as Server-Sent Events (`docs/client-protocol.md`), from now on. A client that
-/// comes back with a position (`Last-Event-ID`, or `?since=E:S`) first gets a `gap` event when messages may
-/// have been missed since then: no history is kept yet, so only a position at the head resumes without one.
+/// `GET /sse[?topics=A,B-*]`: Server-Sent Events (`docs/client-protocol.md`). With `topics=`, those topics
+/// through the topic engine; without, the whole feed. A client that comes back with a position
+/// (`Last-Event-ID`, or `?since=E:S`) resumes from it through the topics' history (without `topics=`: every
+/// topic's), with a `gap` event where the history does not reach back; a position from another epoch gets its
+/// `gap` and the stream from now.
 fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
-    if let Err(rejection) = every_topic(head) {
-        return refuse(conn, key, &rejection, cx);
-    }
     let since = match sse::resume_point(&head.path, head.header("last-event-id")) {
         Ok(since) => since,
         Err(_) => return refuse(conn, key, &bad_request("bad Last-Event-ID or since: a position is EPOCH:SEQ"), cx),
+    };
+    let patterns = match requested_patterns(head, cx.settings) {
+        Ok(patterns) => patterns,
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let allow_origin = match cors_origin(head, cx.settings) {
         Ok(origin) => origin,
@@ -249,19 +252,71 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
     };
     let out = private(&mut conn.outbuf, cx.pool);
     sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
+    conn.sse = true;
     let now = cx.position;
-    if let Some(since) = since.filter(|s| *s != now) {
-        let reason = if since.epoch != now.epoch { encode::GapReason::Epoch } else { encode::GapReason::History };
-        // A position a few messages ahead of this loop (another loop served it) is no gap: this loop has them
-        // yet to come, and the client ignores what is not above its last seq.
-        if since.epoch != now.epoch || since.seq < now.seq {
-            let mut notice = Vec::new();
-            encode::gap("*", since, now, reason, &mut notice);
-            sse::event(None, Some("gap"), &notice, out);
+    let resumes = since.filter(|s| s.epoch == now.epoch && s.seq < now.seq);
+    // `topics=*` is the whole feed: the fast path unless it resumes.
+    let patterns = patterns.filter(|p| !(is_every_topic(p) && resumes.is_none()));
+    match (patterns, resumes) {
+        (Some(patterns), _) => subscribe_topics(conn, key, patterns, since, cx),
+        // Every topic, from history: through the topic engine (with the `*` pattern).
+        (None, Some(_)) => subscribe_topics(conn, key, vec![Pattern::Prefix("".into())], since, cx),
+        (None, None) => {
+            if let Some(since) = since.filter(|s| s.epoch != now.epoch) {
+                let mut notice = Vec::new();
+                encode::gap("*", since, now, encode::GapReason::Epoch, &mut notice);
+                sse::event(None, Some("gap"), &notice, out);
+            }
+            // A position a few messages ahead of this loop (another loop served it) is no gap: this loop has
+            // them yet to come, and the client ignores what is not above its last seq.
+            subscribe(conn, key, SSE_ALL, cx)
         }
     }
-    conn.sse = true;
-    subscribe(conn, key, SSE_ALL, cx);
+}
+
+fn is_every_topic(patterns: &[Pattern]) -> bool {
+    matches!(patterns, [Pattern::Prefix(p)] if p.is_empty())
+}
+
+/// An open event stream (or WebSocket) that reads `patterns` once the loop applies the request, right after
+/// this wait; it reads no whole-feed stream meanwhile.
+fn subscribe_topics(
+    conn: &mut Conn,
+    key: ConnKey,
+    patterns: Vec<Pattern>,
+    since: Option<Position>,
+    cx: &mut InputCx<'_>,
+) {
+    conn.phase = Phase::Open;
+    conn.stream_id = if conn.sse { SSE_ALL } else { conn.stream_id };
+    ShardStats::add(&cx.stats.upgraded, 1);
+    queue_control(conn, key, Control::Subscribe { id: None, patterns, since, snapshot: false }, cx);
+}
+
+/// The `topics=` of a request: `None` without it. Refused with 400 when malformed or over `max_subscriptions`,
+/// 403 when outside `allowed_topics`.
+fn requested_patterns(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Vec<Pattern>>, Rejection> {
+    let Some(topics) = crate::client::query::param(&head.path, "topics") else {
+        return Ok(None);
+    };
+    let topics = topics.map_err(|()| bad_request("bad topics=: malformed percent escape"))?;
+    let mut patterns: Vec<Pattern> = Vec::new();
+    for name in topics.split(',').filter(|t| !t.is_empty()) {
+        let pattern = Pattern::parse(name).map_err(|_| bad_request("bad topics=: a topic or pattern is not valid"))?;
+        if !pattern.within(&settings.allowed_topics) {
+            return Err(Rejection { status: 403, reason: "a topic asked for is not offered by this gateway" });
+        }
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    if patterns.is_empty() {
+        return Err(bad_request("bad topics=: no topic given"));
+    }
+    if patterns.len() > settings.max_subscriptions {
+        return Err(bad_request("bad topics=: more topics than max_subscriptions"));
+    }
+    Ok(Some(patterns))
 }
 
 fn bad_request(reason: &'static str) -> Rejection {
@@ -468,23 +523,9 @@ pub fn reply_error(conn: &mut Conn, key: ConnKey, e: &ControlError, cx: &mut Inp
 /// `/ws?topics=A,B-*[&since=E:S][&snapshot=true]`: the subscription a client asks for at connect, as a
 /// `subscribe` request (no id); `None` without `topics=`.
 fn subscription_at_connect(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Control>, Rejection> {
-    let Some(topics) = crate::client::query::param(&head.path, "topics") else {
+    let Some(patterns) = requested_patterns(head, settings)? else {
         return Ok(None);
     };
-    let topics = topics.map_err(|()| bad_request("bad topics=: malformed percent escape"))?;
-    let mut patterns: Vec<Pattern> = Vec::new();
-    for name in topics.split(',').filter(|t| !t.is_empty()) {
-        let pattern = Pattern::parse(name).map_err(|_| bad_request("bad topics=: a topic or pattern is not valid"))?;
-        if !patterns.contains(&pattern) {
-            patterns.push(pattern);
-        }
-    }
-    if patterns.is_empty() {
-        return Err(bad_request("bad topics=: no topic given"));
-    }
-    if patterns.len() > settings.max_subscriptions {
-        return Err(bad_request("bad topics=: more topics than max_subscriptions"));
-    }
     let since = match crate::client::query::param(&head.path, "since") {
         None => None,
         Some(Ok(s)) => Some(s.parse::<Position>().map_err(|_| bad_request("bad since: a position is EPOCH:SEQ"))?),

@@ -1,7 +1,6 @@
 //! Writing a connection that reads topic subscriptions: everything pending for it — the rest of the frame a
-//! short write stopped in (or of its pinned chunk), its private bytes, then what is new in each subscribed
-//! topic's log — leaves in one send per pass, as for a whole-feed connection (`output`). Per topic the bytes go
-//! in log order; across topics there is no order promise (each message carries its topic's `prev`).
+//! short write stopped in (or of its pinned chunk), its private bytes, then what is new in its subscribed topics'
+//! logs, merged in seq order — leaves in one send per pass, as for a whole-feed connection (`output`).
 
 use crate::conn::{BufPool, Conn, ConnKey, TopicSubs, PINNED};
 use crate::fanout::{Cursor, Located, TopicId, Topics};
@@ -27,7 +26,7 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &
         let (head, head_source): (&[u8], TopicId) = if let Some(pin) = &conn.pinned {
             (pin.rest(conn.cursor), PINNED)
         } else if let (Some(t), false) = (subs.partial, released) {
-            match rest_of_chunk(topics, subs, t) {
+            match rest_of_message(topics, subs, t) {
                 Ok(rest) => (rest, t),
                 Err(()) => return trimmed(key, t),
             }
@@ -96,20 +95,25 @@ fn trimmed(key: ConnKey, topic: TopicId) -> Flushed {
     Flushed::Failed
 }
 
-/// The rest of the chunk subscription `t`'s cursor stands inside of.
-fn rest_of_chunk<'a>(topics: &'a Topics, subs: &TopicSubs, t: TopicId) -> Result<&'a [u8], ()> {
+/// The rest of the message subscription `t`'s cursor stands inside of (a short write stopped there).
+fn rest_of_message<'a>(topics: &'a Topics, subs: &TopicSubs, t: TopicId) -> Result<&'a [u8], ()> {
     let sub = subs.subs[subs.find(t).ok_or(())?];
-    let log = &topics.get(t).and_then(|topic| topic.log(subs.encoding)).ok_or(())?.log;
-    match log.locate(sub.cursor) {
-        Located::At { index, offset } => Ok(&log.chunk(index)[offset..]),
+    let log = topics.get(t).and_then(|topic| topic.log(subs.encoding)).ok_or(())?;
+    match log.log.locate(sub.cursor) {
+        Located::At { index, offset } => {
+            let i = log.message_containing(sub.cursor).ok_or(())?;
+            let (_, end) = log.message(i);
+            Ok(&log.log.chunk(index)[offset..offset + (end - sub.cursor) as usize])
+        }
         Located::Head => Ok(&[]),
         Located::Trimmed => Err(()),
     }
 }
 
-/// Fills `tail` with up to `room` parts: for each subscription in turn (from `rotate`), the rest of its chunk
-/// from its cursor (a frame boundary), then its newer chunks. Returns how many; `Err(topic)` when a cursor fell
-/// out of its log.
+/// Fills `tail` with up to `room` parts: the pending messages of every subscription merged in seq order, each
+/// part a run of one topic's consecutive messages within one chunk. So a connection receives its topics'
+/// messages in feed order, and the position of the last message it received is a resume point that skips
+/// nothing. Returns how many parts; `Err(topic)` when a cursor fell out of its log.
 fn gather<'a>(
     topics: &'a Topics,
     subs: &mut TopicSubs,
@@ -117,39 +121,57 @@ fn gather<'a>(
     tail: &mut [&'a [u8]; MAX_PARTS],
     sources: &mut [TopicId; MAX_PARTS],
 ) -> Result<usize, TopicId> {
-    let n = subs.subs.len();
-    let mut len = 0;
-    for i in 0..n {
-        if len >= room {
-            // Out of room: the next send starts with the subscriptions this one did not reach.
-            subs.rotate = (subs.rotate + i) % n.max(1);
-            return Ok(len);
-        }
-        let sub = subs.subs[(subs.rotate + i) % n];
+    // Each subscription with something pending: (seq of its next message, index in `subs`, that message).
+    let mut next = std::mem::take(&mut subs.merge);
+    next.clear();
+    for (i, sub) in subs.subs.iter().enumerate() {
         let Some(log) = topics.get(sub.topic).and_then(|t| t.log(subs.encoding)) else { continue };
-        let log = &log.log;
-        let mut index = match log.locate(sub.cursor) {
+        match log.log.locate(sub.cursor) {
             Located::Head => continue,
             Located::Trimmed => return Err(sub.topic),
-            Located::At { index, offset } => {
-                let rest = &log.chunk(index)[offset..];
-                if subs.partial == Some(sub.topic) {
-                    index + 1 // its rest went as the head
-                } else {
-                    tail[len] = rest;
-                    sources[len] = sub.topic;
-                    len += 1;
-                    index + 1
-                }
-            }
+            Located::At { .. } => {}
+        }
+        // The partial subscription's current message went as the head: its next one follows.
+        let m = if subs.partial == Some(sub.topic) {
+            log.message_containing(sub.cursor).map_or(0, |m| m + 1)
+        } else {
+            log.message_from(sub.cursor)
         };
-        while index < log.chunk_count() && len < room {
-            tail[len] = log.chunk(index);
-            sources[len] = sub.topic;
-            len += 1;
-            index += 1;
+        if m < log.message_count() && log.message(m).0.at < log.log.head() {
+            next.push((log.message(m).0.seq, i as u32, m as u32));
         }
     }
+    let mut len = 0;
+    while len < room && !next.is_empty() {
+        let (first, _) = next.iter().enumerate().min_by_key(|(_, n)| n.0).expect("not empty");
+        let (_, i, m) = next[first];
+        let others = next.iter().enumerate().filter(|&(j, _)| j != first).map(|(_, n)| n.0).min();
+        let topic = subs.subs[i as usize].topic;
+        let log = topics.get(topic).and_then(|t| t.log(subs.encoding)).expect("found above");
+        let (mark, mut end) = log.message(m as usize);
+        let Located::At { index, offset } = log.log.locate(mark.at) else { return Err(topic) };
+        let chunk = log.log.chunk(index);
+        let chunk_end = mark.at + (chunk.len() - offset) as u64;
+        // The run: this topic's messages while they come before every other topic's next one, within the chunk.
+        let mut m = m as usize + 1;
+        while m < log.message_count() {
+            let (after, after_end) = log.message(m);
+            if after.at >= chunk_end || others.is_some_and(|o| after.seq > o) {
+                break;
+            }
+            end = after_end;
+            m += 1;
+        }
+        tail[len] = &chunk[offset..offset + (end - mark.at) as usize];
+        sources[len] = topic;
+        len += 1;
+        if m < log.message_count() && log.message(m).0.at < log.log.head() {
+            next[first] = (log.message(m).0.seq, i, m as u32);
+        } else {
+            next.swap_remove(first);
+        }
+    }
+    subs.merge = next;
     Ok(len)
 }
 

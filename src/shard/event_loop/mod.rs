@@ -111,6 +111,8 @@ pub struct Shard<R: Reactor> {
     last_seq: u64,
     /// When the event streams next get a heartbeat comment.
     next_heartbeat: Instant,
+    /// Event streams that read topics (may hold stale entries): they get their heartbeats one by one.
+    sse_topic_conns: Vec<ConnKey>,
     /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
     held: Vec<HeldPoll>,
     poll_deadlines: DeadlineQueue,
@@ -168,6 +170,7 @@ impl<R: Reactor> Shard<R> {
             epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
             last_seq: 0,
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
+            sse_topic_conns: Vec::new(),
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
             poll_run: EncodedRun::default(),
@@ -227,7 +230,8 @@ impl<R: Reactor> Shard<R> {
             return Some(Duration::ZERO);
         }
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
-        let sse_clients = !self.streams[usize::from(input::SSE_ALL)].subscribers.is_empty();
+        let sse_clients =
+            !self.streams[usize::from(input::SSE_ALL)].subscribers.is_empty() || !self.sse_topic_conns.is_empty();
         let next = [
             sse_clients.then_some(self.next_heartbeat),
             self.poll_deadlines.next_deadline(),
@@ -728,6 +732,22 @@ impl<R: Reactor> Shard<R> {
             if !sse.subscribers.is_empty() {
                 sse.log.push(Arc::from(sse::HEARTBEAT));
             }
+            // Topic streams have no shared log to carry it: a comment in each one's private bytes (a few bytes
+            // per stream every `sse_heartbeat`; they go out at a message boundary, as all private bytes do).
+            let pool = &mut self.pool;
+            let (conns, dirty) = (&mut self.conns, &mut self.dirty);
+            self.sse_topic_conns.retain(|&key| {
+                let Some(conn) = conns.get_mut(key) else { return false };
+                if conn.topics.is_none() || conn.phase != Phase::Open {
+                    return false; // closing, or gone (its slot reused)
+                }
+                if conn.outbuf.capacity() == 0 {
+                    conn.outbuf = pool.take();
+                }
+                conn.outbuf.extend_from_slice(sse::HEARTBEAT);
+                input::mark_dirty(conn, key, dirty);
+                true
+            });
         }
         if now >= self.next_topic_sweep {
             self.next_topic_sweep = now + TOPIC_SWEEP;
@@ -813,7 +833,7 @@ impl<R: Reactor> Shard<R> {
             let Some(topic) = self.topics.get_mut(id) else { continue };
             topic.trim = false;
             for log in topic.logs.iter_mut().flatten() {
-                log.log.trim_to(log.keep_from);
+                log.trim(log.keep_from);
             }
         }
         to_trim.clear();

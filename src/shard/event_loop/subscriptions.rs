@@ -62,19 +62,29 @@ impl<R: Reactor> Shard<R> {
     fn reply_error(&mut self, key: ConnKey, id: Option<&str>, code: ErrorCode, message: &str) {
         let mut json = Vec::new();
         encode::error(id, code.as_str(), message, &mut json);
-        self.reply(key, &json);
+        self.reply(key, &json, Notice::Error);
     }
 
-    /// Queues a reply or notice (JSON) for `key`, framed for its transport.
-    fn reply(&mut self, key: ConnKey, json: &[u8]) {
+    /// Queues a reply or notice (JSON) for `key`, framed for its transport. An event stream gets no replies (it
+    /// sends no requests); an error ends it, since it cannot ask again (it reconnects after its `retry:` time).
+    fn reply(&mut self, key: ConnKey, json: &[u8], kind: Notice) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.outbuf.capacity() == 0 {
             conn.outbuf = self.pool.take();
         }
-        match conn.topics.as_deref().map(|s| s.encoding) {
-            Some(Encoding::Sse) => sse::event(None, Some("gap"), json, &mut conn.outbuf),
-            _ if conn.sse => sse::event(None, Some("gap"), json, &mut conn.outbuf),
-            _ => encode_frame_into(&mut conn.outbuf, OpCode::Text, json),
+        if !conn.sse {
+            encode_frame_into(&mut conn.outbuf, OpCode::Text, json);
+            input::mark_dirty(conn, key, &mut self.dirty);
+            return;
+        }
+        match kind {
+            Notice::Reply => {}
+            Notice::Gap => sse::event(None, Some("gap"), json, &mut conn.outbuf),
+            Notice::Error => {
+                sse::event(None, Some(sse::ERROR_EVENT), json, &mut conn.outbuf);
+                let mut cx = input_cx!(self);
+                input::queue_close(conn, key, 1008, "", &mut cx); // an event stream: no close frame
+            }
         }
         input::mark_dirty(conn, key, &mut self.dirty);
     }
@@ -88,7 +98,7 @@ impl<R: Reactor> Shard<R> {
         snapshot: bool,
         feed_seq: u64,
     ) {
-        if let Some(p) = patterns.iter().find(|p| !allowed(&self.settings.allowed_topics, p)) {
+        if let Some(p) = patterns.iter().find(|p| !p.within(&self.settings.allowed_topics)) {
             let message = format!("{} is not offered by this gateway", p.as_written());
             return self.reply_error(key, id, ErrorCode::UnknownTopic, &message);
         }
@@ -191,11 +201,9 @@ impl<R: Reactor> Shard<R> {
         let written: Vec<String> = patterns.iter().map(Pattern::as_written).collect();
         let listed: Vec<(&str, Position)> = written.iter().map(|w| (w.as_str(), position)).collect();
         encode::subscribed(id, &listed, &mut reply);
-        if encoding != Encoding::Sse {
-            self.reply(key, &reply);
-        }
+        self.reply(key, &reply, Notice::Reply);
         for notice in gaps {
-            self.reply(key, &notice);
+            self.reply(key, &notice, Notice::Gap);
         }
         if let Some(conn) = self.conns.get_mut(key) {
             input::mark_dirty(conn, key, &mut self.dirty);
@@ -227,7 +235,7 @@ impl<R: Reactor> Shard<R> {
         let written: Vec<String> = patterns.iter().map(Pattern::as_written).collect();
         let listed: Vec<&str> = written.iter().map(String::as_str).collect();
         encode::unsubscribed(id, &listed, &mut reply);
-        self.reply(key, &reply);
+        self.reply(key, &reply, Notice::Reply);
     }
 
     /// Moves a connection from the whole-feed stream (or from nothing, when it subscribed at connect) to topic
@@ -260,6 +268,9 @@ impl<R: Reactor> Shard<R> {
         }
         let Some(conn) = self.conns.get_mut(key) else { return false };
         conn.topics = Some(Box::new(TopicSubs::new(encoding)));
+        if encoding == Encoding::Sse {
+            self.sse_topic_conns.push(key);
+        }
         true
     }
 
@@ -361,14 +372,13 @@ impl<R: Reactor> Shard<R> {
     }
 }
 
-/// Whether pattern `p` stays within the allowed topics (none listed: any).
-fn allowed(list: &[Pattern], p: &Pattern) -> bool {
-    list.is_empty()
-        || list.iter().any(|a| match (a, p) {
-            (Pattern::Prefix(allowed), Pattern::Prefix(asked)) => asked.starts_with(&**allowed),
-            (_, Pattern::Topic(name)) => a.matches(name),
-            (Pattern::Topic(_), Pattern::Prefix(_)) => false,
-        })
+/// What a message from the gateway to one client is, for transports that frame them differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notice {
+    /// The answer to a request (`subscribed`, `unsubscribed`).
+    Reply,
+    Gap,
+    Error,
 }
 
 fn gap_notice(topic: &str, from: Position, to: Position, reason: GapReason) -> Vec<u8> {
