@@ -144,6 +144,13 @@ pub struct Config {
     pub allowed_topics: Vec<String>,
     /// A WebSocket client that subscribes to nothing receives nothing (otherwise: every topic).
     pub require_subscription: bool,
+    /// Topics WebSocket clients may publish on (`{"op":"publish"}`), as topics or prefix patterns; empty =
+    /// publishing off.
+    pub publish_topics: Vec<String>,
+    /// Most bytes of one published message's data.
+    pub publish_max_bytes: usize,
+    /// Published messages per second one connection may send (its burst is as many).
+    pub publish_rate: u32,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -202,6 +209,9 @@ impl Default for Config {
             max_subscriptions: 1024,
             allowed_topics: Vec::new(),
             require_subscription: false,
+            publish_topics: Vec::new(),
+            publish_max_bytes: 4096,
+            publish_rate: 20,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -378,6 +388,12 @@ impl Config {
         }
         if let Some(bad_pattern) = self.allowed_topics.iter().find(|p| crate::client::Pattern::parse(p).is_err()) {
             return Err(ConfigError::Invalid(format!("allowed_topics: {bad_pattern:?} is not a topic or pattern")));
+        }
+        if let Some(bad_pattern) = self.publish_topics.iter().find(|p| crate::client::Pattern::parse(p).is_err()) {
+            return Err(ConfigError::Invalid(format!("publish_topics: {bad_pattern:?} is not a topic or pattern")));
+        }
+        if self.publish_max_bytes == 0 || self.publish_max_bytes > 1 << 20 || self.publish_rate == 0 {
+            return bad("publish_max_bytes must be in 1..=1048576 and publish_rate above 0");
         }
         if self.sse_heartbeat < Duration::from_millis(10) || self.poll_timeout < Duration::from_millis(10) {
             return bad("sse_heartbeat and poll_timeout must be at least 10 ms");

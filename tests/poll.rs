@@ -1,6 +1,7 @@
-//! Long-polling (`GET /poll?since=E:S`): held until a message newer than the position arrives, then answered
-//! with the messages as envelopes and the next position; answered at once with a gap notice when the position
-//! is from another epoch or behind what the gateway can serve; answered empty at `poll_timeout`; bounded.
+//! Long-polling (`GET /poll?since=E:S[&topics=…]`): answered at once from the history when it holds messages
+//! after the position (a gap notice where it no longer reaches back, or for another epoch), else held until a
+//! message newer than the position arrives (in the topics asked for), then answered with the messages as
+//! envelopes and the next position; answered empty at `poll_timeout`; bounded.
 
 mod common;
 
@@ -59,20 +60,67 @@ fn a_held_request_is_answered_by_the_next_messages() {
 }
 
 #[test]
-fn positions_it_cannot_serve_get_a_gap_at_once() {
-    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+fn positions_behind_are_served_from_history_or_get_a_gap_at_once() {
+    let gw = Gateway::start_with_config("history_messages = 2\n", &["--ingest", "127.0.0.1:0", "--threads", "1"]);
     let e = epoch(&gw);
     let mut p = gw.publisher();
     common::write_all(&mut p, b"a\nb\nc\n");
     common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(3));
-    for (since, reason) in [("12:1".to_string(), "epoch"), (format!("{e}:1"), "history")] {
-        let v = body(&get(&gw, &format!("/poll?since={since}")));
+    let kinds = |v: &Value| -> Vec<String> {
         let msgs = v.get("messages").and_then(Value::as_array).unwrap();
-        assert_eq!(msgs.len(), 1, "{v:?}");
-        assert_eq!(msgs[0].get("wsgate").and_then(Value::as_str), Some("gap"));
-        assert_eq!(msgs[0].get("reason").and_then(Value::as_str), Some(reason));
-        assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:3").as_str()), "resume from now");
-    }
+        msgs.iter()
+            .map(|m| match m.get("wsgate").and_then(Value::as_str) {
+                Some(_) => format!("gap:{}", m.get("reason").and_then(Value::as_str).unwrap()),
+                None => m.get("text").and_then(Value::as_str).unwrap().to_string(),
+            })
+            .collect()
+    };
+    // Within the history (the last 2): exactly what came after.
+    let v = body(&get(&gw, &format!("/poll?since={e}:1")));
+    assert_eq!(kinds(&v), ["b", "c"]);
+    assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:3").as_str()));
+    // Older than the history: the gap, then what is kept.
+    let v = body(&get(&gw, &format!("/poll?since={e}:0")));
+    assert_eq!(kinds(&v), ["gap:history", "b", "c"]);
+    // Another epoch: the gap, and from now.
+    let v = body(&get(&gw, "/poll?since=12:1"));
+    assert_eq!(kinds(&v), ["gap:epoch"]);
+    assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:3").as_str()), "resume from now");
+}
+
+/// `topics=` polls only those topics: from history at once, and a held request is answered only by news in them.
+#[test]
+fn topic_polls_see_only_their_topics() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let e = epoch(&gw);
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"{\"topic\":\"A\",\"n\":1}\n{\"topic\":\"B\",\"n\":2}\n{\"topic\":\"A-2\",\"n\":3}\n");
+    common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(3));
+    let v = body(&get(&gw, &format!("/poll?topics=A,A-*&since={e}:0")));
+    let topics: Vec<&str> = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|m| m.get("topic").and_then(Value::as_str).unwrap())
+        .collect();
+    assert_eq!(topics, ["A", "A-2"]);
+    assert_eq!(v.get("next").and_then(Value::as_str), Some(format!("{e}:3").as_str()));
+    // Held from there: B's news does not answer it, A's does.
+    let addr = gw.ws_addr;
+    let target = format!("/poll?topics=A&since={e}:3");
+    let waiter =
+        std::thread::spawn(move || http_exchange(addr, format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()));
+    std::thread::sleep(Duration::from_millis(200));
+    common::write_all(&mut p, b"{\"topic\":\"B\",\"n\":4}\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiter.is_finished(), "still held: B is not asked for");
+    common::write_all(&mut p, b"{\"topic\":\"A\",\"n\":5}\n");
+    let v = body(&waiter.join().unwrap());
+    let msgs = v.get("messages").and_then(Value::as_array).unwrap();
+    assert_eq!(msgs.len(), 1, "{v:?}");
+    assert_eq!(msgs[0].get("seq").and_then(Value::as_u64), Some(5));
+    assert_eq!(msgs[0].get("prev").and_then(Value::as_u64), Some(1));
 }
 
 #[test]
@@ -100,15 +148,15 @@ fn held_requests_time_out_empty_are_bounded_and_bad_ones_refused() {
     for mut s in held {
         assert_eq!(read_head(&mut s).0.status, 200, "the held ones are answered at their timeout");
     }
-    for target in ["/poll?since=nonsense", "/poll?since=1:2:3", "/poll?topics=BTC-USD"] {
+    for target in ["/poll?since=nonsense", "/poll?since=1:2:3", "/poll?topics=a%20b", "/poll?topics="] {
         assert_eq!(get(&gw, target).status, 400, "{target}");
     }
     let resp = http_exchange(gw.ws_addr, b"POST /poll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(resp.status, 405);
 }
 
-/// Polling again from `next` under a running feed: every message arrives once and in order, or is covered by a
-/// gap notice (no history is kept yet, so what arrived between two polls cannot be served) — never a silent hole.
+/// Polling again from `next` under a running feed: every message arrives once and in order (what arrived between
+/// two polls comes from the history), never a silent hole; a gap notice would be allowed only past the history.
 #[test]
 fn consecutive_polls_from_next_miss_nothing_silently() {
     let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
@@ -146,7 +194,7 @@ fn consecutive_polls_from_next_miss_nothing_silently() {
         let covered = seqs.contains(&n) || gaps.iter().any(|&(from, to)| n > from && n <= to);
         assert!(covered, "message {n} neither delivered nor covered by a gap notice; gaps {gaps:?}");
     }
-    assert!(!seqs.is_empty());
+    assert!(gaps.is_empty(), "the default history covers 600 messages: {gaps:?}");
 }
 
 #[test]

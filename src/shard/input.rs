@@ -1,9 +1,11 @@
 //! What a connection's incoming bytes do: the HTTP request head (upgrade, `/healthz`, refusals), then frames.
 //! All protocol decisions come from `proto`; this file only applies them to the connection's state.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::poll_history;
+use super::publishing::{self, TokenBucket};
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::Settings;
@@ -37,6 +39,8 @@ pub struct InputCx<'a> {
     pub linger: &'a mut DeadlineQueue,
     pub dirty: &'a mut Vec<ConnKey>,
     pub dead: &'a mut Vec<ConnKey>,
+    /// Rate limits of the connections that published.
+    pub publish_buckets: &'a mut HashMap<ConnKey, TokenBucket>,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -127,6 +131,9 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
                     reply_error(conn, key, &e, cx);
                 } else {
                     match control::parse(payload, cx.settings.max_subscriptions) {
+                        Ok(Control::Publish { id, topic, payload }) => {
+                            publishing::publish(conn, key, id.as_deref(), &topic, &payload, cx)
+                        }
                         Ok(request) => queue_control(conn, key, request, cx),
                         Err(e) => reply_error(conn, key, &e, cx),
                     }
@@ -323,15 +330,6 @@ fn bad_request(reason: &'static str) -> Rejection {
     Rejection { status: 400, reason }
 }
 
-/// `topics=` is not served yet on `/sse` and `/poll`: only every topic (no parameter, or `*`).
-fn every_topic(head: &handshake::RequestHead) -> Result<(), Rejection> {
-    match crate::client::query::param(&head.path, "topics") {
-        None => Ok(()),
-        Some(Ok(t)) if t == "*" => Ok(()),
-        Some(_) => Err(bad_request("topic subscriptions are not served yet: every topic is sent (omit topics=)")),
-    }
-}
-
 /// The `Access-Control-Allow-Origin` value for a plain-HTTP stream or poll: any origin when `allowed_origins` is
 /// empty, the request's origin when it is on the list, none for a request without `Origin`; `403` otherwise.
 fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Result<Option<&'h str>, Rejection> {
@@ -348,16 +346,16 @@ fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Res
 pub struct HeldPoll {
     pub key: ConnKey,
     pub since_seq: u64,
+    /// The topics it asked for; `None`: every topic.
+    pub patterns: Option<Box<[Pattern]>>,
     /// Its `Access-Control-Allow-Origin`, if any.
     pub cors: Option<Box<str>>,
 }
 
-/// `GET /poll[?since=E:S]`: answered at once when the gateway can say something about the position (a gap), else
-/// held until a message newer than it arrives or `poll_timeout` passes (`docs/client-protocol.md`).
+/// `GET /poll[?topics=A,B-*][&since=E:S]`: answered at once when the topics' history holds something after the
+/// position (messages, or a gap where it no longer reaches back), else held until a message newer than it
+/// arrives in those topics or `poll_timeout` passes (`docs/client-protocol.md`).
 fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
-    if let Err(rejection) = every_topic(head) {
-        return refuse(conn, key, &rejection, cx);
-    }
     let since = match crate::client::query::param(&head.path, "since") {
         None => None,
         Some(Ok(s)) => match s.parse::<Position>() {
@@ -366,23 +364,19 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
         },
         Some(Err(())) => return refuse(conn, key, &bad_request("bad since: a position is EPOCH:SEQ"), cx),
     };
+    let patterns = match requested_patterns(head, cx.settings) {
+        Ok(patterns) => patterns.filter(|p| !is_every_topic(p)),
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
+    };
     let cors = match cors_origin(head, cx.settings) {
         Ok(origin) => origin.map(Box::from),
         Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let now = cx.position;
-    let gap = since.and_then(|s| {
-        if s.epoch != now.epoch {
-            Some((s, encode::GapReason::Epoch))
-        } else {
-            (s.seq < now.seq).then_some((s, encode::GapReason::History))
+    if let Some(since) = since {
+        if let Some(body) = poll_history::answer(cx.topics, patterns.as_deref(), since, now) {
+            return answer_poll(conn, key, body, cors.as_deref(), cx);
         }
-    });
-    if let Some((from, reason)) = gap {
-        // No history is kept yet: the client resumes from now, told what it may have missed.
-        let mut body = crate::client::poll::PollBody::new();
-        body.gap("*", from, now, reason);
-        return answer_poll(conn, key, body.finish(now), cors.as_deref(), cx);
     }
     if cx.held.len() >= cx.settings.poll_max_held {
         tracing::warn!(?key, held = cx.held.len(), "poll_max_held reached: long-poll refused with 503");
@@ -391,7 +385,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
     conn.phase = Phase::Open;
     conn.held_poll = true;
     let since_seq = since.map_or(now.seq, |s| s.seq);
-    cx.held.push(HeldPoll { key, since_seq, cors });
+    cx.held.push(HeldPoll { key, since_seq, patterns: patterns.map(Vec::into_boxed_slice), cors });
     cx.poll_deadlines.push(std::time::Instant::now(), key);
 }
 

@@ -11,6 +11,8 @@ mod feed_queue;
 mod input;
 mod memory;
 mod output;
+mod poll_history;
+mod publishing;
 mod stats;
 mod timers;
 mod topic_output;
@@ -58,6 +60,10 @@ pub struct Settings {
     /// Empty: any topic.
     pub allowed_topics: Vec<Pattern>,
     pub require_subscription: bool,
+    /// Client publishing: the topics allowed (none: off), the data size cap, messages per second per connection.
+    pub publish_topics: Vec<Pattern>,
+    pub publish_max_bytes: usize,
+    pub publish_rate: u32,
 }
 
 impl Settings {
@@ -101,6 +107,9 @@ impl Settings {
             max_subscriptions: cfg.max_subscriptions,
             allowed_topics: cfg.allowed_topics.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
             require_subscription: cfg.require_subscription,
+            publish_topics: cfg.publish_topics.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
+            publish_max_bytes: cfg.publish_max_bytes,
+            publish_rate: cfg.publish_rate,
         }
     }
 }
@@ -161,6 +170,7 @@ impl Gateway {
             shutdown: AtomicBool::new(false),
             shards: shard_stats,
             feed: feed.as_ref().map(|f| f.stats.clone()),
+            publish: feed.as_ref().map(|f| f.inbox.clone()),
             started: Instant::now(),
             io_backend: io_name,
             io: io_stats.clone(),

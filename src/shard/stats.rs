@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::reactor::IoStats;
-use crate::upstream::{Dropped, FeedStats};
+use crate::upstream::{Dropped, FeedStats, PublishInbox};
 
 /// One loop thread's counters. Aligned to 128 bytes so two threads never share a cache line.
 #[derive(Debug, Default)]
@@ -62,6 +62,8 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     pub shards: Arc<[ShardStats]>,
     pub feed: Option<Arc<FeedStats>>,
+    /// Where client-published messages go to be sequenced with the feed (none without a feed).
+    pub publish: Option<Arc<PublishInbox>>,
     pub started: Instant,
     /// The I/O backend the loop threads run on (`epoll` or `uring`).
     pub io_backend: &'static str,

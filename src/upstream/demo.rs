@@ -101,7 +101,7 @@ impl Demo {
             self.next_symbol = (i + 1) % self.symbols.len();
             self.buf.clear();
             tick(&mut self.symbols[i], &mut self.rng, ts_ms, &mut self.buf);
-            out.publish_one(&self.symbols[i].name, &self.buf);
+            out.publish_one(&self.symbols[i].name, &self.buf, &"demo");
             self.sent += 1;
             published += 1;
         }

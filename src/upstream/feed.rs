@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::client::{Backoff, Client};
 use super::demo::Demo;
+use super::inbox::{PublishInbox, Published};
 use super::ingest::Ingest;
 use super::pump::{Framer, Out};
 use super::rng::Rng;
@@ -21,6 +22,10 @@ use super::{topic, FeedConfig, FeedStats, Sink, UpstreamState, PAUSE_POLL, UPSTR
 
 /// Size of the one read buffer all sources share.
 const READ_BUF: usize = 64 * 1024;
+/// Bytes of client-published messages waiting for the feed thread, at most.
+const INBOX_BYTES: usize = 4 << 20;
+/// Client-published messages sequenced per loop turn (the sources get their turn too).
+const INBOX_PER_TURN: usize = 1024;
 
 /// The running feed thread. Dropping it also shuts the thread down (and joins it).
 #[derive(Debug)]
@@ -29,6 +34,8 @@ pub struct FeedHandle {
     pub stats: Arc<FeedStats>,
     /// The address the ingest listener is bound to (the real port when 0 was asked for).
     pub ingest_addr: Option<SocketAddr>,
+    /// Where loop threads hand messages their clients publish.
+    pub inbox: Arc<PublishInbox>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -83,7 +90,10 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     let sequencer = Sequencer::new(epoch, cfg.max_topics, cfg.topic_idle_expiry);
     stats.set_sequencer(&sequencer);
     let stop = Arc::new(AtomicBool::new(false));
+    let inbox = Arc::new(PublishInbox::new(INBOX_BYTES, waker.clone()));
     let feed = Feed {
+        inbox: inbox.clone(),
+        published: Vec::new(),
         poll,
         cfg,
         client: None,
@@ -98,7 +108,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         next_expiry_sweep: Instant::now(),
     };
     let thread = std::thread::Builder::new().name("wsgate-feed".into()).spawn(move || feed.run())?;
-    Ok(FeedHandle { stats, ingest_addr, waker, stop, thread: Some(thread) })
+    Ok(FeedHandle { stats, ingest_addr, inbox, waker, stop, thread: Some(thread) })
 }
 
 fn validate(cfg: &FeedConfig) -> io::Result<()> {
@@ -151,6 +161,9 @@ struct Feed<S> {
     scratch: String,
     /// When idle topics are next looked for (piggybacked on wake-ups: an idle feed creates no topics).
     next_expiry_sweep: Instant,
+    inbox: Arc<PublishInbox>,
+    /// Reused: messages taken from the inbox this turn.
+    published: Vec<Published>,
 }
 
 /// How a [`Feed`] builds its [`Out`] from its fields (a macro: the sources are borrowed at the same time).
@@ -210,6 +223,7 @@ impl<S: Sink> Feed<S> {
             }
             self.dispatch(&events, Instant::now());
             self.read_ready(Instant::now());
+            self.sequence_published(Instant::now());
             self.sweep_timers(Instant::now());
         }
         self.close();
@@ -220,7 +234,8 @@ impl<S: Sink> Feed<S> {
     /// earliest timer (demo tick, reconnect, connect timeout), else until an event.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let pending = self.client.as_ref().is_some_and(Client::wants_read)
-            || self.ingest.as_ref().is_some_and(Ingest::wants_read);
+            || self.ingest.as_ref().is_some_and(Ingest::wants_read)
+            || !self.inbox.is_empty();
         if pending {
             return Some(Duration::ZERO);
         }
@@ -260,6 +275,24 @@ impl<S: Sink> Feed<S> {
         if let Some(ingest) = &mut self.ingest {
             ingest.handle_read(registry, &mut self.buf, &mut out, now);
         }
+    }
+
+    /// Sequences what clients published, like any source's records (while the loops have room).
+    fn sequence_published(&mut self, now: Instant) {
+        if !self.sink.ready() {
+            return;
+        }
+        let mut published = std::mem::take(&mut self.published);
+        self.inbox.take(INBOX_PER_TURN, &mut published);
+        if !published.is_empty() {
+            let mut out = out!(self, now);
+            for p in &published {
+                out.publish_one(&p.topic, &p.payload, &"client");
+            }
+            out.flush();
+            published.clear();
+        }
+        self.published = published;
     }
 
     fn sweep_timers(&mut self, now: Instant) {

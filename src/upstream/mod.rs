@@ -22,12 +22,14 @@ pub mod topic;
 mod client;
 mod demo;
 mod feed;
+mod inbox;
 mod ingest;
 mod pump;
 mod rng;
 mod stats;
 
 pub use feed::{spawn, FeedHandle};
+pub use inbox::{InboxFull, PublishInbox};
 pub use record::{Dropped, Framing, PayloadKind, Routing};
 pub use sequence::Stamp;
 pub use stats::{FeedStats, UpstreamState};
@@ -47,8 +49,8 @@ const FIRST_PUBLISHER_TOKEN: usize = 3;
 pub struct Message<'a> {
     /// A valid topic name (`upstream::topic`).
     pub topic: &'a str,
-    /// Never empty. With [`PayloadKind::Text`] valid UTF-8 without `\n` (a line, without its newline and any
-    /// trailing `\r`); with [`PayloadKind::Binary`] any bytes.
+    /// Never empty. With [`PayloadKind::Text`] valid UTF-8 (from a line feed: without its newline and any
+    /// trailing `\r`; published by a client: any text); with [`PayloadKind::Binary`] any bytes.
     pub payload: &'a [u8],
     pub kind: PayloadKind,
     /// `seq` and the topic's `prev` (`upstream::sequence`); the epoch is the feed's (`FeedStats::epoch`).

@@ -135,11 +135,12 @@ impl<S: Sink> Out<'_, S> {
         self.sink.ready()
     }
 
-    /// Publishes one message the feed generated itself (the demo); the caller flushes after its batch.
-    pub(super) fn publish_one(&mut self, topic: &str, payload: &[u8]) {
+    /// Publishes one text message that needs no routing (the demo's, a client's); the caller flushes after its
+    /// batch.
+    pub(super) fn publish_one(&mut self, topic: &str, payload: &[u8], source: &dyn Display) {
         let mut to =
             Stamper { sink: &mut *self.sink, stats: self.stats, sequencer: &mut *self.sequencer, now: self.now };
-        if to.forward(Ok(Routed { topic, payload }), PayloadKind::Text, &"demo") {
+        if to.forward(Ok(Routed { topic, payload }), PayloadKind::Text, source) {
             self.stats.add_published(1);
         }
     }

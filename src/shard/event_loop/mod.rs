@@ -5,7 +5,7 @@
 //! something new → reap the dead → sweep deadlines → trim the broadcast log. Connections are freed only in the
 //! reap phase, so a key stays valid for the whole pass.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use super::dispatch::Dispatch;
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
+use super::poll_history;
+use super::publishing::TokenBucket;
 use super::stats::{ShardStats, Shared};
 use super::timers::DeadlineQueue;
 use super::topic_output;
@@ -57,6 +59,7 @@ macro_rules! input_cx {
             linger: &mut $shard.linger_deadlines,
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
+            publish_buckets: &mut $shard.publish_buckets,
         }
     };
 }
@@ -113,6 +116,8 @@ pub struct Shard<R: Reactor> {
     next_heartbeat: Instant,
     /// Event streams that read topics (may hold stale entries): they get their heartbeats one by one.
     sse_topic_conns: Vec<ConnKey>,
+    /// Connections that published: their rate limits.
+    publish_buckets: HashMap<ConnKey, TokenBucket>,
     /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
     held: Vec<HeldPoll>,
     poll_deadlines: DeadlineQueue,
@@ -171,6 +176,7 @@ impl<R: Reactor> Shard<R> {
             last_seq: 0,
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
             sse_topic_conns: Vec::new(),
+            publish_buckets: HashMap::new(),
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
             poll_run: EncodedRun::default(),
@@ -461,9 +467,24 @@ impl<R: Reactor> Shard<R> {
             run.push(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
         }
         let mut held = std::mem::take(&mut self.held);
+        let now = Position { epoch: self.epoch, seq: self.last_seq };
         held.retain(|h| {
             let Some(conn) = self.conns.get_mut(h.key) else { return false };
             if !conn.held_poll || conn.phase != Phase::Open {
+                return false;
+            }
+            if let Some(patterns) = h.patterns.as_deref() {
+                // Topics asked for: answered from their history (the batch is in it) once one of them has news.
+                // Each waiting request looks at the batch's topics (bounded by `poll_max_held`).
+                let news = Records::new(&batch.records)
+                    .any(|m| m.stamp.seq > h.since_seq && patterns.iter().any(|p| p.matches(m.topic)));
+                let since = Position { epoch: self.epoch, seq: h.since_seq };
+                let Some(body) = news.then(|| poll_history::answer(&self.topics, Some(patterns), since, now)).flatten()
+                else {
+                    return true;
+                };
+                let mut cx = input_cx!(self);
+                input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
                 return false;
             }
             let Some((messages, n, last)) = run.after(h.since_seq) else {
@@ -681,6 +702,7 @@ impl<R: Reactor> Shard<R> {
             if let Some(subs) = conn.topics.take() {
                 self.drop_topic_subs(key, &subs);
             }
+            self.publish_buckets.remove(&key);
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
             input::unpin(&mut conn, &mut self.pins, &self.shared.shards[self.id]);

@@ -52,9 +52,8 @@ impl<R: Reactor> Shard<R> {
                     self.subscribe(key, id.as_deref(), &patterns, since, snapshot, feed_seq)
                 }
                 Control::Unsubscribe { id, patterns } => self.unsubscribe(key, id.as_deref(), &patterns),
-                Control::Publish { id, .. } => {
-                    self.reply_error(key, id.as_deref(), ErrorCode::PublishDenied, "publishing is off on this gateway")
-                }
+                // Handled on input (`shard::publishing`): never queued.
+                Control::Publish { .. } => debug_assert!(false, "a publish request was queued"),
             }
         }
     }
