@@ -3,52 +3,7 @@
 // /usr/bin/chromium); scripts/test.sh sets both up.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
-
-const BIN = process.env.WSGATE_BIN;
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-// Without the background-networking flags Chromium tries to reach Google's hosts, which this machine refuses.
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-
-/** Starts the gateway; resolves with its process and ws:// URL once it prints its listening line. */
-function startGateway(args) {
-  assert.ok(BIN, 'set WSGATE_BIN to the wsgate binary');
-  const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
-  const proc = spawn(BIN, [...listen, '--threads', '2', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  proc.stderr.on('data', (d) => { stderr += d; });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no listening line; stderr:\n${stderr}`)), 10_000);
-    proc.on('exit', (code) => reject(new Error(`wsgate exited early (${code}); stderr:\n${stderr}`)));
-    createInterface({ input: proc.stdout }).on('line', (line) => {
-      const m = line.match(/^wsgate: listening on (ws:\/\/\S+\/ws) \(io: \w+\)$/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ proc, url: m[1], stderr: () => stderr });
-      }
-    });
-  });
-}
-
-function exited(proc) {
-  return new Promise((resolve) => {
-    if (proc.exitCode !== null) resolve(proc.exitCode);
-    else proc.on('exit', (code) => resolve(code));
-  });
-}
-
-async function withBrowser(fn) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-  try {
-    const page = await browser.newPage();
-    return await fn(page);
-  } finally {
-    await browser.close();
-  }
-}
+import { exited, startGateway, withBrowser } from './harness.mjs';
 
 test('a browser receives the demo feed, negotiates a subprotocol, gets its echo and closes cleanly', async () => {
   const gw = await startGateway(['--demo', '--demo-rate', '50', '--echo', '--subprotocol', 'chat']);
@@ -174,40 +129,6 @@ test('EventSource receives the feed, and after a gateway restart reconnects and 
       assert.notEqual(gap.to.epoch, gap.from.epoch);
       await page.waitForFunction((n) => window.events.length > n, (await page.evaluate(() => window.events.length)),
         { timeout: 10_000 });
-    });
-  } finally {
-    gw.proc.kill('SIGTERM');
-    await exited(gw.proc);
-  }
-});
-
-test('the live page shows prices over both transports and the gap after a gateway restart', async () => {
-  let gw = await startGateway(['--demo', '--demo-rate', '60']);
-  const base = gw.url.replace('ws://', 'http://').replace(/\/ws$/, '');
-  try {
-    await withBrowser(async (page) => {
-      await page.goto(`${base}/`);
-      await page.waitForFunction(() => window.wsgate.messages >= 12, null, { timeout: 10_000 });
-      const symbols = await page.$$eval('#rows tr', (trs) => trs.map((tr) => tr.dataset.topic));
-      assert.ok(symbols.includes('BTC-USD') && symbols.length >= 3, `rows: ${symbols}`);
-      const bid = await page.$eval('#rows tr[data-topic="BTC-USD"] .bid', (td) => parseFloat(td.textContent));
-      assert.ok(bid > 0, 'a price is shown');
-      // Hide a symbol, then switch to Server-Sent Events.
-      await page.click('#symbols label:first-child input');
-      await page.selectOption('#transport', 'sse');
-      const before = await page.evaluate(() => window.wsgate.messages);
-      await page.waitForFunction((n) => window.wsgate.messages >= n + 6 && window.wsgate.transport === 'sse',
-        before, { timeout: 10_000 });
-      assert.equal(await page.$$eval('#rows tr.hidden', (trs) => trs.length), 1);
-      // Restart the gateway on the same port: the page reconnects and shows the gap honestly.
-      gw.proc.kill('SIGTERM');
-      await exited(gw.proc);
-      gw = await startGateway(['--demo', '--demo-rate', '60', '--listen', new URL(base).host]);
-      await page.waitForFunction(() => window.wsgate.gaps.some((g) => g.reason === 'epoch'), null, { timeout: 15_000 });
-      const n = await page.evaluate(() => window.wsgate.messages);
-      await page.waitForFunction((k) => window.wsgate.messages > k, n, { timeout: 10_000 });
-      await page.screenshot({ path: `${process.env.TMPDIR ?? '/tmp'}/wsgate-live-page.png` });
-      assert.match(await page.textContent('#log'), /gap notice \(epoch\)/);
     });
   } finally {
     gw.proc.kill('SIGTERM');
