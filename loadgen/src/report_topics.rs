@@ -307,14 +307,7 @@ mod tests {
     }
 
     fn plan() -> TopicPlan {
-        TopicPlan {
-            topics: 3,
-            per_conn: 2,
-            format: Format::Json,
-            churn_interval_ms: None,
-            storm_at_ms: Some(500),
-            storm_away_ms: 100,
-        }
+        TopicPlan::new(3, 2, Format::Json).with_storm(Some(500), 100)
     }
 
     fn worker(per_topic: [TopicCounts; 3], storm: StormResult) -> WorkerResult {

@@ -153,14 +153,7 @@ mod tests {
     use crate::topics::Format;
 
     fn plan(churn: Option<u64>, storm: Option<u64>) -> TopicPlan {
-        TopicPlan {
-            topics: 10,
-            per_conn: 2,
-            format: Format::Json,
-            churn_interval_ms: churn,
-            storm_at_ms: storm,
-            storm_away_ms: 300,
-        }
+        TopicPlan::new(10, 2, Format::Json).with_churn(churn).with_storm(storm, 300)
     }
 
     #[test]

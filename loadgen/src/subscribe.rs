@@ -78,14 +78,9 @@ fn plan(args: &Args) -> Result<Option<TopicPlan>, String> {
     if args.churn_interval == Some(0) {
         return Err("--churn-interval must be at least 1 ms".into());
     }
-    let plan = TopicPlan {
-        topics,
-        per_conn: args.per_conn,
-        format: args.format,
-        churn_interval_ms: args.churn_interval,
-        storm_at_ms,
-        storm_away_ms: args.storm_away,
-    };
+    let plan = TopicPlan::new(topics, args.per_conn, args.format)
+        .with_churn(args.churn_interval)
+        .with_storm(storm_at_ms, args.storm_away);
     if plan.resumes() && plan.format != Format::Json {
         return Err("--churn-interval and --storm-at resume from positions, which only --format json carries".into());
     }

@@ -120,6 +120,8 @@ fn on_reply(rec: &mut Recorder, tc: &mut TopicConn, payload: &[u8], now: u64, co
             }
         }
         Reply::Error { code, message } => {
+            // Every error answers a request (gap notices are not requests), so the connection does not wait on.
+            tc.on_reply(now);
             let result = &mut rec.topic_mode.as_mut().expect("topic mode").result;
             *result.error_replies.entry(code.clone()).or_default() += 1;
             result.first_error.get_or_insert_with(|| format!("{code}: {message}"));
@@ -135,7 +137,7 @@ mod tests {
     use crate::topics::TopicPlan;
 
     fn plan(format: Format) -> TopicPlan {
-        TopicPlan { topics: 4, per_conn: 2, format, churn_interval_ms: None, storm_at_ms: None, storm_away_ms: 0 }
+        TopicPlan::new(4, 2, format)
     }
 
     fn envelope(topic: &str, seq: u64, prev: u64, counter: u64) -> Vec<u8> {
@@ -154,49 +156,48 @@ mod tests {
         format!(r#"{{"wsgate":"subscribed","topics":[{}]}}"#, list.join(",")).into_bytes()
     }
 
-    /// Connection 1 holds T0002 and T0003: a clean run, then a hole, a duplicate, a covered gap, a foreign topic.
+    /// Connection 1 holds T0002 and T0001 (places 2 and 3, step 3): a clean run, then a hole, a duplicate, a covered gap, a foreign topic.
     #[test]
     fn counts_per_topic_and_keeps_replays_out_of_the_histogram() {
         let p = plan(Format::Json);
         let mut rec = Recorder::new(false).with_topics(&p);
         rec.set_window(1_000, 2_000, 500);
         let mut tc = TopicConn::new(&p, 1);
-        assert_eq!(tc.request_target(&p, "/ws"), "/ws?topics=T0002,T0003");
-        on_message(&mut rec, &mut tc, &subscribed(&["T0002", "T0003"], 10), 900);
+        assert_eq!(tc.request_target(&p, "/ws"), "/ws?topics=T0002,T0001");
+        on_message(&mut rec, &mut tc, &subscribed(&["T0002", "T0001"], 10), 900);
         assert!(tc.settled());
         // Before the window: followed, not counted.
         on_message(&mut rec, &mut tc, &envelope("T0002", 11, 3, 0), 950);
-        // In the window: T0002 gets 1, (2 missing), 3, 3 again; T0003 gets 0 after a gap notice, then 1.
+        // In the window: T0002 gets 1, (2 missing), 3, 3 again; T0001 gets 0 after a gap notice, then 1.
         on_message(&mut rec, &mut tc, &envelope("T0002", 12, 11, 1), 1_100);
         on_message(&mut rec, &mut tc, &envelope("T0002", 16, 14, 3), 1_100);
         on_message(&mut rec, &mut tc, &envelope("T0002", 16, 14, 3), 1_100);
-        let gap = br#"{"wsgate":"gap","topic":"T0003","from":{"epoch":5,"seq":1},"to":{"epoch":5,"seq":13},"reason":"history"}"#;
+        let gap = br#"{"wsgate":"gap","topic":"T0001","from":{"epoch":5,"seq":1},"to":{"epoch":5,"seq":13},"reason":"history"}"#;
         on_message(&mut rec, &mut tc, gap, 1_100);
-        on_message(&mut rec, &mut tc, &envelope("T0003", 13, 8, 5), 1_200);
-        on_message(&mut rec, &mut tc, &envelope("T0003", 17, 13, 6), 1_200);
+        on_message(&mut rec, &mut tc, &envelope("T0001", 13, 8, 5), 1_200);
+        on_message(&mut rec, &mut tc, &envelope("T0001", 17, 13, 6), 1_200);
         // A topic this connection did not subscribe to, and a message that is not an envelope.
         on_message(&mut rec, &mut tc, &envelope("T0000", 18, 0, 0), 1_300);
         on_message(&mut rec, &mut tc, b"hello", 1_300);
         let m = &rec.topic_mode.as_ref().unwrap().result;
-        let (t2, t3) = (m.per_topic[2], m.per_topic[3]);
+        let (t2, t1) = (m.per_topic[2], m.per_topic[1]);
         assert_eq!((t2.deliveries, t2.duplicates, t2.chain_holes, t2.chain_duplicates), (3, 1, 1, 1));
-        assert_eq!((t3.deliveries, t3.gap_notices, t3.chain_holes), (2, 1, 0));
+        assert_eq!((t1.deliveries, t1.gap_notices, t1.chain_holes), (2, 1, 0));
         assert_eq!(m.gap_notices.get("history"), Some(&1));
         assert_eq!((m.unexpected_topic, m.replayed), (1, 0));
         assert_eq!((rec.counters.gaps, rec.counters.duplicates, rec.counters.unparsed), (1, 1, 1));
         assert_eq!(rec.counters.messages_in_window, 5);
         assert_eq!(rec.hist.len(), 4, "every new live message in the window");
-        // A resume replays 17..=20 of T0003 (reply at 20), then 21 is live.
+        // A resume replays 17..=20 of T0001 (reply at 20), then 21 is live.
         tc.on_closed();
         assert_eq!(tc.request_target(&p, "/ws"), "/ws?topics=T0002&since=5:16");
-        assert_eq!(tc.controls, vec![r#"{"op":"subscribe","topics":["T0003"],"since":{"epoch":5,"seq":17}}"#]);
-        tc.controls.clear();
+        assert_eq!(tc.take_sendable(), [r#"{"op":"subscribe","topics":["T0001"],"since":{"epoch":5,"seq":17}}"#]);
         on_message(&mut rec, &mut tc, &subscribed(&["T0002"], 20), 1_400);
-        on_message(&mut rec, &mut tc, &subscribed(&["T0003"], 20), 1_400);
-        on_message(&mut rec, &mut tc, &envelope("T0003", 19, 17, 7), 1_500);
-        on_message(&mut rec, &mut tc, &envelope("T0003", 21, 19, 8), 1_500);
+        on_message(&mut rec, &mut tc, &subscribed(&["T0001"], 20), 1_400);
+        on_message(&mut rec, &mut tc, &envelope("T0001", 19, 17, 7), 1_500);
+        on_message(&mut rec, &mut tc, &envelope("T0001", 21, 19, 8), 1_500);
         let m = &rec.topic_mode.as_ref().unwrap().result;
-        assert_eq!((m.replayed, m.per_topic[3].chain_holes), (1, 0));
+        assert_eq!((m.replayed, m.per_topic[1].chain_holes), (1, 0));
         assert_eq!(rec.hist.len(), 5);
         // An error reply is kept with its text.
         on_message(&mut rec, &mut tc, br#"{"wsgate":"error","code":"bad_topic","message":"x"}"#, 1_500);
@@ -210,14 +211,14 @@ mod tests {
         let mut rec = Recorder::new(false).with_topics(&p);
         rec.set_window(0, 2_000, 500);
         let mut tc = TopicConn::new(&p, 0);
-        on_message(&mut rec, &mut tc, &subscribed(&["T0000", "T0001"], 10), 100);
+        on_message(&mut rec, &mut tc, &subscribed(&["T0000", "T0003"], 10), 100);
         for counter in [0, 1, 3] {
             let mut line = Vec::new();
-            write_message(&mut line, counter, 50, Some("T0001"), 128);
+            write_message(&mut line, counter, 50, Some("T0003"), 128);
             line.pop();
             on_message(&mut rec, &mut tc, &line, 200);
         }
         assert_eq!((rec.counters.gaps, rec.counters.messages_in_window, rec.hist.len()), (1, 3, 3));
-        assert_eq!(rec.topic_mode.as_ref().unwrap().result.per_topic[1].deliveries, 3);
+        assert_eq!(rec.topic_mode.as_ref().unwrap().result.per_topic[3].deliveries, 3);
     }
 }

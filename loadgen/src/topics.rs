@@ -1,9 +1,14 @@
 //! The market shape of `subscribe --topics K --per-conn M`: which topics each connection subscribes to, in which
 //! format, and what it asks the gateway for when it (re)connects. Pure; the worker does the I/O.
 //!
-//! **Spread.** Connection `i` (its global index over all worker processes) subscribes to the `M` consecutive
-//! topics `(i·M + j) mod K`, `j = 0..M`: contiguous blocks that tile the topic list, so over `N` connections
-//! every topic gets `⌊N·M/K⌋` or `⌈N·M/K⌉` subscribers (all of them as soon as `N·M ≥ K`). Topic names are
+//! **Spread.** Connection `i` (its global index over all worker processes) takes the `M` consecutive places
+//! `(i·M + j) mod K`, `j = 0..M`, of a tiling of `K` places — contiguous blocks, so over `N` connections every
+//! place gets `⌊N·M/K⌋` or `⌈N·M/K⌉` subscribers (all of them as soon as `N·M ≥ K`). Place `x` is topic
+//! `x·a mod K`, with `a` the smallest integer `≥ K/M` coprime with `K` (a bijection, so the balance holds for
+//! topics): a connection's topics lie about `K/M` apart instead of side by side. That matters because the feed
+//! is round-robin (message `n` goes to topic `n mod K`): side-by-side topics would reach each connection as a
+//! burst of `M` messages every `K`, all of one block's connections at once — easy for a gateway to coalesce and
+//! unlike a market — where spread topics reach it about evenly, one message every `K/M`. Topic names are
 //! `msg::topic_name` (`T0000`…), the ones `feed --topics K` publishes.
 //!
 //! **(Re)connecting.** The first connect subscribes in the request target, `/ws?topics=A,B,…`. A reconnect
@@ -46,9 +51,43 @@ pub struct TopicPlan {
     pub storm_at_ms: Option<u64>,
     /// ... and reconnects this many ms later.
     pub storm_away_ms: u64,
+    /// Place → topic multiplier `a` and its inverse mod `topics` (see the module doc). INVARIANT: both set by
+    /// [`TopicPlan::new`], `stride · stride_inv ≡ 1 (mod topics)` (both 0 when `topics` is 1).
+    stride: u32,
+    stride_inv: u32,
 }
 
 impl TopicPlan {
+    /// Churn every `interval_ms` (or not).
+    pub fn with_churn(mut self, interval_ms: Option<u64>) -> TopicPlan {
+        self.churn_interval_ms = interval_ms;
+        self
+    }
+
+    /// A storm `at_ms` into the window (or none), away for `away_ms`.
+    pub fn with_storm(mut self, at_ms: Option<u64>, away_ms: u64) -> TopicPlan {
+        self.storm_at_ms = at_ms;
+        self.storm_away_ms = away_ms;
+        self
+    }
+
+    /// A plan without churn or storm (see [`Self::with_churn`], [`Self::with_storm`]). Requires
+    /// `1 <= per_conn <= topics`.
+    pub fn new(topics: u32, per_conn: u32, format: Format) -> TopicPlan {
+        assert!((1..=topics).contains(&per_conn), "per_conn {per_conn} of {topics} topics");
+        let (stride, stride_inv) = stride(topics, per_conn);
+        TopicPlan {
+            topics,
+            per_conn,
+            format,
+            churn_interval_ms: None,
+            storm_at_ms: None,
+            storm_away_ms: 0,
+            stride,
+            stride_inv,
+        }
+    }
+
     /// Connections drop and resume (churn or a storm), so each needs positions: the JSON format.
     pub fn resumes(&self) -> bool {
         self.churn_interval_ms.is_some() || self.storm_at_ms.is_some()
@@ -59,25 +98,59 @@ impl TopicPlan {
         (self.format == Format::Json).then_some(JSON_SUBPROTOCOL)
     }
 
-    /// Topic index of connection `index`'s slot 0.
+    /// The place of connection `index`'s slot 0 (slot `j` is place `first + j`).
     pub fn first_topic(&self, index: u64) -> u32 {
         ((u128::from(index) * u128::from(self.per_conn)) % u128::from(self.topics)) as u32
     }
 
-    /// Topic index in slot `slot` of a connection whose slot 0 holds `first`.
+    /// Topic index in slot `slot` of a connection whose slot 0 is place `first`.
     pub fn topic_in(&self, first: u32, slot: usize) -> u32 {
-        ((u64::from(first) + slot as u64) % u64::from(self.topics)) as u32
+        let k = u64::from(self.topics);
+        let place = (u64::from(first) + slot as u64) % k;
+        (place * u64::from(self.stride) % k) as u32
     }
 
-    /// The slot that holds topic `k` on a connection whose slot 0 holds `first`; `None` if it has not subscribed.
-    pub fn slot_of(&self, first: u32, k: u32) -> Option<usize> {
-        let d = (u64::from(k) + u64::from(self.topics) - u64::from(first)) % u64::from(self.topics);
+    /// The slot that holds topic `t` on a connection whose slot 0 is place `first`; `None` if it has not
+    /// subscribed.
+    pub fn slot_of(&self, first: u32, t: u32) -> Option<usize> {
+        let k = u64::from(self.topics);
+        let place = u64::from(t) * u64::from(self.stride_inv) % k;
+        let d = (place + k - u64::from(first)) % k;
         (d < u64::from(self.per_conn)).then_some(d as usize)
     }
 
     pub fn name(&self, k: u32) -> String {
         topic_name(k, self.topics)
     }
+}
+
+/// The place → topic multiplier for `k` topics, `m` per connection, and its inverse mod `k`.
+fn stride(k: u32, m: u32) -> (u32, u32) {
+    if k == 1 {
+        return (0, 0);
+    }
+    let k = u64::from(k);
+    // Terminates: k + 1 is coprime with k.
+    let mut a = (k / u64::from(m)).max(1);
+    while gcd(a, k) != 1 {
+        a += 1;
+    }
+    let a = a % k;
+    // The inverse by the extended Euclidean algorithm (a and k coprime).
+    let (mut r0, mut r1, mut s0, mut s1) = (k as i64, a as i64, 0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (s0, s1) = (s1, s0 - q * s1);
+    }
+    (a as u32, s0.rem_euclid(k as i64) as u32)
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// What to ask for when a connection opens: the request target and the control messages to send once open.
@@ -131,14 +204,7 @@ mod tests {
     use super::*;
 
     fn plan(topics: u32, per_conn: u32) -> TopicPlan {
-        TopicPlan {
-            topics,
-            per_conn,
-            format: Format::Json,
-            churn_interval_ms: None,
-            storm_at_ms: None,
-            storm_away_ms: 0,
-        }
+        TopicPlan::new(topics, per_conn, Format::Json)
     }
 
     #[test]
@@ -159,36 +225,49 @@ mod tests {
             let (lo, hi) = (n * u64::from(m) / u64::from(k), (n * u64::from(m)).div_ceil(u64::from(k)));
             assert!(subscribers.iter().all(|&s| s == lo || s == hi), "K {k} M {m} N {n}: {subscribers:?}");
         }
-        // The market shape: 10,000 connections x 20 of 1,000 topics, 200 subscribers each.
+        // The market shape: 10,000 connections x 20 of 1,000 topics, 200 subscribers each; a connection's topics
+        // lie 51 apart (the smallest step >= 1000/20 coprime with 1000).
         let p = plan(1000, 20);
         assert_eq!((p.first_topic(0), p.first_topic(1), p.first_topic(50)), (0, 20, 0));
-        assert_eq!(p.topic_in(990, 15), 5, "blocks wrap around");
+        let topics: Vec<u32> = (0..20).map(|j| p.topic_in(p.first_topic(1), j)).collect();
+        assert_eq!(&topics[..4], [20, 71, 122, 173]);
+        assert_eq!(p.topic_in(990, 15), 5 * 51, "blocks wrap around");
+    }
+
+    #[test]
+    fn strides_are_invertible() {
+        for (k, m) in [(1u32, 1u32), (2, 1), (2, 2), (10, 3), (1000, 20), (1024, 16), (7, 7), (65_536, 3)] {
+            let (a, inv) = stride(k, m);
+            assert_eq!(u64::from(a) * u64::from(inv) % u64::from(k), u64::from(k > 1), "k {k} m {m} a {a}");
+        }
     }
 
     #[test]
     fn first_connect_subscribes_in_the_target() {
         let p = plan(100, 3);
+        // Step 33 (coprime with 100): places 98, 99, 0 are topics 34, 67, 0.
         let r = open_request(&p, "/ws", 98, &[None, None, None]);
-        assert_eq!(r, OpenRequest { target: "/ws?topics=T0098,T0099,T0000".into(), controls: vec![] });
+        assert_eq!(r, OpenRequest { target: "/ws?topics=T0034,T0067,T0000".into(), controls: vec![] });
         assert_eq!(r.replies(), 1);
-        assert_eq!(open_request(&p, "/ws?x=1", 0, &[None; 3]).target, "/ws?x=1&topics=T0000,T0001,T0002");
+        assert_eq!(open_request(&p, "/ws?x=1", 0, &[None; 3]).target, "/ws?x=1&topics=T0000,T0033,T0066");
     }
 
     #[test]
     fn resume_groups_topics_by_position() {
         let p = plan(100, 4);
+        // Step 27: places 10..=13 are topics 70, 97, 24, 51.
         let r = open_request(&p, "/ws", 10, &[Some((5, 40)), Some((5, 30)), Some((5, 40)), None]);
-        assert_eq!(r.target, "/ws?topics=T0013");
+        assert_eq!(r.target, "/ws?topics=T0051");
         assert_eq!(
             r.controls,
             vec![
-                r#"{"op":"subscribe","topics":["T0011"],"since":{"epoch":5,"seq":30}}"#.to_string(),
-                r#"{"op":"subscribe","topics":["T0010","T0012"],"since":{"epoch":5,"seq":40}}"#.to_string(),
+                r#"{"op":"subscribe","topics":["T0097"],"since":{"epoch":5,"seq":30}}"#.to_string(),
+                r#"{"op":"subscribe","topics":["T0070","T0024"],"since":{"epoch":5,"seq":40}}"#.to_string(),
             ]
         );
         assert_eq!(r.replies(), 3);
         let r = open_request(&p, "/ws", 0, &[Some((5, 40)); 4]);
-        assert_eq!(r.target, "/ws?topics=T0000,T0001,T0002,T0003&since=5:40");
+        assert_eq!(r.target, "/ws?topics=T0000,T0027,T0054,T0081&since=5:40");
         assert!(r.controls.is_empty());
         // Every control message is valid JSON.
         let r = open_request(&p, "/ws", 0, &[None, Some((1, 2)), Some((1, 3)), Some((1, 4))]);

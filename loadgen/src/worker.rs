@@ -578,7 +578,19 @@ impl Worker {
                         let was_handshaking = conn.state == State::Handshaking;
                         let protocol = self.spec.topics.as_ref().and_then(|p| p.protocol());
                         match conn.on_readable(&mut self.rbuf, &mut self.rec, self.spec.salt, protocol, &mut mask) {
-                            ReadOutcome::Ok => {}
+                            ReadOutcome::Ok => {
+                                // Replies may have made room for more of a resume's requests.
+                                if let Err(e) = send_controls(conn, &mut mask) {
+                                    close(
+                                        &mut self.res,
+                                        &self.poll,
+                                        self.resumer.as_mut(),
+                                        i,
+                                        conn,
+                                        addrs::error_reason(&e),
+                                    );
+                                }
+                            }
                             ReadOutcome::Upgraded => {
                                 self.in_flight -= 1;
                                 opened(&mut self.res, self.resumer.as_mut(), conn);
@@ -681,10 +693,13 @@ fn opened(res: &mut WorkerResult, resumer: Option<&mut Resumer>, conn: &mut Conn
     }
 }
 
-/// Sends the control messages of a resume (topics beyond the request target's group), masked.
+/// Sends the control messages of a resume (topics beyond the request target's group) that may go now, masked.
 fn send_controls(conn: &mut Conn, mask: &mut impl FnMut() -> [u8; 4]) -> io::Result<()> {
-    let Some(tc) = conn.sub.as_deref_mut() else { return Ok(()) };
-    let controls = std::mem::take(&mut tc.controls);
+    if conn.state != State::Open {
+        return Ok(()); // not before the upgrade completes
+    }
+    let Some(tc) = conn.sub.as_deref_mut().filter(|tc| !tc.controls.is_empty()) else { return Ok(()) };
+    let controls = tc.take_sendable();
     let mut frame = Vec::new();
     for c in &controls {
         encode_masked_frame_into(&mut frame, OpCode::Text, c.as_bytes(), mask());
