@@ -19,18 +19,23 @@ fn feed(gw: &Gateway) -> Feed {
 
 /// `subscribe --topics 50 --per-conn 5` with 200 connections over 2 processes and `extra` options.
 fn subscribe(gw: &Gateway, extra: &[&str]) -> Vec<String> {
+    subscribe_shape(gw, 200, 5, extra)
+}
+
+fn subscribe_shape(gw: &Gateway, connections: u64, per_conn: u64, extra: &[&str]) -> Vec<String> {
+    let (connections, per_conn) = (connections.to_string(), per_conn.to_string());
     let mut args: Vec<String> = [
         "subscribe",
         "--url",
         &gw.ws_url,
         "--connections",
-        "200",
+        &connections,
         "--procs",
         "2",
         "--topics",
         TOPICS,
         "--per-conn",
-        "5",
+        &per_conn,
         "--warmup",
         "0.5",
         "--duration",
@@ -52,19 +57,24 @@ fn run(args: &[String]) -> Value {
     run_loadgen(&args).0
 }
 
-/// Zero loss, every topic heard by its subscribers, and a passing verdict.
+/// Zero loss, every topic heard by its 20 subscribers, and a passing verdict.
 fn assert_clean(report: &Value) {
+    assert_clean_shape(report, 200, 5);
+}
+
+fn assert_clean_shape(report: &Value, connections: u64, per_conn: u64) {
     assert_eq!(report["verdict"], "pass", "{report:#}");
-    assert_eq!(u(report, "connections_ok"), 200);
+    assert_eq!(u(report, "connections_ok"), connections);
     assert_eq!(u(report, "messages_lost"), 0, "{report:#}");
     assert_eq!((u(report, "gaps"), u(report, "duplicates"), u(report, "reorders")), (0, 0, 0));
     let t = &report["topics"];
     assert_eq!((u(t, "holes"), u(t, "chain_holes"), u(t, "chain_duplicates")), (0, 0, 0), "{t:#}");
     assert_eq!((u(t, "unexpected_topic"), u(t, "topics_silent")), (0, 0));
-    assert_eq!(u(t, "subscriptions"), 1000);
+    assert_eq!(u(t, "subscriptions"), connections * per_conn);
+    assert_eq!(t["error_replies"], serde_json::json!({}));
     let per_topic = t["per_topic"].as_object().expect("per_topic");
     assert_eq!(per_topic.len(), 50);
-    // 200 connections x 5 topics over 50 topics: 20 subscribers each, ~20 messages a second for ~2 s.
+    // 200 x 5 (or 50 x 20) subscriptions over 50 topics: 20 subscribers each, ~20 messages a second for ~2 s.
     for (name, c) in per_topic {
         assert!(u(c, "expected") >= 20 * 30, "{name}: {c}");
         assert_eq!((u(c, "lost"), u(c, "duplicates"), u(c, "reorders")), (0, 0, 0), "{name}: {c}");
@@ -101,6 +111,19 @@ fn churn_resumes_every_topic_exactly_once() {
     assert_eq!(u(t, "reconnect_failures"), 0);
     assert_eq!(u(&report, "disconnects"), 0, "drops on purpose are not disconnects");
     assert_eq!(t["gap_notices"], serde_json::json!({}));
+}
+
+/// 20 topics per connection, each at its own position when the connection drops: a resume needs 20 requests,
+/// more than the gateway lets wait (16), so the loadgen must pace them.
+#[test]
+fn churn_with_twenty_topics_per_connection_paces_its_requests() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0"]);
+    let _feed = feed(&gw);
+    let report = run(&subscribe_shape(&gw, 50, 20, &["--churn-interval", "300"]));
+    assert_clean_shape(&report, 50, 20);
+    let t = &report["topics"];
+    assert!(u(t, "drops") >= 50 * 6, "{t:#}");
+    assert_eq!(u(t, "reconnects"), u(t, "drops"));
 }
 
 #[test]
