@@ -148,6 +148,9 @@ impl TopicStream {
     }
 }
 
+// Every connection keeps one per topic (10,000 x 20 in the market shape): docs/loadgen.md quotes ~120 bytes.
+const _: () = assert!(std::mem::size_of::<TopicStream>() <= 128);
+
 #[cfg(test)]
 mod tests {
     use super::*;
