@@ -94,10 +94,12 @@ wait_for_line() {
   return 1
 }
 
-# start_feed OUTDIR RATE SIZE: starts an open-loop feed server; sets FEED_ADDR and FEED_PID.
+# start_feed OUTDIR RATE SIZE [EXTRA...]: starts an open-loop feed server (EXTRA: more feed options, e.g.
+# --topics K); sets FEED_ADDR and FEED_PID.
 start_feed() {
   local dir=$1 rate=$2 size=$3
-  "$LOADGEN" feed --listen 127.0.0.1:0 --rate "$rate" --size "$size" --duration 1h \
+  shift 3
+  "$LOADGEN" feed --listen 127.0.0.1:0 --rate "$rate" --size "$size" --duration 1h "$@" \
     > "$dir/feed.out" 2> "$dir/feed.err" &
   FEED_PID=$!
   BENCH_PIDS+=("$FEED_PID")

@@ -9,11 +9,12 @@ use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 use wsgate::proto::frame::{encode_masked_frame_into, OpCode};
-use wsgate::proto::handshake::{generate_key, parse_response, HandshakeError};
+use wsgate::proto::handshake::{generate_key, parse_response_with, HandshakeError};
 use wsgate::proto::session::{encode_close_frame_into, Event, Limits, Role, Session};
 
 use crate::recorder::Recorder;
 use crate::seqtrack::SeqTrack;
+use crate::topic_conn::TopicConn;
 
 /// Most bytes queued for sending on one connection; beyond it echo sends are dropped (and counted).
 pub const MAX_OUT_BYTES: usize = 1 << 20;
@@ -44,8 +45,10 @@ pub struct Conn {
     pub pending_in: Vec<u8>,
     /// Bytes not yet accepted by the socket.
     pub out: Vec<u8>,
-    /// Sequence accounting per topic id.
+    /// Sequence accounting per topic id (without `--topics`: every connection takes the whole feed).
     pub tracks: Vec<SeqTrack>,
+    /// `subscribe --topics`: the connection's topics and their checkers (kept across reconnects).
+    pub sub: Option<Box<TopicConn>>,
 }
 
 /// Why a connection ended.
@@ -107,7 +110,18 @@ impl Conn {
             pending_in: Vec::new(),
             out: Vec::new(),
             tracks: Vec::new(),
+            sub: None,
         }
+    }
+
+    /// Back to a fresh socket-less state for another attempt (a reconnect), keeping what outlives sockets: the
+    /// index, whether it ever opened, the stream accounting and the topic checkers.
+    pub fn reset_for_reconnect(&mut self) {
+        self.stream = None;
+        self.state = State::Idle;
+        self.session = Session::new(Role::Client);
+        self.pending_in = Vec::new();
+        self.out = Vec::new();
     }
 
     /// The TCP connect finished (writable or readable while `Connecting`): `Ok(true)` connected, `Ok(false)`
@@ -168,15 +182,17 @@ impl Conn {
     }
 
     /// Reads everything available into `rbuf` (prefixed with the carried partial frame), completes the
-    /// upgrade if pending, and decodes every complete frame. `mask` supplies mask keys for replies.
+    /// upgrade if pending (which must choose `protocol` when one was offered), and decodes every complete frame.
+    /// `mask` supplies mask keys for replies.
     pub fn on_readable(
         &mut self,
         rbuf: &mut [u8],
         rec: &mut Recorder,
         salt: u64,
+        protocol: Option<&str>,
         mask: &mut impl FnMut() -> [u8; 4],
     ) -> ReadOutcome {
-        let Conn { stream, state, opened, session, pending_in, out, tracks, index, .. } = self;
+        let Conn { stream, state, opened, session, pending_in, out, tracks, sub, index, .. } = self;
         let Some(stream) = stream.as_mut() else { return ReadOutcome::Ok };
         let mut len = pending_in.len();
         rbuf[..len].copy_from_slice(pending_in);
@@ -196,7 +212,7 @@ impl Conn {
                     let now = crate::msg::monotonic_ns();
                     let mut pos = 0;
                     if *state == State::Handshaking {
-                        match parse_response(&rbuf[..len], &key_for(*index, salt)) {
+                        match parse_response_with(&rbuf[..len], &key_for(*index, salt), protocol) {
                             Ok(None) => {}
                             Ok(Some(consumed)) => {
                                 pos = consumed;
@@ -211,7 +227,8 @@ impl Conn {
                         }
                     }
                     if *state == State::Open {
-                        match decode_frames(session, tracks, out, &mut rbuf[pos..len], now, rec, mask) {
+                        let streams = Streams { tracks, sub: sub.as_deref_mut() };
+                        match decode_frames(session, streams, out, &mut rbuf[pos..len], now, rec, mask) {
                             Ok(consumed) => pos += consumed,
                             Err(e) => {
                                 ended = Some(e);
@@ -258,11 +275,17 @@ fn handshake_reason(e: &HandshakeError) -> String {
     }
 }
 
+/// Where a connection's messages are accounted: its whole-feed streams, or its topic checkers.
+struct Streams<'a> {
+    tracks: &'a mut Vec<SeqTrack>,
+    sub: Option<&'a mut TopicConn>,
+}
+
 /// Decodes every complete frame at the start of `buf`; returns the bytes consumed. Pings are answered and a
 /// close is echoed into `out`; both end the decoding with `Err` for a close or a protocol error.
 fn decode_frames(
     session: &mut Session,
-    tracks: &mut Vec<SeqTrack>,
+    mut streams: Streams<'_>,
     out: &mut Vec<u8>,
     buf: &mut [u8],
     now: u64,
@@ -276,7 +299,10 @@ fn decode_frames(
             Ok((0, None)) => return Ok(pos),
             Ok((n, event)) => {
                 match event {
-                    Some(Event::Message { payload, .. }) => rec.on_message(tracks, payload, now),
+                    Some(Event::Message { payload, .. }) => match streams.sub.as_deref_mut() {
+                        Some(tc) => crate::topic_rx::on_message(rec, tc, payload, now),
+                        None => rec.on_message(streams.tracks, payload, now),
+                    },
                     Some(Event::Ping(payload)) => encode_masked_frame_into(out, OpCode::Pong, payload, mask()),
                     Some(Event::Pong(_)) | None => {}
                     Some(Event::Close { code, .. }) => {
@@ -327,7 +353,8 @@ mod tests {
         let mut tracks = Vec::new();
         let mut out = Vec::new();
         let mut mask = || [1, 2, 3, 4];
-        let consumed = decode_frames(&mut session, &mut tracks, &mut out, &mut wire, 10, &mut rec, &mut mask).unwrap();
+        let streams = Streams { tracks: &mut tracks, sub: None };
+        let consumed = decode_frames(&mut session, streams, &mut out, &mut wire, 10, &mut rec, &mut mask).unwrap();
         assert_eq!(consumed, whole);
         assert_eq!(rec.counters.messages_in_window, 3);
         assert_eq!(tracks[0].unique(), 3);
@@ -336,7 +363,8 @@ mod tests {
         let mut close = Vec::new();
         wsgate::proto::session::encode_close_frame_into(&mut close, Some(1001), "bye", None);
         let mut out = Vec::new();
-        let r = decode_frames(&mut session, &mut tracks, &mut out, &mut close, 10, &mut rec, &mut mask);
+        let streams = Streams { tracks: &mut tracks, sub: None };
+        let r = decode_frames(&mut session, streams, &mut out, &mut close, 10, &mut rec, &mut mask);
         assert_eq!(r, Err(Ended::ServerClose(Some(1001))));
         assert_eq!(out[0], 0x88);
     }

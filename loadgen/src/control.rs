@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::addrs::Target;
+use crate::topics::TopicPlan;
 
 /// What the connections do once open.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,9 @@ pub struct WorkerSpec {
     /// Echo: least time between two wake-ups for sends, µs.
     pub min_wake_us: u64,
     pub salt: u64,
+    /// Subscribe: the topic workload (`--topics`); `None` = every connection takes the whole feed.
+    #[serde(default)]
+    pub topics: Option<TopicPlan>,
 }
 
 /// Parent → worker.
@@ -101,4 +105,81 @@ pub struct WorkerResult {
     pub histogram: String,
     /// Echo: histogram of send lateness (actual − scheduled send time), ns.
     pub send_lag_histogram: Option<String>,
+    /// Subscribe with `--topics`: per-topic accounting, replies, reconnects.
+    #[serde(default)]
+    pub topics: Option<Box<TopicResult>>,
+}
+
+/// One topic's counts over all the connections of a worker (or of the run, once summed). Message counts are the
+/// feed counter's, under the window's rules; `chain_*` are the gateway's `prev`/`seq` chain's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicCounts {
+    /// Messages of the topic received in the window, over all its subscribers (replays included).
+    pub deliveries: u64,
+    pub expected: u64,
+    pub received: u64,
+    /// Of `expected − received`, the part above each stream's highest number: not arrived by the end.
+    pub lost_tail: u64,
+    pub duplicates: u64,
+    pub reorders: u64,
+    /// Numbers skipped under a gap notice (neither expected nor lost).
+    pub gap_covered: u64,
+    pub gap_notices: u64,
+    /// Messages whose `prev` was not the last seq received, without a gap notice.
+    pub chain_holes: u64,
+    /// Messages whose `seq` was not above the last position received.
+    pub chain_duplicates: u64,
+}
+
+impl TopicCounts {
+    pub fn add(&mut self, o: &TopicCounts) {
+        self.deliveries += o.deliveries;
+        self.expected += o.expected;
+        self.received += o.received;
+        self.lost_tail += o.lost_tail;
+        self.duplicates += o.duplicates;
+        self.reorders += o.reorders;
+        self.gap_covered += o.gap_covered;
+        self.gap_notices += o.gap_notices;
+        self.chain_holes += o.chain_holes;
+        self.chain_duplicates += o.chain_duplicates;
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+}
+
+/// What a worker saw of the topic workload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopicResult {
+    /// Indexed by topic (`T0000` is 0).
+    pub per_topic: Vec<TopicCounts>,
+    /// Gap notices received in the counting period (window and grace), by reason.
+    pub gap_notices: BTreeMap<String, u64>,
+    /// `error` replies, by code (any time: the load generator never sends a request that should fail).
+    pub error_replies: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    /// Messages received in the window that were a replay of history (not in the latency histogram).
+    pub replayed: u64,
+    /// Data messages for a topic the connection had not subscribed to.
+    pub unexpected_topic: u64,
+    /// Data messages with nothing to check their position against (before any reply).
+    pub unanchored: u64,
+    /// Drops made on purpose (churn, storm), reconnections that completed, and attempts that failed.
+    pub drops: u64,
+    pub reconnects: u64,
+    pub reconnect_failures: u64,
+    /// Churn drops skipped because the connection was not open with every reply in.
+    pub churn_skipped: u64,
+    pub storm: Option<StormResult>,
+}
+
+/// One worker's part of a resume storm: per connection that dropped, ns from the drop until it had every
+/// `subscribed` reply, and until its first live message after them (replay done for that topic).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormResult {
+    pub dropped: u64,
+    pub resubscribed_ns: Vec<u64>,
+    pub live_ns: Vec<u64>,
 }

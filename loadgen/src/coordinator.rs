@@ -18,6 +18,7 @@ use crate::control::{Mode, ToParent, ToWorker, WorkerResult, WorkerSpec};
 use crate::msg::monotonic_ns;
 use crate::procstat;
 use crate::report::{Report, Sampled};
+use crate::topics::TopicPlan;
 
 /// Options shared by `subscribe` and `echo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -115,8 +116,9 @@ pub fn plan_procs(connections: u64, requested: usize) -> Result<(usize, u64), St
     Ok((procs, hard))
 }
 
-/// Runs the whole measurement and returns the report (already printed unless `quiet`).
-pub fn run(mode: Mode, args: &CommonArgs) -> Result<Report, String> {
+/// Runs the whole measurement and returns the report (already printed unless `quiet`). `topics`: the topic
+/// workload of `subscribe --topics`.
+pub fn run(mode: Mode, args: &CommonArgs, topics: Option<&TopicPlan>) -> Result<Report, String> {
     let target: Target = crate::addrs::parse_url(&args.url)?;
     let source_ips: Vec<Ipv4Addr> = match &args.source_ips {
         Some(s) => crate::addrs::parse_source_ips(s)?,
@@ -161,6 +163,7 @@ pub fn run(mode: Mode, args: &CommonArgs) -> Result<Report, String> {
             grace_ms: (args.grace * 1000.0) as u64,
             min_wake_us: args.min_wake_us,
             salt,
+            topics: topics.cloned(),
         };
         first_index += count;
         let mut child = Command::new(&exe)
@@ -220,7 +223,7 @@ pub fn run(mode: Mode, args: &CommonArgs) -> Result<Report, String> {
         let _ = w.child.wait();
     }
     let (sampled, results) = result?;
-    let mut report = Report::build(mode, args, procs, &results, &sampled)?;
+    let mut report = Report::build(mode, args, procs, &results, &sampled, topics)?;
     report.warnings.splice(0..0, warnings);
     Ok(report)
 }

@@ -1,7 +1,8 @@
 //! `wsgate-loadgen`: the load generator every performance claim of wsgate is measured with.
 //!
 //! - `feed`: an open-loop upstream feed server (or publisher, with `--connect`) at a fixed rate.
-//! - `subscribe`: N WebSocket subscribers over P processes; loss, order and latency (HdrHistogram).
+//! - `subscribe`: N WebSocket subscribers over P processes; loss, order and latency (HdrHistogram). With
+//!   `--topics K --per-conn M`, the market shape: M of K topics each, checked per topic, with churn or a storm.
 //! - `echo`: N connections sending masked messages at a rate against `wsgate --echo`; round-trip latency.
 //! - `chart`: render `.hgrm` percentile distributions to SVG, several runs side by side.
 
@@ -11,15 +12,22 @@ mod client_conn;
 mod control;
 mod coordinator;
 mod echo;
+mod envelope;
 mod feed;
 mod hist;
 mod msg;
 mod procstat;
 mod recorder;
 mod report;
+mod report_topics;
+mod resume;
 mod seqtrack;
 mod subscribe;
 mod timer;
+mod topic_conn;
+mod topic_rx;
+mod topiccheck;
+mod topics;
 mod worker;
 
 use std::process::ExitCode;

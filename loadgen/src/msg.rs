@@ -15,6 +15,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Name of topic `k` of `count`: `T` and `k` in decimal, zero-padded to at least 4 digits (to as many as
+/// `count - 1` has, so every name of a run has the same length and names sort like their numbers): `T0000`,
+/// `T0001`, … The feed and the subscribers derive names the same way, so neither needs the other's list.
+pub fn topic_name(k: u32, count: u32) -> String {
+    let width = count.saturating_sub(1).max(1).ilog10() as usize + 1;
+    format!("T{k:0w$}", w = width.max(4))
+}
+
 /// Smallest line [`write_message`] can produce for the largest numbers (with a topic of `topic_len` bytes).
 pub fn min_size(topic_len: usize) -> usize {
     let topic = if topic_len > 0 { ",\"topic\":\"\"".len() + topic_len } else { 0 };
@@ -90,6 +98,15 @@ mod tests {
                 assert_eq!(p.topic, topic.map(str::as_bytes));
             }
         }
+    }
+
+    #[test]
+    fn topic_names_have_one_width_per_run() {
+        assert_eq!(topic_name(0, 1), "T0000");
+        assert_eq!(topic_name(999, 1000), "T0999");
+        assert_eq!(topic_name(9999, 10_000), "T9999");
+        assert_eq!(topic_name(7, 10_001), "T00007");
+        assert_eq!(topic_name(10_000, 10_001), "T10000");
     }
 
     #[test]

@@ -8,14 +8,19 @@
 //!   their number is at most this process's own maximum for the topic at `end`.
 //! - echo: a reply counts when its *scheduled send time* is in `[start, end)` and it arrives before the grace
 //!   period ends.
+//!
+//! With `subscribe --topics`, messages go through [`crate::topic_rx`] instead, which uses the same window rules
+//! ([`Recorder::account`]) and keeps its per-topic tallies in [`Recorder::topic_mode`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 
+use crate::control::{TopicCounts, TopicResult};
 use crate::hist;
 use crate::msg::parse_message;
 use crate::seqtrack::{Seen, SeqTrack};
+use crate::topics::TopicPlan;
 
 /// Topic id 0 is "no topic".
 pub type TopicId = usize;
@@ -41,6 +46,15 @@ pub struct Recorder {
     topic_names: Vec<Box<[u8]>>,
     /// Highest sequence number received in the window, per topic id.
     window_max: Vec<Option<u64>>,
+    /// `subscribe --topics`: the plan and what [`crate::topic_rx`] counted.
+    pub topic_mode: Option<Box<TopicMode>>,
+}
+
+/// The topic workload's plan and counts, per process.
+#[derive(Debug)]
+pub struct TopicMode {
+    pub plan: TopicPlan,
+    pub result: TopicResult,
 }
 
 impl Recorder {
@@ -53,6 +67,7 @@ impl Recorder {
             topic_ids: HashMap::new(),
             topic_names: vec![Box::from(&b""[..])],
             window_max: vec![None],
+            topic_mode: None,
         }
     }
 
@@ -62,6 +77,28 @@ impl Recorder {
 
     pub fn window(&self) -> Option<(u64, u64, u64)> {
         self.window
+    }
+
+    /// Topic mode: registers the plan's topic names in order, so topic `k` has id `k + 1` and every name is
+    /// known before the first message.
+    pub fn with_topics(mut self, plan: &TopicPlan) -> Self {
+        for k in 0..plan.topics {
+            self.topic_id(Some(plan.name(k).as_bytes()));
+        }
+        self.topic_mode = Some(Box::new(TopicMode {
+            plan: plan.clone(),
+            result: TopicResult {
+                per_topic: vec![TopicCounts::default(); plan.topics as usize],
+                ..TopicResult::default()
+            },
+        }));
+        self
+    }
+
+    /// The topic index (`T0000` is 0) of a registered topic name; `None` for a name the plan does not have.
+    pub fn topic_index(&self, name: &[u8]) -> Option<u32> {
+        let id = *self.topic_ids.get(name)?;
+        Some(id as u32 - 1)
     }
 
     fn topic_id(&mut self, topic: Option<&[u8]>) -> TopicId {
@@ -108,39 +145,62 @@ impl Recorder {
         if tracks.len() <= tid {
             tracks.resize_with(tid + 1, SeqTrack::new);
         }
-        let in_window = now < end;
         let record = if self.echo {
             if p.scheduled_ns < start || p.scheduled_ns >= end {
                 return;
             }
-            if in_window {
+            if now < end {
                 self.counters.messages_in_window += 1;
             }
             true
         } else {
-            if now < start {
-                return;
-            }
-            if in_window {
-                self.counters.messages_in_window += 1;
-                let max = &mut self.window_max[tid];
-                *max = Some(max.map_or(p.seq, |m| m.max(p.seq)));
-                true
-            } else {
-                self.window_max[tid].is_some_and(|m| p.seq <= m)
+            match self.account(tid, p.seq, now) {
+                Some(record) => record,
+                None => return,
             }
         };
         let seen = tracks[tid].observe(p.seq);
-        match seen {
-            Seen::InOrder => {}
-            Seen::Gap { .. } => self.counters.gaps += 1,
-            Seen::Late => self.counters.reorders += 1,
-            Seen::Duplicate => self.counters.duplicates += 1,
-            Seen::BeforeStart => self.counters.reorders += 1,
-        }
+        self.count(seen);
         if record && seen.is_new() {
-            self.hist.saturating_record(now.saturating_sub(p.scheduled_ns));
+            self.record_latency(now, p.scheduled_ns);
         }
+    }
+
+    /// Subscribe's window rules for a message of topic `tid` with sequence number `seq` received at `now`:
+    /// `None` when it is not accounted (before the window or after the grace period); otherwise counts it (in
+    /// the window: a delivery, and the topic's window maximum) and says whether its latency belongs in the
+    /// histogram (in the window, or late but at most this process's window maximum for the topic).
+    #[inline]
+    pub fn account(&mut self, tid: TopicId, seq: u64, now: u64) -> Option<bool> {
+        let (start, end, grace_end) = self.window?;
+        if now < start || now >= grace_end {
+            return None;
+        }
+        if now < end {
+            self.counters.messages_in_window += 1;
+            let max = &mut self.window_max[tid];
+            *max = Some(max.map_or(seq, |m| m.max(seq)));
+            Some(true)
+        } else {
+            Some(self.window_max[tid].is_some_and(|m| seq <= m))
+        }
+    }
+
+    /// Counts what the sequence accounting said of an accounted message.
+    #[inline]
+    pub fn count(&mut self, seen: Seen) {
+        match seen {
+            Seen::InOrder | Seen::Covered { .. } => {}
+            Seen::Gap { .. } => self.counters.gaps += 1,
+            Seen::Late | Seen::BeforeStart => self.counters.reorders += 1,
+            Seen::Duplicate => self.counters.duplicates += 1,
+        }
+    }
+
+    /// Records receive time − scheduled send time.
+    #[inline]
+    pub fn record_latency(&mut self, now: u64, scheduled_ns: u64) {
+        self.hist.saturating_record(now.saturating_sub(scheduled_ns));
     }
 
     /// Subscribe: one connection's counts against the global maxima by topic id.

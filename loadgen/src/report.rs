@@ -8,6 +8,8 @@ use serde::Serialize;
 use crate::control::{Mode, WorkerResult};
 use crate::coordinator::CommonArgs;
 use crate::hist::{self, LatencyUs};
+use crate::report_topics::{RunFigures, TopicReport};
+use crate::topics::TopicPlan;
 
 /// Above this share of one core used by a worker during the window, the client may be the bottleneck.
 pub const CLIENT_BUSY_FRACTION: f64 = 0.8;
@@ -73,6 +75,13 @@ pub struct Report {
     pub loadgen_max_proc_core_fraction: f64,
     pub accounting_approximate: bool,
     pub warnings: Vec<String>,
+    /// `--topics`: "pass" when exactly-once delivery was verified, else "fail" with `verdict_failures`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdict_failures: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<TopicReport>,
     #[serde(skip)]
     pub histogram: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -84,6 +93,7 @@ impl Report {
         procs: usize,
         results: &[WorkerResult],
         s: &Sampled,
+        topics: Option<&TopicPlan>,
     ) -> Result<Report, String> {
         let mut h = hist::new_histogram();
         for r in results {
@@ -143,6 +153,20 @@ impl Report {
             ));
         }
         let echo = matches!(mode, Mode::Echo { .. });
+        let figures = RunFigures {
+            connections_ok,
+            connections_failed: sum(|r| r.connections_failed),
+            window_s,
+            messages_in_window: in_window,
+            messages_lost: expected.saturating_sub(received),
+            messages_lost_tail: lost_tail,
+            duplicates: sum(|r| r.duplicates),
+            reorders: sum(|r| r.reorders),
+            unparsed: sum(|r| r.unparsed),
+        };
+        let topics = topics.map(|plan| TopicReport::build(plan, results, &figures));
+        let verdict_failures = topics.as_ref().map(|t| t.failures(&figures)).unwrap_or_default();
+        let verdict = topics.as_ref().map(|_| if verdict_failures.is_empty() { "pass" } else { "fail" });
         Ok(Report {
             mode: if echo { "echo" } else { "subscribe" },
             connections: args.connections,
@@ -181,6 +205,9 @@ impl Report {
             loadgen_max_proc_core_fraction: max_fraction,
             accounting_approximate: approximate,
             warnings,
+            verdict,
+            verdict_failures,
+            topics,
             histogram: Some(h),
         })
     }
@@ -259,10 +286,30 @@ impl Report {
             self.loadgen_cpu_cores,
             self.loadgen_max_proc_core_fraction * 100.0
         );
+        if let Some(t) = &self.topics {
+            t.render(&mut o);
+        }
         for w in &self.warnings {
             let _ = writeln!(o, "  WARNING: {w}");
         }
+        match self.verdict {
+            Some("pass") => {
+                let _ = writeln!(
+                    o,
+                    "  VERDICT       pass: every message once, in order, per topic (gaps only where announced)"
+                );
+            }
+            Some(_) => {
+                let _ = writeln!(o, "  VERDICT       FAIL: {}", self.verdict_failures.join("; "));
+            }
+            None => {}
+        }
         o
+    }
+
+    /// A `--topics` run whose verdict is "fail".
+    pub fn verdict_failed(&self) -> bool {
+        self.verdict == Some("fail")
     }
 
     /// Prints the summary and writes `--json` / `--hgrm`.

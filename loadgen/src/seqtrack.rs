@@ -5,6 +5,8 @@
 //! list of ranges. In order delivery (the normal case) never allocates; a gap allocates one range, and a late
 //! message that fills it shrinks or splits the range. What the caller gets:
 //! - [`SeqTrack::observe`]: whether a message is new, a duplicate, or older than the stream's start;
+//! - [`SeqTrack::observe_after_gap`]: the same for the first message after the gateway announced a gap (a `gap`
+//!   notice): the numbers it skips are *covered* — announced, so neither received nor lost;
 //! - [`SeqTrack::unique_up_to`] / [`SeqTrack::expected_up_to`]: received and expected counts up to a bound
 //!   chosen after the fact (the highest number *any* connection saw in the window), so that
 //!   `lost = expected − unique` needs no second pass.
@@ -17,6 +19,13 @@
 /// Most missing ranges remembered per stream.
 pub const MAX_RANGES: usize = 1024;
 
+/// Why a range of numbers is kept: still missing (a hole), or skipped under a gap notice (covered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Missing,
+    Covered,
+}
+
 /// What one observed sequence number was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -24,6 +33,8 @@ pub enum Seen {
     InOrder,
     /// New, but more than one above the highest so far: `missing` numbers were skipped (a gap).
     Gap { missing: u64 },
+    /// New, after a gap notice: `skipped` numbers were jumped over, as the notice announced (possibly 0).
+    Covered { skipped: u64 },
     /// New, but below the highest so far: it fills part of an earlier gap (a reorder).
     Late,
     /// Already received.
@@ -35,7 +46,7 @@ pub enum Seen {
 impl Seen {
     /// The message counts as received.
     pub fn is_new(self) -> bool {
-        matches!(self, Seen::InOrder | Seen::Gap { .. } | Seen::Late)
+        matches!(self, Seen::InOrder | Seen::Gap { .. } | Seen::Covered { .. } | Seen::Late)
     }
 }
 
@@ -51,11 +62,22 @@ pub struct SeqTrack {
     ranges_dropped: bool,
     /// Missing numbers as half-open ranges `[lo, hi)`, sorted, disjoint, non-empty, all within `first..highest`.
     missing: Vec<(u64, u64)>,
+    /// Numbers skipped under a gap notice, kept like `missing` and disjoint from it. Empty unless the gateway
+    /// announced gaps, so the common path never touches it.
+    covered: Vec<(u64, u64)>,
 }
 
 impl SeqTrack {
     pub const fn new() -> Self {
-        SeqTrack { first: 0, highest: 0, unique: 0, started: false, ranges_dropped: false, missing: Vec::new() }
+        SeqTrack {
+            first: 0,
+            highest: 0,
+            unique: 0,
+            started: false,
+            ranges_dropped: false,
+            missing: Vec::new(),
+            covered: Vec::new(),
+        }
     }
 
     /// Distinct numbers received so far.
@@ -70,59 +92,89 @@ impl SeqTrack {
 
     /// Account for one received sequence number.
     pub fn observe(&mut self, seq: u64) -> Seen {
-        if !self.started {
-            self.started = true;
-            self.first = seq;
-            self.highest = seq;
-            self.unique = 1;
+        if !self.start(seq) {
             return Seen::InOrder;
         }
         if seq > self.highest {
-            let missing = seq - self.highest - 1;
-            if missing > 0 {
-                if self.missing.len() == MAX_RANGES {
-                    self.missing.remove(0);
-                    self.ranges_dropped = true;
-                }
-                self.missing.push((self.highest + 1, seq));
-            }
-            self.highest = seq;
-            self.unique += 1;
+            let missing = self.jump(seq, Kind::Missing);
             return if missing == 0 { Seen::InOrder } else { Seen::Gap { missing } };
         }
+        self.below_highest(seq)
+    }
+
+    /// Account for the first number received after a gap notice: whatever it jumps over is covered by the
+    /// notice rather than missing. Anything else (a first number, a duplicate, a late one) is as [`Self::observe`].
+    pub fn observe_after_gap(&mut self, seq: u64) -> Seen {
+        if !self.start(seq) {
+            return Seen::Covered { skipped: 0 };
+        }
+        if seq > self.highest {
+            return Seen::Covered { skipped: self.jump(seq, Kind::Covered) };
+        }
+        self.below_highest(seq)
+    }
+
+    /// Starts the stream at `seq` if it has not started; `true` when it already had.
+    fn start(&mut self, seq: u64) -> bool {
+        if self.started {
+            return true;
+        }
+        self.started = true;
+        self.first = seq;
+        self.highest = seq;
+        self.unique = 1;
+        false
+    }
+
+    /// `seq` is above the highest: records the numbers in between as `kind`; returns how many there were.
+    fn jump(&mut self, seq: u64, kind: Kind) -> u64 {
+        let skipped = seq - self.highest - 1;
+        if skipped > 0 {
+            let ranges = match kind {
+                Kind::Missing => &mut self.missing,
+                Kind::Covered => &mut self.covered,
+            };
+            if ranges.len() == MAX_RANGES {
+                ranges.remove(0);
+                self.ranges_dropped = true;
+            }
+            ranges.push((self.highest + 1, seq));
+        }
+        self.highest = seq;
+        self.unique += 1;
+        skipped
+    }
+
+    /// `seq` is at most the highest: before the start, a late one filling a missing (or covered) range, or a
+    /// duplicate.
+    fn below_highest(&mut self, seq: u64) -> Seen {
         if seq < self.first {
             return Seen::BeforeStart;
         }
-        // seq is in first..=highest: new only if it lies in a missing range.
-        let i = self.missing.partition_point(|&(_, hi)| hi <= seq);
-        match self.missing.get(i).copied() {
-            Some((lo, hi)) if lo <= seq => {
-                match (lo == seq, hi == seq + 1) {
-                    (true, true) => {
-                        self.missing.remove(i);
-                    }
-                    (true, false) => self.missing[i].0 = seq + 1,
-                    (false, true) => self.missing[i].1 = seq,
-                    (false, false) => {
-                        self.missing[i].1 = seq;
-                        self.missing.insert(i + 1, (seq + 1, hi));
-                    }
-                }
-                self.unique += 1;
-                Seen::Late
-            }
-            _ => Seen::Duplicate,
+        // seq is in first..=highest: new only if it lies in a missing range (or, rarely, a covered one: the notice
+        // said the message may be missing, and here it is after all).
+        if take(&mut self.missing, seq) || take(&mut self.covered, seq) {
+            self.unique += 1;
+            Seen::Late
+        } else {
+            Seen::Duplicate
         }
     }
 
     /// Numbers this stream should have received from its first one up to `max` inclusive (0 if it never started
     /// or started above `max`).
+    /// Numbers covered by gap notices are not expected.
     pub fn expected_up_to(&self, max: u64) -> u64 {
         if !self.started || max < self.first {
             0
         } else {
-            max - self.first + 1
+            max - self.first + 1 - count_up_to(&self.covered, max)
         }
+    }
+
+    /// Numbers skipped under gap notices, up to `max` inclusive.
+    pub fn covered_up_to(&self, max: u64) -> u64 {
+        count_up_to(&self.covered, max)
     }
 
     /// Of the numbers expected up to `max`, how many lie above the highest one received: not arrived (yet) rather
@@ -143,10 +195,35 @@ impl SeqTrack {
         if max >= self.highest {
             return self.unique;
         }
-        let missing: u64 =
-            self.missing.iter().take_while(|&&(lo, _)| lo <= max).map(|&(lo, hi)| hi.min(max + 1) - lo).sum();
-        (max - self.first + 1) - missing
+        (max - self.first + 1) - count_up_to(&self.missing, max) - count_up_to(&self.covered, max)
     }
+}
+
+/// Removes `seq` from the sorted disjoint ranges that hold it (shrinking or splitting one); `false` if none does.
+fn take(ranges: &mut Vec<(u64, u64)>, seq: u64) -> bool {
+    let i = ranges.partition_point(|&(_, hi)| hi <= seq);
+    match ranges.get(i).copied() {
+        Some((lo, hi)) if lo <= seq => {
+            match (lo == seq, hi == seq + 1) {
+                (true, true) => {
+                    ranges.remove(i);
+                }
+                (true, false) => ranges[i].0 = seq + 1,
+                (false, true) => ranges[i].1 = seq,
+                (false, false) => {
+                    ranges[i].1 = seq;
+                    ranges.insert(i + 1, (seq + 1, hi));
+                }
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// How many numbers of the sorted ranges are at most `max`.
+fn count_up_to(ranges: &[(u64, u64)], max: u64) -> u64 {
+    ranges.iter().take_while(|&&(lo, _)| lo <= max).map(|&(lo, hi)| hi.min(max + 1) - lo).sum()
 }
 
 #[cfg(test)]
@@ -228,6 +305,36 @@ mod tests {
         assert_eq!(seen[1], Seen::BeforeStart);
         assert_eq!(t.unique(), 2);
         assert_eq!(t.expected_up_to(51), 2);
+    }
+
+    #[test]
+    fn a_gap_notice_covers_what_the_next_message_skips() {
+        let mut t = SeqTrack::new();
+        for s in 0..=4 {
+            t.observe(s);
+        }
+        // A gap notice, then 9: 5..=8 covered. Then 11: 10 missing (no notice).
+        assert_eq!(t.observe_after_gap(9), Seen::Covered { skipped: 4 });
+        assert_eq!(t.observe(11), Seen::Gap { missing: 1 });
+        assert_eq!(t.observe(9), Seen::Duplicate);
+        assert_eq!(t.covered_up_to(20), 4);
+        assert_eq!(t.expected_up_to(11), 12 - 4);
+        assert_eq!(t.unique_up_to(11), 7);
+        assert_eq!(t.expected_up_to(11) - t.unique_up_to(11), 1, "only 10 is lost");
+        // Below the highest: covered numbers are neither expected nor received.
+        assert_eq!(t.expected_up_to(7), 8 - 3);
+        assert_eq!(t.unique_up_to(7), 5);
+        // A covered message that turns up after all is late, not a duplicate; 10 fills its hole.
+        assert_eq!(t.observe(6), Seen::Late);
+        assert_eq!(t.observe(10), Seen::Late);
+        assert_eq!(t.covered_up_to(20), 3);
+        assert_eq!(t.expected_up_to(11), t.unique_up_to(11));
+        // After a notice with nothing skipped, the next message is simply in order.
+        assert_eq!(t.observe_after_gap(12), Seen::Covered { skipped: 0 });
+        // A notice before the stream started: the first message starts it.
+        let mut u = SeqTrack::new();
+        assert_eq!(u.observe_after_gap(40), Seen::Covered { skipped: 0 });
+        assert_eq!(u.expected_up_to(40), 1);
     }
 
     /// Against a `BTreeSet` oracle, for pseudo-random permutations with duplicates and holes.

@@ -1,9 +1,12 @@
 //! One worker process: a single-threaded mio event loop holding its share of the connections.
 //!
-//! The loop runs in named phases: take control messages from the parent, start connection attempts (paced),
-//! send the echo messages that are due, sweep timers (handshake timeouts, progress, window end, result), wait
-//! for readiness (a `timerfd` gives the wait a nanosecond deadline), then dispatch. Connections live in a `Vec`
-//! indexed by their token and are never reused, so a stale event cannot reach another connection.
+//! The loop runs in named phases: take control messages from the parent, drop connections on purpose (topic
+//! churn and storm, [`crate::resume`]), start connection attempts (paced; reconnections too), send the echo
+//! messages that are due, sweep timers (handshake timeouts, progress, window end, result), wait for readiness
+//! (a `timerfd` gives the wait a nanosecond deadline), then dispatch. Connections live in a `Vec` indexed by
+//! their token. A slot gets a new socket only when it reconnects, and only in the start phase, after the
+//! dispatch phase that may have closed its old one: the old socket is deregistered and closed by then, so no
+//! event of it can reach the new one.
 //!
 //! Talks to the parent with [`crate::control`]: JSON lines on stdout (nothing else is ever printed there) and
 //! on stdin (read by a helper thread that wakes the loop).
@@ -19,12 +22,14 @@ use wsgate::proto::frame::{encode_masked_frame_into, OpCode};
 
 use crate::addrs;
 use crate::client_conn::{Conn, ReadOutcome, State};
-use crate::control::{Mode, ToParent, ToWorker, WorkerResult, WorkerSpec};
+use crate::control::{Mode, StormResult, ToParent, ToWorker, WorkerResult, WorkerSpec};
 use crate::hist;
 use crate::msg::{monotonic_ns, write_message};
 use crate::procstat;
 use crate::recorder::Recorder;
+use crate::resume::{Resumer, RETRY_NS};
 use crate::timer::TimerFd;
+use crate::topic_conn::TopicConn;
 
 const TIMER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -104,6 +109,8 @@ struct Worker {
     _waker: std::sync::Arc<Waker>,
     ctrl: mpsc::Receiver<Control>,
     echo: Option<Echo>,
+    /// Topic churn and storm: drops on purpose and the reconnection queue.
+    resumer: Option<Resumer>,
     rng: u64,
     // Connection phase.
     next_to_start: usize,
@@ -165,10 +172,21 @@ impl Worker {
                 lag: hist::new_histogram(),
             }),
         };
-        let conns = (0..spec.connections).map(|i| Conn::new(spec.first_index + i)).collect();
+        let conns = (0..spec.connections)
+            .map(|i| {
+                let mut c = Conn::new(spec.first_index + i);
+                c.sub = spec.topics.as_ref().map(|plan| Box::new(TopicConn::new(plan, c.index)));
+                c
+            })
+            .collect();
+        let mut rec = Recorder::new(echo.is_some());
+        if let Some(plan) = &spec.topics {
+            rec = rec.with_topics(plan);
+        }
         let now = monotonic_ns();
         Ok(Worker {
-            rec: Recorder::new(echo.is_some()),
+            rec,
+            resumer: spec.topics.as_ref().and_then(Resumer::new),
             rng: crate::client_conn::splitmix64(spec.salt ^ spec.first_index) | 1,
             spec,
             poll,
@@ -197,6 +215,7 @@ impl Worker {
             if !self.take_control(now) {
                 return Ok(());
             }
+            self.drop_due(now);
             self.start_connections(now);
             self.send_due(now);
             if now >= self.next_tick {
@@ -224,6 +243,9 @@ impl Worker {
                 Control::Eof => return false,
                 Control::Msg(ToWorker::Window { start_ns, end_ns }) => {
                     self.rec.set_window(start_ns, end_ns, self.spec.grace_ms * 1_000_000);
+                    if let Some(r) = &mut self.resumer {
+                        r.set_window(now, start_ns, end_ns);
+                    }
                     if let Some(e) = &mut self.echo {
                         e.t0 = Some(now);
                     }
@@ -234,35 +256,79 @@ impl Worker {
         true
     }
 
-    /// Phase: start connection attempts, paced by the ramp and bounded by `max_pending`.
+    /// Phase: start connection attempts, paced by the ramp and bounded by `max_pending`; then reconnections that
+    /// are due, within the same bound.
     fn start_connections(&mut self, now: u64) {
         let n = self.conns.len();
         let mut budget = BATCH.min(self.spec.max_pending.saturating_sub(self.in_flight));
+        let mut first = budget;
         if let Some(rate) = self.spec.ramp_per_s {
             let due = (((now - self.ramp_t0) as f64 / 1e9 * rate) as usize + 1).min(n);
-            budget = budget.min(due.saturating_sub(self.next_to_start));
+            first = first.min(due.saturating_sub(self.next_to_start));
         }
-        while budget > 0 && self.next_to_start < n {
+        while first > 0 && self.next_to_start < n {
+            first -= 1;
             budget -= 1;
             let i = self.next_to_start;
             self.next_to_start += 1;
+            self.begin_connect(i, now);
+        }
+        while budget > 0 {
+            let Some(i) = self.resumer.as_mut().and_then(|r| r.next_reconnect(now)) else { break };
+            budget -= 1;
+            self.begin_connect(i, now);
+        }
+    }
+
+    /// Starts the TCP connect of slot `i`.
+    fn begin_connect(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        let src = (!self.spec.source_ips.is_empty())
+            .then(|| self.spec.source_ips[(conn.index % self.spec.source_ips.len() as u64) as usize]);
+        conn.started_ns = now;
+        let result = addrs::start_connect(self.spec.target.addr, src).and_then(|mut stream| {
+            self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match result {
+            Ok(stream) => {
+                conn.stream = Some(stream);
+                conn.state = State::Connecting;
+                self.in_flight += 1;
+            }
+            Err(e) => close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, addrs::error_reason(&e)),
+        }
+    }
+
+    /// Phase: drops on purpose — topic churn, and the resume storm — each queued to reconnect.
+    fn drop_due(&mut self, now: u64) {
+        let Some(r) = &mut self.resumer else { return };
+        let n = self.conns.len();
+        while let Some(i) = r.next_churn(now, n) {
             let conn = &mut self.conns[i];
-            let src = (!self.spec.source_ips.is_empty())
-                .then(|| self.spec.source_ips[(conn.index % self.spec.source_ips.len() as u64) as usize]);
-            conn.started_ns = now;
-            match addrs::start_connect(self.spec.target.addr, src) {
-                Ok(mut stream) => {
-                    match self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
-                    {
-                        Ok(()) => {
-                            conn.stream = Some(stream);
-                            conn.state = State::Connecting;
-                            self.in_flight += 1;
-                        }
-                        Err(e) => fail(&mut self.res, conn, addrs::error_reason(&e)),
-                    }
+            // Only a connection that is open with every reply in: one still (re)subscribing has no settled
+            // positions to resume from, and dropping it would only repeat the attempt.
+            if conn.state != State::Open || !conn.sub.as_ref().is_some_and(|s| s.settled()) {
+                r.counts.churn_skipped += 1;
+                continue;
+            }
+            drop_open(&self.poll, conn);
+            r.counts.drops += 1;
+            r.schedule(i, now);
+        }
+        if r.storm_due(now) {
+            let back = now + r.storm_away_ns();
+            for (i, conn) in self.conns.iter_mut().enumerate() {
+                if conn.state != State::Open {
+                    continue;
                 }
-                Err(e) => fail(&mut self.res, conn, addrs::error_reason(&e)),
+                drop_open(&self.poll, conn);
+                let tc = conn.sub.as_mut().expect("topic connection");
+                tc.storm_dropped_at = Some(now);
+                tc.storm_replied_at = None;
+                tc.storm_live_at = None;
+                r.counts.drops += 1;
+                r.schedule(i, back);
             }
         }
     }
@@ -306,7 +372,7 @@ impl Worker {
                 Ok(false) => self.res.sends_dropped += 1,
                 Err(e) => {
                     let reason = addrs::error_reason(&e);
-                    close(&mut self.res, &self.poll, conn, reason);
+                    close(&mut self.res, &self.poll, None, 0, conn, reason);
                 }
             }
         }
@@ -316,10 +382,10 @@ impl Worker {
     fn sweep_timeouts(&mut self, now: u64) {
         if self.in_flight > 0 {
             let timeout = self.spec.handshake_timeout_ms * 1_000_000;
-            for conn in &mut self.conns[..self.next_to_start] {
+            for (i, conn) in self.conns.iter_mut().enumerate() {
                 if matches!(conn.state, State::Connecting | State::Handshaking) && now - conn.started_ns > timeout {
                     self.in_flight -= 1;
-                    close(&mut self.res, &self.poll, conn, "timeout".into());
+                    close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, "timeout".into());
                 }
             }
         }
@@ -353,7 +419,7 @@ impl Worker {
     }
 
     fn open_count(&self) -> u64 {
-        self.res.connections_ok - self.res.disconnects
+        self.conns.iter().filter(|c| c.state == State::Open).count() as u64
     }
 
     fn finish(&mut self) {
@@ -380,6 +446,34 @@ impl Worker {
                 r.messages_lost_tail += t.tail;
                 r.ranges_dropped |= t.ranges_dropped;
             }
+            if let Some(mode) = self.rec.topic_mode.take() {
+                let mut result = mode.result;
+                for conn in &self.conns {
+                    let Some(tc) = &conn.sub else { continue };
+                    for (slot, stream) in tc.streams.iter().enumerate() {
+                        let k = mode.plan.topic_in(tc.first, slot) as usize;
+                        let Some(max) = maxes.get(k + 1).copied().flatten() else { continue };
+                        let (t, track) = (&mut result.per_topic[k], &stream.track);
+                        t.expected += track.expected_up_to(max);
+                        t.received += track.unique_up_to(max);
+                        t.lost_tail += track.tail_up_to(max);
+                        t.gap_covered += track.covered_up_to(max);
+                        r.messages_expected += track.expected_up_to(max);
+                        r.messages_received += track.unique_up_to(max);
+                        r.messages_lost_tail += track.tail_up_to(max);
+                        r.ranges_dropped |= track.ranges_dropped();
+                    }
+                }
+                if let Some(resumer) = &self.resumer {
+                    let c = resumer.counts;
+                    (result.drops, result.reconnects, result.reconnect_failures, result.churn_skipped) =
+                        (c.drops, c.reconnects, c.reconnect_failures, c.churn_skipped);
+                }
+                if mode.plan.storm_at_ms.is_some() {
+                    result.storm = Some(storm_result(&self.conns));
+                }
+                r.topics = Some(Box::new(result));
+            }
         }
         r.histogram = hist::encode(&self.rec.hist);
         if let Some(echo) = &self.echo {
@@ -390,6 +484,9 @@ impl Worker {
 
     fn next_deadline(&self) -> u64 {
         let mut d = self.next_tick.min(self.next_progress);
+        if let Some(at) = self.resumer.as_ref().and_then(|r| r.next_deadline(self.conns.len())) {
+            d = d.min(at);
+        }
         if let (Some(echo), Some((_, end, _))) = (&self.echo, self.rec.window()) {
             let at = echo.scheduled(echo.next_g, self.conns.len() as u64);
             if at < end {
@@ -423,22 +520,42 @@ impl Worker {
                         match conn.check_connected() {
                             Ok(false) => continue,
                             Ok(true) => {
-                                let req = wsgate::proto::handshake::client_request(
+                                let plan = self.spec.topics.as_ref();
+                                let target = match (&mut conn.sub, plan) {
+                                    (Some(tc), Some(plan)) => tc.request_target(plan, &self.spec.target.path),
+                                    _ => self.spec.target.path.clone(),
+                                };
+                                let req = wsgate::proto::handshake::client_request_with(
                                     &self.spec.target.host,
-                                    &self.spec.target.path,
+                                    &target,
                                     &crate::client_conn::key_for(conn.index, self.spec.salt),
+                                    plan.and_then(|p| p.protocol()),
                                 );
                                 conn.state = State::Handshaking;
                                 conn.out = req;
                                 if let Err(e) = conn.flush() {
                                     self.in_flight -= 1;
-                                    close(&mut self.res, &self.poll, conn, addrs::error_reason(&e));
+                                    close(
+                                        &mut self.res,
+                                        &self.poll,
+                                        self.resumer.as_mut(),
+                                        i,
+                                        conn,
+                                        addrs::error_reason(&e),
+                                    );
                                     continue;
                                 }
                             }
                             Err(e) => {
                                 self.in_flight -= 1;
-                                close(&mut self.res, &self.poll, conn, addrs::error_reason(&e));
+                                close(
+                                    &mut self.res,
+                                    &self.poll,
+                                    self.resumer.as_mut(),
+                                    i,
+                                    conn,
+                                    addrs::error_reason(&e),
+                                );
                                 continue;
                             }
                         }
@@ -448,7 +565,7 @@ impl Worker {
                             if conn.state == State::Handshaking {
                                 self.in_flight -= 1;
                             }
-                            close(&mut self.res, &self.poll, conn, addrs::error_reason(&e));
+                            close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, addrs::error_reason(&e));
                             continue;
                         }
                     }
@@ -459,15 +576,37 @@ impl Worker {
                             (*rng as u32).to_le_bytes()
                         };
                         let was_handshaking = conn.state == State::Handshaking;
-                        match conn.on_readable(&mut self.rbuf, &mut self.rec, self.spec.salt, &mut mask) {
-                            ReadOutcome::Ok => {}
+                        let protocol = self.spec.topics.as_ref().and_then(|p| p.protocol());
+                        match conn.on_readable(&mut self.rbuf, &mut self.rec, self.spec.salt, protocol, &mut mask) {
+                            ReadOutcome::Ok => {
+                                // Replies may have made room for more of a resume's requests.
+                                if let Err(e) = send_controls(conn, &mut mask) {
+                                    close(
+                                        &mut self.res,
+                                        &self.poll,
+                                        self.resumer.as_mut(),
+                                        i,
+                                        conn,
+                                        addrs::error_reason(&e),
+                                    );
+                                }
+                            }
                             ReadOutcome::Upgraded => {
                                 self.in_flight -= 1;
-                                self.res.connections_ok += 1;
-                                self.res.last_ok_ns = monotonic_ns();
+                                opened(&mut self.res, self.resumer.as_mut(), conn);
                                 conn.pending_in.shrink_to_fit();
                                 if conn.out.is_empty() {
                                     conn.out = Vec::new();
+                                }
+                                if let Err(e) = send_controls(conn, &mut mask) {
+                                    close(
+                                        &mut self.res,
+                                        &self.poll,
+                                        self.resumer.as_mut(),
+                                        i,
+                                        conn,
+                                        addrs::error_reason(&e),
+                                    );
                                 }
                             }
                             ReadOutcome::Ended(end) => {
@@ -476,10 +615,9 @@ impl Worker {
                                 } else if was_handshaking {
                                     // Upgraded and ended within one read.
                                     self.in_flight -= 1;
-                                    self.res.connections_ok += 1;
-                                    self.res.last_ok_ns = monotonic_ns();
+                                    opened(&mut self.res, self.resumer.as_mut(), conn);
                                 }
-                                close(&mut self.res, &self.poll, conn, end.reason());
+                                close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, end.reason());
                             }
                         }
                     }
@@ -489,31 +627,103 @@ impl Worker {
     }
 }
 
-/// A connection that never opened: counted as failed, with its reason.
-fn fail(res: &mut WorkerResult, conn: &mut Conn, reason: String) {
-    conn.state = State::Closed;
-    conn.stream = None;
-    res.connections_failed += 1;
-    *res.failure_reasons.entry(reason).or_default() += 1;
-}
-
-/// Ends a connection: a failed attempt if it never opened, a disconnect if it did.
-fn close(res: &mut WorkerResult, poll: &Poll, conn: &mut Conn, reason: String) {
+/// Ends a connection: a failed attempt if it never opened, a disconnect if it did, a failed reconnection if it
+/// was coming back. With a resumer (topic churn or storm), a slot that had opened is queued to come back.
+fn close(
+    res: &mut WorkerResult,
+    poll: &Poll,
+    resumer: Option<&mut Resumer>,
+    slot: usize,
+    conn: &mut Conn,
+    reason: String,
+) {
     if let Some(mut s) = conn.stream.take() {
         let _ = poll.registry().deregister(&mut s);
         let _ = conn_flush_best_effort(&mut s, &conn.out);
     }
     let was_open = conn.state == State::Open;
+    let reconnecting = conn.sub.as_ref().is_some_and(|s| s.reconnecting);
     conn.state = State::Closed;
     conn.out = Vec::new();
     conn.pending_in = Vec::new();
     if was_open {
         res.disconnects += 1;
         *res.disconnect_reasons.entry(reason).or_default() += 1;
+    } else if reconnecting {
+        *res.failure_reasons.entry(format!("reconnect: {reason}")).or_default() += 1;
     } else {
         res.connections_failed += 1;
         *res.failure_reasons.entry(reason).or_default() += 1;
     }
+    if let (Some(r), true) = (resumer, conn.opened) {
+        if reconnecting && !was_open {
+            r.counts.reconnect_failures += 1;
+        }
+        conn.reset_for_reconnect();
+        if let Some(tc) = &mut conn.sub {
+            tc.on_closed();
+        }
+        r.schedule(slot, monotonic_ns() + RETRY_NS);
+    }
+}
+
+/// Drops an open connection on purpose (churn, storm): no close handshake, like a client that vanishes; the
+/// slot keeps its checkers and resumes from their positions.
+fn drop_open(poll: &Poll, conn: &mut Conn) {
+    if let Some(mut s) = conn.stream.take() {
+        let _ = poll.registry().deregister(&mut s);
+    }
+    conn.reset_for_reconnect();
+    if let Some(tc) = &mut conn.sub {
+        tc.on_closed();
+    }
+}
+
+/// The upgrade completed: a new connection, or a reconnection coming back.
+fn opened(res: &mut WorkerResult, resumer: Option<&mut Resumer>, conn: &mut Conn) {
+    match (conn.sub.as_deref_mut(), resumer) {
+        (Some(tc), Some(r)) if tc.reconnecting => {
+            tc.reconnecting = false;
+            r.counts.reconnects += 1;
+        }
+        _ => {
+            res.connections_ok += 1;
+            res.last_ok_ns = monotonic_ns();
+        }
+    }
+}
+
+/// Sends the control messages of a resume (topics beyond the request target's group) that may go now, masked.
+fn send_controls(conn: &mut Conn, mask: &mut impl FnMut() -> [u8; 4]) -> io::Result<()> {
+    if conn.state != State::Open {
+        return Ok(()); // not before the upgrade completes
+    }
+    let Some(tc) = conn.sub.as_deref_mut().filter(|tc| !tc.controls.is_empty()) else { return Ok(()) };
+    let controls = tc.take_sendable();
+    let mut frame = Vec::new();
+    for c in &controls {
+        encode_masked_frame_into(&mut frame, OpCode::Text, c.as_bytes(), mask());
+    }
+    if !frame.is_empty() {
+        conn.send_frame(&frame)?;
+    }
+    Ok(())
+}
+
+/// Each storm victim's time from the drop to its last reply and to its first live message.
+fn storm_result(conns: &[Conn]) -> StormResult {
+    let mut s = StormResult::default();
+    for tc in conns.iter().filter_map(|c| c.sub.as_deref()) {
+        let Some(dropped) = tc.storm_dropped_at else { continue };
+        s.dropped += 1;
+        if let Some(at) = tc.storm_replied_at {
+            s.resubscribed_ns.push(at - dropped);
+        }
+        if let Some(at) = tc.storm_live_at {
+            s.live_ns.push(at - dropped);
+        }
+    }
+    s
 }
 
 fn conn_flush_best_effort(s: &mut mio::net::TcpStream, out: &[u8]) -> io::Result<usize> {

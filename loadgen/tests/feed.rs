@@ -127,7 +127,7 @@ fn topics_have_their_own_contiguous_sequences() {
         assert_eq!(r.line.len(), 128);
         let p = parse(r);
         let topic = p.topic.expect("every message has a topic").to_vec();
-        assert_eq!(topic, format!("T{}", n % 3).into_bytes(), "round-robin over T0..T2");
+        assert_eq!(topic, format!("T000{}", n % 3).into_bytes(), "round-robin over T0000..T0002");
         let expected = next.entry(topic).or_insert(0);
         assert_eq!(p.seq, *expected, "message {n}: per-topic sequence");
         *expected += 1;

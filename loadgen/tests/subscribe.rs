@@ -1,86 +1,22 @@
 //! Integration tests: the real `wsgate` binary, fed by an in-test publisher, measured by the real
 //! `wsgate-loadgen` binary over loopback.
 //!
-//! Finding `wsgate`: `CARGO_BIN_EXE_*` only names binaries of this package, so the test asks cargo to build
-//! `wsgate` into the same target directory and profile as `wsgate-loadgen` (`$CARGO build -p wsgate --bin
-//! wsgate`, a no-op when fresh; cargo holds no build lock while tests run) and runs it from beside the
-//! loadgen binary. If that build fails (no cargo at hand), an existing binary there is used.
+//! The gateway and the loadgen runs: `common/`.
 
 #[path = "../src/msg.rs"]
 #[allow(dead_code)]
 mod msg;
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_wsgate-loadgen");
-
-fn wsgate_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let profile_dir = Path::new(LOADGEN).parent().expect("binary has a directory");
-        let target_dir = profile_dir.parent().expect("profile directory has a parent");
-        let bin = profile_dir.join("wsgate");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => "dev".to_string(),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "wsgate", "--bin", "wsgate", "--profile", &profile])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            other => eprintln!("cargo build -p wsgate failed ({other:?}); using {} if it exists", bin.display()),
-        }
-        assert!(bin.exists(), "no wsgate binary at {}", bin.display());
-        bin
-    })
-}
-
-struct Gateway {
-    child: Child,
-    ws_url: String,
-    ingest: Option<String>,
-}
-
-impl Gateway {
-    fn start(extra: &[&str]) -> Gateway {
-        let mut child = Command::new(wsgate_binary())
-            .args(["--listen", "127.0.0.1:0", "--threads", "1", "--log-level", "warn"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start wsgate");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let want_ingest = extra.contains(&"--ingest");
-        let (mut ws_url, mut ingest) = (None, None);
-        while ws_url.is_none() || (want_ingest && ingest.is_none()) {
-            let line = lines.next().expect("wsgate printed its addresses").expect("utf-8 line");
-            if let Some(url) = line.strip_prefix("wsgate: listening on ").and_then(|rest| rest.split(' ').next()) {
-                ws_url = Some(url.trim().to_string());
-            } else if let Some(addr) = line.strip_prefix("wsgate: ingest listening on ") {
-                ingest = Some(addr.trim().to_string());
-            }
-        }
-        Gateway { child, ws_url: ws_url.expect("set"), ingest }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{run_loadgen, u, Gateway, LOADGEN};
 
 /// Publishes `msg` lines at `rate` per second (open loop: each stamped with its scheduled time) until dropped.
 struct Publisher {
@@ -117,32 +53,6 @@ impl Publisher {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().expect("running").join().expect("publisher thread")
     }
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("wsgate-loadgen-test-{}-{name}", std::process::id()))
-}
-
-fn run_loadgen(args: &[&str]) -> (serde_json::Value, String) {
-    let json = temp_path(&format!("{}.json", args[0]));
-    let hgrm = temp_path(&format!("{}.hgrm", args[0]));
-    let out = Command::new(LOADGEN)
-        .args(args)
-        .args(["--quiet", "--json", json.to_str().unwrap(), "--hgrm", hgrm.to_str().unwrap()])
-        .output()
-        .expect("run wsgate-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
-    let hgrm_text = std::fs::read_to_string(&hgrm).expect("hgrm written");
-    let _ = std::fs::remove_file(json);
-    let _ = std::fs::remove_file(hgrm);
-    eprintln!("{stdout}");
-    (report, hgrm_text)
-}
-
-fn u(report: &serde_json::Value, key: &str) -> u64 {
-    report[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not an integer in {report:#}"))
 }
 
 #[test]

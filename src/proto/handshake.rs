@@ -22,7 +22,9 @@ use base64::Engine as _;
 
 pub mod client;
 
-pub use client::{client_request, generate_key, parse_response, HandshakeError};
+pub use client::{
+    client_request, client_request_with, generate_key, parse_response, parse_response_with, HandshakeError,
+};
 
 /// RFC 6455 §1.3: appended to the client's key before hashing.
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

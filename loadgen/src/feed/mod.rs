@@ -63,10 +63,11 @@ pub struct Args {
     /// Messages per second (fractional allowed, at least 0.001).
     #[arg(long)]
     rate: f64,
-    /// Bytes per message, newline included (at least 64, or 77+ with topics: the format's minimum).
+    /// Bytes per message, newline included (at least 64, or 80+ with topics named like T0000: the format's minimum).
     #[arg(long)]
     size: usize,
-    /// Spread messages round-robin over K topics `T0`..`T{K-1}`, each with its own sequence numbers from 0.
+    /// Spread messages round-robin over K topics `T0000`..`T{K-1}` (message n goes to topic n mod K), each with
+    /// its own sequence numbers from 0; 0 = no topic field (every message on the gateway's default topic).
     #[arg(long, value_name = "K", default_value_t = 0)]
     topics: u32,
     /// Stop the schedule after this long (e.g. 30, 30s, 500ms, 2m); default: run until Ctrl-C.
@@ -131,7 +132,7 @@ fn validate(args: &Args) -> Result<Config, String> {
     if Schedule::new(0, args.rate).is_none() {
         return Err(format!("--rate {} is out of range (0.001 to 1e12 messages per second)", args.rate));
     }
-    let topics: Vec<String> = (0..args.topics).map(|k| format!("T{k}")).collect();
+    let topics: Vec<String> = (0..args.topics).map(|k| msg::topic_name(k, args.topics)).collect();
     let min = msg::min_size(topics.last().map_or(0, String::len));
     if args.size < min {
         let with = if topics.is_empty() { String::new() } else { format!(" with {} topics", topics.len()) };

@@ -1,6 +1,7 @@
 //! Client side of the upgrade (used by the load generator): build the request, check the 101.
 //!
-//! The client offers no subprotocol and no extension, so a response naming either is refused.
+//! The client offers no extension and at most one subprotocol ([`client_request_with`]), so a response naming an
+//! extension, or a subprotocol other than the one offered, is refused.
 //! Randomness is the caller's: [`generate_key`] takes the 16 nonce bytes.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -28,6 +29,8 @@ pub enum HandshakeError {
     BadAccept,
     #[error("server chose a subprotocol that was not offered")]
     UnexpectedSubprotocol,
+    #[error("server did not accept the offered subprotocol")]
+    MissingSubprotocol,
     #[error("server chose an extension that was not offered")]
     UnexpectedExtension,
 }
@@ -39,9 +42,15 @@ pub fn generate_key(nonce: [u8; 16]) -> String {
 
 /// A complete upgrade request for `path` (including any query) on `host`.
 pub fn client_request(host: &str, path: &str, key: &str) -> Vec<u8> {
+    client_request_with(host, path, key, None)
+}
+
+/// [`client_request`] offering one subprotocol (`Sec-WebSocket-Protocol`) when `protocol` is given.
+pub fn client_request_with(host: &str, path: &str, key: &str, protocol: Option<&str>) -> Vec<u8> {
+    let offer = protocol.map_or(String::new(), |p| format!("Sec-WebSocket-Protocol: {p}\r\n"));
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }
@@ -51,6 +60,13 @@ pub fn client_request(host: &str, path: &str, key: &str) -> Vec<u8> {
 /// `Ok(None)`: incomplete, read more. `Ok(Some(consumed))`: a valid 101; bytes after `consumed`
 /// are already WebSocket frames.
 pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeError> {
+    parse_response_with(buf, key, None)
+}
+
+/// [`parse_response`] for a request that offered `protocol`: the 101 must name exactly it (RFC 6455 §4.1: the
+/// client fails a connection whose server chose none it offered; a client that needs the protocol's format, as
+/// the load generator does, also fails one where the server chose none at all).
+pub fn parse_response_with(buf: &[u8], key: &str, protocol: Option<&str>) -> Result<Option<usize>, HandshakeError> {
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEADER_BYTES)];
     let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -70,6 +86,7 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeE
     let mut upgrade = false;
     let mut connection = false;
     let mut accept_ok = None::<bool>;
+    let mut chosen = None::<bool>;
     let expected = accept_key(key);
     for h in resp.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("");
@@ -82,7 +99,11 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeE
             // A repeated header must not let a wrong value pass.
             accept_ok = Some(accept_ok.unwrap_or(true) && value == expected);
         } else if h.name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            return Err(HandshakeError::UnexpectedSubprotocol);
+            // Exactly the offered one, once: a repeated header must not let another value pass.
+            if protocol != Some(value) || chosen.is_some() {
+                return Err(HandshakeError::UnexpectedSubprotocol);
+            }
+            chosen = Some(true);
         } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
             return Err(HandshakeError::UnexpectedExtension);
         }
@@ -95,6 +116,9 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeE
     }
     if accept_ok != Some(true) {
         return Err(HandshakeError::BadAccept);
+    }
+    if protocol.is_some() && chosen.is_none() {
+        return Err(HandshakeError::MissingSubprotocol);
     }
     Ok(Some(consumed))
 }

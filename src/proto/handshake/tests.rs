@@ -322,6 +322,33 @@ fn client_refusals() {
     assert_eq!(parse_response(b"HTTP/1.1 1x1\r\n\r\n", key), Err(HandshakeError::Malformed));
 }
 
+#[test]
+fn client_subprotocol_offer_and_choice() {
+    let key = generate_key([9; 16]);
+    let req = client_request_with("h", "/ws?topics=A", &key, Some("wsgate.v1.json"));
+    let head = head_of(&req);
+    let cfg = HandshakeConfig { subprotocols: vec!["wsgate.v1.json".into()], ..HandshakeConfig::default() };
+    let a = accept_upgrade(&head, &cfg).unwrap();
+    assert_eq!(parse_response_with(&a.response, &key, Some("wsgate.v1.json")), Ok(Some(a.response.len())));
+    // A client that offered it refuses a server that chose nothing or something else; one that offered nothing
+    // still refuses any choice.
+    let plain = accept_upgrade(&head, &HandshakeConfig::default()).unwrap();
+    assert_eq!(
+        parse_response_with(&plain.response, &key, Some("wsgate.v1.json")),
+        Err(HandshakeError::MissingSubprotocol)
+    );
+    assert_eq!(parse_response(&a.response, &key), Err(HandshakeError::UnexpectedSubprotocol));
+    let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+    let check = |extra: &str| parse_response_with(format!("{ok}{extra}\r\n").as_bytes(), KEY, Some("x"));
+    assert!(check("Sec-WebSocket-Protocol: x\r\n").is_ok());
+    assert_eq!(check("Sec-WebSocket-Protocol: y\r\n"), Err(HandshakeError::UnexpectedSubprotocol));
+    assert_eq!(
+        check("Sec-WebSocket-Protocol: x\r\nSec-WebSocket-Protocol: x\r\n"),
+        Err(HandshakeError::UnexpectedSubprotocol)
+    );
+}
+
 fn arb_request() -> impl Strategy<Value = Vec<u8>> {
     let line = prop_oneof![
         Just("Host: h".to_string()),
