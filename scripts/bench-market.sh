@@ -12,7 +12,9 @@
 # Deliveries per second = RATE x (CONNS x PER_CONN / TOPICS): at 10,000 msg/s, 2,000,000/s.
 # Settings (environment): CONNS, TOPICS, PER_CONN, RATES (feed messages/s over all topics), THREAD_SETS (gateway
 # loop threads per variant; "default" = the gateway's own default, one per core), SIZE, PROCS, WARMUP, DURATION,
-# GRACE, REPEAT, SOURCE_IPS, CHURN_MS, STORM_AT (s into the window) and STORM_AWAY_MS, RESULTS (default
+# GRACE, REPEAT, SOURCE_IPS, CHURN_MS, STORM_AT (s into the window) and STORM_AWAY_MS, BACKLOG (the gateway's
+# listen backlog per loop thread; a storm of N reconnections needs N / threads, and net.core.somaxconn at least
+# that, or the kernel drops connections that then retry after 1, 3, 7 s), RESULTS (default
 # results/market-<date>). Leaves per run: .json, .hgrm, logs; per rate: a chart; summary.txt (per run, and
 # medians per variant). The loadgen exits 2 when a run's verdict fails (a hole not covered by a gap notice, a
 # duplicate, ...): the run is kept and its verdict shown.
@@ -44,7 +46,12 @@ for rep in $(seq 1 "$REPEAT"); do
       mkdir -p "$dir"
       echo "== $run" >&2
       start_feed "$dir" "$rate" "$SIZE" --topics "$TOPICS"
-      start_server "$dir" "$SERVER" 127.0.0.1:0 "$FEED_ADDR" "$n"
+      server_extra=()
+      if [ -n "${BACKLOG:-}" ]; then
+        echo "backlog = $BACKLOG" > "$dir/wsgate.toml"
+        server_extra=(--config "$dir/wsgate.toml")
+      fi
+      start_server "$dir" "$SERVER" 127.0.0.1:0 "$FEED_ADDR" "$n" "${server_extra[@]}"
       "$LOADGEN" subscribe --url "$SERVER_URL" --connections "$CONNS" --procs "$PROCS" \
         --source-ips "$SOURCE_IPS" --topics "$TOPICS" --per-conn "$PER_CONN" "${extra[@]}" \
         --warmup "$WARMUP" --duration "$DURATION" --grace "$GRACE" --server-pid "$SERVER_PID" \

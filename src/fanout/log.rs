@@ -90,6 +90,7 @@ impl FrameLog {
         self.chunks.len()
     }
 
+    #[inline]
     pub fn locate(&self, cursor: Cursor) -> Located {
         if cursor >= self.head {
             return Located::Head;

@@ -128,6 +128,9 @@ fn gather<'a>(
     next.clear();
     for (i, sub) in subs.subs.iter().enumerate() {
         let Some(log) = topics.get(sub.topic).and_then(|t| t.log(subs.encoding)) else { continue };
+        if sub.cursor >= log.log.head() {
+            continue; // nothing new: most subscriptions of most connections, most passes
+        }
         match log.log.locate(sub.cursor) {
             Located::Head => continue,
             Located::Trimmed => return Err(sub.topic),
@@ -145,9 +148,17 @@ fn gather<'a>(
     }
     let mut len = 0;
     while len < room && !next.is_empty() {
-        let (first, _) = next.iter().enumerate().min_by_key(|(_, n)| n.0).expect("not empty");
+        // The subscription with the lowest next seq, and the lowest next seq of the others (one scan).
+        let (mut first, mut others) = (0, None::<u64>);
+        for (j, n) in next.iter().enumerate().skip(1) {
+            if n.0 < next[first].0 {
+                others = Some(others.map_or(next[first].0, |o| o.min(next[first].0)));
+                first = j;
+            } else {
+                others = Some(others.map_or(n.0, |o| o.min(n.0)));
+            }
+        }
         let (_, i, m) = next[first];
-        let others = next.iter().enumerate().filter(|&(j, _)| j != first).map(|(_, n)| n.0).min();
         let topic = subs.subs[i as usize].topic;
         let log = topics.get(topic).and_then(|t| t.log(subs.encoding)).expect("found above");
         let (mark, mut end) = log.message(m as usize);

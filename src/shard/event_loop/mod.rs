@@ -36,6 +36,10 @@ use crate::upstream::PayloadKind;
 const LINGER: Duration = Duration::from_secs(2);
 /// During a fan-out pass, the feed is pulled again after this many subscribers.
 const PULL_EVERY: usize = 64;
+/// The same for topic subscriptions, counted in (connection, topic) visits. Each pull seals a chunk per grown
+/// topic: pulling as often as for the whole feed would cut sparse topics into one-message chunks (an allocation
+/// and a send part per message per topic).
+const TOPIC_PULL_EVERY: usize = 1024;
 /// Most bytes of idle buffers a loop thread keeps for reuse (1,024 of the usual 4 KiB).
 const POOL_BYTES: usize = 4 << 20;
 /// After the shutdown deadline, how long operations still in flight (io_uring) may take to end.
@@ -418,7 +422,7 @@ impl<R: Reactor> Shard<R> {
                 let n = log.subscribers.len();
                 for i in 0..n {
                     visited += 1;
-                    if visited % PULL_EVERY == 0 {
+                    if visited % TOPIC_PULL_EVERY == 0 {
                         self.pull_feed();
                     }
                     let Some(log) = self.topics.get(topic).and_then(|t| t.log(encoding)) else { break };
@@ -442,11 +446,13 @@ impl<R: Reactor> Shard<R> {
         if conn.phase != Phase::Open || conn.log_released {
             return;
         }
-        let Some(subs) = conn.topics.as_deref() else { return };
-        if subs.offered_gen == self.pull_gen && !conn.write_blocked {
-            return; // flushed since the last pull: it has everything
+        let Some(subs) = conn.topics.as_deref_mut() else { return };
+        if subs.offered_gen == self.pull_gen {
+            return; // flushed (or, blocked, judged) since the last pull: nothing new to offer or judge
         }
         if conn.write_blocked {
+            // Judged once per pull, not once per grown topic it reads: its lag only grows with a pull.
+            subs.offered_gen = self.pull_gen;
             if self.judge_holder(key) {
                 self.hold(key);
             }
