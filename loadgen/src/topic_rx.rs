@@ -190,10 +190,11 @@ mod tests {
         assert_eq!(rec.hist.len(), 4, "every new live message in the window");
         // A resume replays 17..=20 of T0001 (reply at 20), then 21 is live.
         tc.on_closed();
-        assert_eq!(tc.request_target(&p, "/ws"), "/ws?topics=T0002&since=5:16");
-        assert_eq!(tc.take_sendable(), [r#"{"op":"subscribe","topics":["T0001"],"since":{"epoch":5,"seq":17}}"#]);
-        on_message(&mut rec, &mut tc, &subscribed(&["T0002"], 20), 1_400);
-        on_message(&mut rec, &mut tc, &subscribed(&["T0001"], 20), 1_400);
+        // One position for both topics: the last message received (17; nothing of T0002 came after 16 up to it).
+        let target = tc.request_target(&p, "/ws");
+        assert!(target.contains("T0001") && target.contains("T0002") && target.ends_with("&since=5:17"), "{target}");
+        assert!(tc.take_sendable().is_empty());
+        on_message(&mut rec, &mut tc, &subscribed(&["T0001", "T0002"], 20), 1_400);
         on_message(&mut rec, &mut tc, &envelope("T0001", 19, 17, 7), 1_500);
         on_message(&mut rec, &mut tc, &envelope("T0001", 21, 19, 8), 1_500);
         let m = &rec.topic_mode.as_ref().unwrap().result;

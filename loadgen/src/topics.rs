@@ -169,10 +169,19 @@ impl OpenRequest {
 
 /// The request for a connection whose slot 0 holds `first`, on `base` (the URL's path and query), given each
 /// slot's resume position (`None`: live only).
+///
+/// When every slot has a position in one epoch, one position serves them all — the highest: the gateway delivers
+/// a connection's topics in feed order (`docs/client-protocol.md`), so everything of every topic up to the last
+/// message received was received, and the connection resumes with its request target alone (no control
+/// message). Otherwise topics are grouped by position, one request per group.
 pub fn open_request(plan: &TopicPlan, base: &str, first: u32, resume: &[Option<(u64, u64)>]) -> OpenRequest {
+    let one_epoch = resume.first().copied().flatten().map(|(epoch, _)| epoch);
+    let shared = one_epoch.filter(|e| resume.iter().all(|r| r.is_some_and(|(epoch, _)| epoch == *e)));
+    let highest = shared.map(|epoch| (epoch, resume.iter().flatten().map(|&(_, seq)| seq).max().unwrap_or(0)));
     let mut groups: BTreeMap<Option<(u64, u64)>, Vec<String>> = BTreeMap::new();
     for (slot, since) in resume.iter().enumerate() {
-        groups.entry(*since).or_default().push(plan.name(plan.topic_in(first, slot)));
+        let since = if highest.is_some() { highest } else { *since };
+        groups.entry(since).or_default().push(plan.name(plan.topic_in(first, slot)));
     }
     let mut groups = groups.into_iter();
     let mut target = base.to_string();
@@ -253,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn resume_groups_topics_by_position() {
+    fn resume_from_one_position_or_grouped_by_position() {
         let p = plan(100, 4);
         // Step 27: places 10..=13 are topics 70, 97, 24, 51.
         let r = open_request(&p, "/ws", 10, &[Some((5, 40)), Some((5, 30)), Some((5, 40)), None]);
@@ -269,6 +278,13 @@ mod tests {
         let r = open_request(&p, "/ws", 0, &[Some((5, 40)); 4]);
         assert_eq!(r.target, "/ws?topics=T0000,T0027,T0054,T0081&since=5:40");
         assert!(r.controls.is_empty());
+        // Every topic with a position in one epoch: the highest, for all, in the target alone.
+        let r = open_request(&p, "/ws", 0, &[Some((5, 40)), Some((5, 30)), Some((5, 44)), Some((5, 41))]);
+        assert_eq!(r.target, "/ws?topics=T0000,T0027,T0054,T0081&since=5:44");
+        assert!(r.controls.is_empty());
+        // Two epochs (a restart came between): grouped again.
+        let r = open_request(&p, "/ws", 0, &[Some((5, 40)), Some((6, 3)), Some((5, 40)), Some((5, 40))]);
+        assert_eq!(r.controls.len(), 1);
         // Every control message is valid JSON.
         let r = open_request(&p, "/ws", 0, &[None, Some((1, 2)), Some((1, 3)), Some((1, 4))]);
         for c in &r.controls {
