@@ -108,7 +108,8 @@ impl Resumer {
         Some(slot)
     }
 
-    /// `true` once, when the storm is due: the caller drops every open connection and calls [`Self::storm_away`].
+    /// `true` once, when the storm is due: the caller drops every open connection and [`Self::schedule`]s each
+    /// to come back [`Self::storm_away_ns`] later.
     pub fn storm_due(&mut self, now: u64) -> bool {
         match &mut self.storm {
             Some(s) if !s.fired && s.at_ns.is_some_and(|at| now >= at) => {
