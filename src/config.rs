@@ -124,6 +124,9 @@ pub struct Config {
     /// Server-Sent Events: a comment line this often keeps idle streams (and proxies) alive.
     #[serde(with = "millis")]
     pub sse_heartbeat: Duration,
+    /// Name each SSE data event by its topic (`event: TOPIC`, for `addEventListener(topic)`); off: unnamed
+    /// events, which `EventSource.onmessage` receives.
+    pub sse_event_names: bool,
     /// Long-poll: how long a request waits for a message before it is answered with none.
     #[serde(with = "millis")]
     pub poll_timeout: Duration,
@@ -200,6 +203,7 @@ impl Default for Config {
             topic_idle_expiry: Duration::from_secs(3600),
             sse_retry: Duration::from_secs(3),
             sse_heartbeat: Duration::from_secs(15),
+            sse_event_names: false,
             poll_timeout: Duration::from_secs(25),
             poll_max_held: 4096,
             history_messages: 1000,

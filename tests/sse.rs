@@ -231,3 +231,28 @@ fn topic_streams_report_gaps_and_refuse_what_is_not_offered() {
     let (_, head, _) = open(&gw, "/sse?topics=K-1,K-*", "");
     assert_eq!(head.status, 200);
 }
+
+/// With `sse_event_names`, data events are named by their topic (for `addEventListener(topic)`), on the whole
+/// feed, on topic streams and in what a resume replays; notices keep their own names.
+#[test]
+fn named_events_carry_their_topic_when_configured() {
+    let gw = Gateway::start_with_config("sse_event_names = true\n", &["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let epoch = gw.health().get("epoch").and_then(Value::as_u64).unwrap();
+    let (mut all, _, mut all_buf) = open(&gw, "/sse", "");
+    let (mut some, _, mut some_buf) = open(&gw, "/sse?topics=B-*", "");
+    events(&mut all, &mut all_buf, 1);
+    events(&mut some, &mut some_buf, 1);
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"{\"topic\":\"A\",\"n\":1}\n{\"topic\":\"B-1\",\"n\":2}\n");
+    let got = events(&mut all, &mut all_buf, 2);
+    assert_eq!((field(&got[0], "event"), field(&got[1], "event")), (vec!["A"], vec!["B-1"]), "{got:?}");
+    let got = events(&mut some, &mut some_buf, 1);
+    assert_eq!(field(&got[0], "event"), ["B-1"], "{got:?}");
+    // A resume replays from history, named too; an unknown epoch's notice is still `gap`.
+    let (mut back, _, mut back_buf) = open(&gw, &format!("/sse?topics=A,B-1&since={epoch}:0"), "");
+    let got = events(&mut back, &mut back_buf, 3);
+    assert_eq!((field(&got[1], "event"), field(&got[2], "event")), (vec!["A"], vec!["B-1"]), "{got:?}");
+    let (mut other, _, mut other_buf) = open(&gw, "/sse?topics=A&since=1:1", "");
+    let got = events(&mut other, &mut other_buf, 2);
+    assert_eq!(field(&got[1], "event"), ["gap"], "{got:?}");
+}

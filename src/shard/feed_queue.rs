@@ -59,7 +59,7 @@ fn encode_envelopes(
     epoch: u64,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    wrap: impl Fn(Position, &[u8], &mut Vec<u8>),
+    wrap: impl Fn(Position, &str, &[u8], &mut Vec<u8>),
     mut chunk: impl FnMut(&mut Vec<u8>),
 ) {
     for msg in Records::new(&batch.records) {
@@ -67,7 +67,7 @@ fn encode_envelopes(
         let position = Position { epoch, seq: msg.stamp.seq };
         let m = FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
         encode::envelope(&m, envelope);
-        wrap(position, envelope, out);
+        wrap(position, msg.topic, envelope, out);
         if out.len() >= BATCH_MAX_BYTES {
             chunk(out);
         }
@@ -86,7 +86,7 @@ pub fn encode_json_frames(
     out: &mut Vec<u8>,
     chunk: impl FnMut(&mut Vec<u8>),
 ) {
-    let wrap = |_, env: &[u8], out: &mut Vec<u8>| encode_frame_into(out, OpCode::Text, env);
+    let wrap = |_, _: &str, env: &[u8], out: &mut Vec<u8>| encode_frame_into(out, OpCode::Text, env);
     encode_envelopes(batch, epoch, envelope, out, wrap, chunk);
 }
 
@@ -95,11 +95,14 @@ pub fn encode_json_frames(
 pub fn encode_sse_events(
     batch: &Batch,
     epoch: u64,
+    named: bool,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
     chunk: impl FnMut(&mut Vec<u8>),
 ) {
-    let wrap = |position, env: &[u8], out: &mut Vec<u8>| sse::event(Some(position), None, env, out);
+    let wrap = |position, topic: &str, env: &[u8], out: &mut Vec<u8>| {
+        sse::event(Some(position), named.then_some(topic), env, out)
+    };
     encode_envelopes(batch, epoch, envelope, out, wrap, chunk);
 }
 
@@ -316,7 +319,7 @@ mod tests {
         sink.flush();
         let (mut envelope, mut out, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
         while let Some(batch) = rx[0].try_recv() {
-            encode_sse_events(&batch, 7, &mut envelope, &mut out, |buf| chunks.push(std::mem::take(buf)));
+            encode_sse_events(&batch, 7, false, &mut envelope, &mut out, |buf| chunks.push(std::mem::take(buf)));
         }
         assert!(chunks.len() > 10, "{} chunks", chunks.len());
         let mut events = 0;

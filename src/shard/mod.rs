@@ -49,6 +49,8 @@ pub struct Settings {
     /// Server-Sent Events: the `retry:` hint and the heartbeat interval.
     pub sse_retry_ms: u32,
     pub sse_heartbeat: Duration,
+    /// SSE data events named by their topic (`event: BTC-USD`) instead of unnamed.
+    pub sse_event_names: bool,
     /// Long-poll: how long a request is held, and how many at once per loop.
     pub poll_timeout: Duration,
     pub poll_max_held: usize,
@@ -90,6 +92,7 @@ impl Settings {
             max_private_bytes: cfg.max_private_bytes,
             sse_retry_ms: u32::try_from(cfg.sse_retry.as_millis()).unwrap_or(u32::MAX),
             sse_heartbeat: cfg.sse_heartbeat,
+            sse_event_names: cfg.sse_event_names,
             poll_timeout: cfg.poll_timeout,
             poll_max_held: cfg.poll_max_held,
             handshake_timeout: cfg.handshake_timeout,

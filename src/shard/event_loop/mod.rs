@@ -317,7 +317,8 @@ impl<R: Reactor> Shard<R> {
             if !sse.subscribers.is_empty() {
                 self.frames.clear();
                 let chunk = chunk_into(&mut sse.log);
-                feed_queue::encode_sse_events(&batch, self.epoch, &mut self.envelope, &mut self.frames, chunk);
+                let named = self.settings.sse_event_names;
+                feed_queue::encode_sse_events(&batch, self.epoch, named, &mut self.envelope, &mut self.frames, chunk);
             }
             self.append_to_topics(&batch);
             if !self.held.is_empty() {
@@ -360,6 +361,7 @@ impl<R: Reactor> Shard<R> {
                 FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
             let envelope = &mut self.envelope;
             let mut encoded = false;
+            let sse_name = self.settings.sse_event_names.then_some(msg.topic);
             self.topics.append(topic, msg.stamp.seq, msg.stamp.prev, now, |encoding, out| {
                 if encoding != Encoding::Raw && !encoded {
                     envelope.clear();
@@ -372,7 +374,7 @@ impl<R: Reactor> Shard<R> {
                         encode_frame_into(out, op, m.payload);
                     }
                     Encoding::Json => encode_frame_into(out, OpCode::Text, envelope),
-                    Encoding::Sse => sse::event(Some(position), None, envelope, out),
+                    Encoding::Sse => sse::event(Some(position), sse_name, envelope, out),
                 }
             });
             if let Some(t) = self.topics.get_mut(topic) {

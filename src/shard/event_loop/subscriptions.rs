@@ -278,10 +278,10 @@ impl<R: Reactor> Shard<R> {
         if self.topics.get(topic).is_none_or(|t| t.log(encoding).is_some()) {
             return;
         }
-        let epoch = self.epoch;
+        let to = Reencode { encoding, epoch: self.epoch, sse_named: self.settings.sse_event_names };
         let mut envelope = std::mem::take(&mut self.envelope);
         self.topics.add_log(topic, encoding, now, |name, entry, raw, out| {
-            convert_raw(name, epoch, entry, raw, encoding, &mut envelope, out);
+            convert_raw(name, entry, raw, to, &mut envelope, out);
         });
         self.envelope = envelope;
     }
@@ -386,16 +386,17 @@ fn gap_notice(topic: &str, from: Position, to: Position, reason: GapReason) -> V
     out
 }
 
-/// A raw-history frame of `topic` re-encoded in `encoding` (for a log made after the messages arrived).
-fn convert_raw(
-    topic: &str,
-    epoch: u64,
-    entry: &Entry,
-    raw: &[u8],
+/// What a raw-history frame is re-encoded into: the encoding, in this epoch, SSE events named by topic or not.
+#[derive(Debug, Clone, Copy)]
+struct Reencode {
     encoding: Encoding,
-    envelope: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) {
+    epoch: u64,
+    sse_named: bool,
+}
+
+/// A raw-history frame of `topic` re-encoded (for a log made after the messages arrived).
+fn convert_raw(topic: &str, entry: &Entry, raw: &[u8], to: Reencode, envelope: &mut Vec<u8>, out: &mut Vec<u8>) {
+    let Reencode { encoding, epoch, sse_named } = to;
     let Ok(Some(header)) = FrameHeader::parse(raw) else { return };
     let payload = &raw[usize::from(header.header_len)..];
     let kind = if header.opcode == OpCode::Binary { PayloadKind::Binary } else { PayloadKind::Text };
@@ -405,6 +406,6 @@ fn convert_raw(
     match encoding {
         Encoding::Raw => out.extend_from_slice(raw),
         Encoding::Json => encode_frame_into(out, OpCode::Text, envelope),
-        Encoding::Sse => sse::event(Some(position), None, envelope, out),
+        Encoding::Sse => sse::event(Some(position), sse_named.then_some(topic), envelope, out),
     }
 }
