@@ -141,6 +141,9 @@ pub struct Config {
     pub history_bytes: u64,
     /// Most history bytes over every topic of one loop thread (oldest evicted first).
     pub history_total_bytes: u64,
+    /// Bytes the topic logs of one loop thread may hold beyond their history for subscribers that lag (each
+    /// within `max_lag_bytes`, on different topics); past it the laggiest are closed as slow consumers.
+    pub max_topic_backlog_bytes: u64,
     /// Most subscriptions (topics and patterns as written) of one connection.
     pub max_subscriptions: usize,
     /// Topics clients may subscribe to, as topics or prefix patterns (`BTC-*`); empty = any.
@@ -210,6 +213,7 @@ impl Default for Config {
             history_age: Duration::from_secs(300),
             history_bytes: 1 << 20,
             history_total_bytes: 64 << 20,
+            max_topic_backlog_bytes: 16 << 20,
             max_subscriptions: 1024,
             allowed_topics: Vec::new(),
             require_subscription: false,
@@ -395,6 +399,9 @@ impl Config {
         }
         if let Some(bad_pattern) = self.publish_topics.iter().find(|p| crate::client::Pattern::parse(p).is_err()) {
             return Err(ConfigError::Invalid(format!("publish_topics: {bad_pattern:?} is not a topic or pattern")));
+        }
+        if self.max_topic_backlog_bytes < self.max_lag_bytes {
+            return bad("max_topic_backlog_bytes must be at least max_lag_bytes (one lagging client may hold that)");
         }
         if self.publish_max_bytes == 0 || self.publish_max_bytes > 1 << 20 || self.publish_rate == 0 {
             return bad("publish_max_bytes must be in 1..=1048576 and publish_rate above 0");

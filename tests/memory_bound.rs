@@ -58,12 +58,17 @@ fn counter(h: &Value, key: &str) -> u64 {
 
 /// Upgrades with a 4 KiB receive buffer and reads nothing after the response head.
 fn stalled_client(addr: SocketAddr) -> TcpStream {
+    stalled_client_on(addr, "/ws")
+}
+
+/// [`stalled_client`] on `path` (e.g. `/ws?topics=T1`).
+fn stalled_client_on(addr: SocketAddr, path: &str) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&addr.into()).unwrap();
     let mut stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
-    stream.write_all(&Request::upgrade(addr).bytes()).unwrap();
+    stream.write_all(&Request::upgrade(addr).path(path).bytes()).unwrap();
     let (head, _) = read_head(&mut stream);
     assert_eq!(head.status, 101, "{head:?}");
     stream
@@ -217,8 +222,17 @@ fn run_trials(io: &str) {
     assert_eq!(counter(&end, "pinned_bytes"), 0, "{io}: closed connections keep no chunk");
 }
 
+/// The tests of this file each load both cores (hundreds of MiB as fast as the gateway takes them): run one at a
+/// time, or a reading client of one falls behind because of another.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn stalled_clients_do_not_pin_the_feed_in_memory() {
+    let _one = one_at_a_time();
     for io in backends() {
         run_trials(&io);
     }
@@ -229,6 +243,7 @@ fn stalled_clients_do_not_pin_the_feed_in_memory() {
 /// every line in order.
 #[test]
 fn a_loop_behind_the_feed_pauses_it_and_nobody_loses_a_line() {
+    let _one = one_at_a_time();
     const CLIENTS: usize = 12;
     const LINES: u64 = 40 * 1024 * 1024 / LINE_BYTES as u64;
     const QUEUE_BYTES: u64 = 256 * 1024;
@@ -269,4 +284,62 @@ fn a_loop_behind_the_feed_pauses_it_and_nobody_loses_a_line() {
     assert_eq!(counter(&h, "slow_consumers"), 0);
     // The bound, plus the batches of the one read that may follow the last check for room (2 × ~64 KiB).
     assert!(peak_queue <= QUEUE_BYTES + (160 << 10), "queue held {peak_queue} bytes");
+}
+
+/// Many clients lagging on different topics, each within `max_lag_bytes`, do not add up without bound: past
+/// `max_topic_backlog_bytes` beyond the history, the laggiest are closed as slow consumers and the topic logs let
+/// go of what they held. (Without that bound, the 20 clients here would hold the whole 100 MiB.)
+#[test]
+fn clients_lagging_on_many_topics_stay_within_the_topic_backlog() {
+    let _one = one_at_a_time();
+    const TOPICS: usize = 20;
+    const LINES: usize = 100 * 1024 * 1024 / LINE_BYTES; // 5 MiB per topic: under max_lag_bytes for each client
+    for io in backends() {
+        let gw = Gateway::start_with_config(
+            "max_lag_bytes = 8388608\nmax_topic_backlog_bytes = 16777216\nhistory_bytes = 65536\n",
+            &["--ingest", "127.0.0.1:0", "--threads", "1", "--io", &io],
+        );
+        let idle_heap = counter(&gw.health(), "heap_live_bytes");
+        let stalled: Vec<TcpStream> =
+            (0..TOPICS).map(|t| stalled_client_on(gw.ws_addr, &format!("/ws?topics=T{t}"))).collect();
+        // Each subscription is applied right after the upgrade; give the loop a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut p = gw.publisher();
+        p.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        let pad = "x".repeat(LINE_BYTES - 40);
+        let mut block = Vec::with_capacity(1 << 20);
+        let mut peak_heap = idle_heap;
+        for i in 0..LINES {
+            block.extend_from_slice(
+                format!("{{\"topic\":\"T{}\",\"n\":{i:08},\"p\":\"{pad}\"}}\n", i % TOPICS).as_bytes(),
+            );
+            if block.len() >= 1 << 20 {
+                p.write_all(&block).expect("publisher write");
+                block.clear();
+                peak_heap = peak_heap.max(counter(&gw.health(), "heap_live_bytes"));
+            }
+        }
+        p.write_all(&block).expect("publisher write");
+        let slow = common::poll_until(Duration::from_secs(10), || counter(&gw.health(), "slow_consumers") > 0);
+        for _ in 0..20 {
+            peak_heap = peak_heap.max(counter(&gw.health(), "heap_live_bytes"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let h = gw.health();
+        eprintln!(
+            "{io}: peak live heap {} MiB (idle {} MiB); slow consumers closed {}; topic log bytes {}",
+            peak_heap >> 20,
+            idle_heap >> 20,
+            counter(&h, "slow_consumers"),
+            counter(&h, "topic_log_bytes")
+        );
+        assert!(slow, "{io}: the laggiest were closed");
+        assert!(
+            peak_heap <= idle_heap + (32 << 20),
+            "{io}: peak live heap {} MiB above idle; the bound is the 16 MiB backlog plus queues (without it, \
+             49 MiB here and growing with the feed)",
+            (peak_heap - idle_heap) >> 20
+        );
+        drop(stalled);
+    }
 }

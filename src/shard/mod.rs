@@ -64,6 +64,8 @@ pub struct Settings {
     pub require_subscription: bool,
     /// Client publishing: the topics allowed (none: off), the data size cap, messages per second per connection.
     pub publish_topics: Vec<Pattern>,
+    /// Bytes the topic logs of a loop may hold beyond their history for lagging subscribers.
+    pub max_topic_backlog_bytes: u64,
     pub publish_max_bytes: usize,
     pub publish_rate: u32,
 }
@@ -112,6 +114,7 @@ impl Settings {
             require_subscription: cfg.require_subscription,
             publish_topics: cfg.publish_topics.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
             publish_max_bytes: cfg.publish_max_bytes,
+            max_topic_backlog_bytes: cfg.max_topic_backlog_bytes,
             publish_rate: cfg.publish_rate,
         }
     }

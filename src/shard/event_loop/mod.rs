@@ -120,6 +120,8 @@ pub struct Shard<R: Reactor> {
     next_heartbeat: Instant,
     /// Event streams that read topics (may hold stale entries): they get their heartbeats one by one.
     sse_topic_conns: Vec<ConnKey>,
+    /// Bytes held by every topic log of this loop (kept up to date at each seal and trim, recounted at each sweep).
+    topic_log_bytes: u64,
     /// Connections that published: their rate limits.
     publish_buckets: HashMap<ConnKey, TokenBucket>,
     /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
@@ -181,6 +183,7 @@ impl<R: Reactor> Shard<R> {
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
             sse_topic_conns: Vec::new(),
             publish_buckets: HashMap::new(),
+            topic_log_bytes: 0,
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
             poll_run: EncodedRun::default(),
@@ -393,7 +396,9 @@ impl<R: Reactor> Shard<R> {
             }
             let mut subscribed = false;
             for log in t.logs.iter_mut().flatten() {
+                let head = log.log.head();
                 log.seal();
+                self.topic_log_bytes += log.log.head() - head;
                 if log.subscribers.is_empty() {
                     // Nobody to offer to: only the history holds the log back (see trim_log).
                     log.offered = log.log.head();
@@ -854,6 +859,10 @@ impl<R: Reactor> Shard<R> {
         });
         debug_assert!(self.blocked.is_empty(), "judging adds nobody to the blocked list");
         self.blocked = blocked;
+        let budget = self.topics.history_bytes().saturating_add(self.settings.max_topic_backlog_bytes);
+        if self.topic_log_bytes > budget {
+            self.shed_topic_laggards(self.topic_log_bytes - budget);
+        }
         let mut retained = 0;
         for stream in &mut self.streams {
             stream.log.trim_to(stream.keep_from);
@@ -863,7 +872,9 @@ impl<R: Reactor> Shard<R> {
             let Some(topic) = self.topics.get_mut(id) else { continue };
             topic.trim = false;
             for log in topic.logs.iter_mut().flatten() {
+                let held = log.log.retained_bytes();
                 log.trim(log.keep_from);
+                self.topic_log_bytes -= held - log.log.retained_bytes();
             }
         }
         to_trim.clear();
@@ -873,9 +884,52 @@ impl<R: Reactor> Shard<R> {
         if full {
             // Over every topic: once per sweep, not per pass.
             let logs = self.topics.iter().flat_map(|(_, t)| t.logs.iter().flatten());
-            stats.topic_log_bytes.store(logs.map(|l| l.log.retained_bytes()).sum(), Relaxed);
+            self.topic_log_bytes = logs.map(|l| l.log.retained_bytes()).sum(); // expired topics took theirs
+            stats.topic_log_bytes.store(self.topic_log_bytes, Relaxed);
             stats.history_bytes.store(self.topics.history_bytes(), Relaxed);
             stats.loop_topics.store(self.topics.len() as u64, Relaxed);
+        }
+    }
+
+    /// The topic logs hold `excess` bytes more than the history and `max_topic_backlog_bytes` allow: many
+    /// connections, each within `max_lag_bytes`, lag on different topics. The laggiest topic connections that
+    /// hold the logs back are closed as slow consumers (1008) until their lag covers the excess; the trim lets
+    /// go of what they held once they are closing.
+    fn shed_topic_laggards(&mut self, excess: u64) {
+        let mut laggards: Vec<(u64, ConnKey)> = self
+            .blocked
+            .iter()
+            .filter_map(|&key| {
+                let conn = self.conns.get(key)?;
+                let subs = conn.topics.as_deref().filter(|_| conn.phase == Phase::Open)?;
+                Some((topic_output::lag(&self.topics, subs), key))
+            })
+            .collect();
+        laggards.sort_unstable_by_key(|&(lag, _)| std::cmp::Reverse(lag));
+        let mut left = excess;
+        for (lag, key) in laggards {
+            if left == 0 {
+                break;
+            }
+            left = left.saturating_sub(lag);
+            let stats = &self.shared.shards[self.id];
+            tracing::warn!(
+                shard = self.id,
+                ?key,
+                lag_bytes = lag,
+                "topic backlog full: closing the laggiest with 1008"
+            );
+            ShardStats::add(&stats.slow_consumers, 1);
+            let mut cx = input_cx!(self);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.send_in_flight && !(conn.lag_cancel_sent || conn.cancel_sent) {
+                // Its send would keep the logs held until it completes, which a client that stopped reading
+                // delays without end: cancelled, as for a laggard of the whole feed.
+                ShardStats::add(&stats.lagging_sends_cancelled, 1);
+                conn.lag_cancel_sent = true;
+                self.io.cancel(key, conn.stream.as_raw_fd(), false, Some(conn.send_token));
+            }
+            input::queue_close(conn, key, 1008, "slow consumer: the gateway's topic backlog is full", &mut cx);
         }
     }
 

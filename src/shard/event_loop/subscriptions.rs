@@ -283,6 +283,8 @@ impl<R: Reactor> Shard<R> {
         self.topics.add_log(topic, encoding, now, |name, entry, raw, out| {
             convert_raw(name, entry, raw, to, &mut envelope, out);
         });
+        self.topic_log_bytes +=
+            self.topics.get(topic).and_then(|t| t.log(encoding)).map_or(0, |l| l.log.retained_bytes());
         self.envelope = envelope;
     }
 
