@@ -143,7 +143,8 @@ pub struct Config {
     pub history_total_bytes: u64,
     /// Bytes the topic logs of one loop thread may hold beyond their history for subscribers that lag (each
     /// within `max_lag_bytes`, on different topics); past it the laggiest are closed as slow consumers.
-    pub max_topic_backlog_bytes: u64,
+    /// Unset: 4 × `max_lag_bytes`, at least 16 MiB.
+    pub max_topic_backlog_bytes: Option<u64>,
     /// Most subscriptions (topics and patterns as written) of one connection.
     pub max_subscriptions: usize,
     /// Topics clients may subscribe to, as topics or prefix patterns (`BTC-*`); empty = any.
@@ -213,7 +214,7 @@ impl Default for Config {
             history_age: Duration::from_secs(300),
             history_bytes: 1 << 20,
             history_total_bytes: 64 << 20,
-            max_topic_backlog_bytes: 16 << 20,
+            max_topic_backlog_bytes: None,
             max_subscriptions: 1024,
             allowed_topics: Vec::new(),
             require_subscription: false,
@@ -309,6 +310,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The effective `max_topic_backlog_bytes` (see there).
+    pub fn topic_backlog_bytes(&self) -> u64 {
+        self.max_topic_backlog_bytes.unwrap_or_else(|| self.max_lag_bytes.saturating_mul(4).max(16 << 20))
+    }
+
     /// Defaults, then the file named by `--config`, then the flags.
     pub fn load(cli: Cli) -> Result<Self, ConfigError> {
         let mut cfg = match &cli.config {
@@ -400,7 +406,7 @@ impl Config {
         if let Some(bad_pattern) = self.publish_topics.iter().find(|p| crate::client::Pattern::parse(p).is_err()) {
             return Err(ConfigError::Invalid(format!("publish_topics: {bad_pattern:?} is not a topic or pattern")));
         }
-        if self.max_topic_backlog_bytes < self.max_lag_bytes {
+        if self.max_topic_backlog_bytes.is_some_and(|b| b < self.max_lag_bytes) {
             return bad("max_topic_backlog_bytes must be at least max_lag_bytes (one lagging client may hold that)");
         }
         if self.publish_max_bytes == 0 || self.publish_max_bytes > 1 << 20 || self.publish_rate == 0 {

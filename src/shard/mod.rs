@@ -114,7 +114,7 @@ impl Settings {
             require_subscription: cfg.require_subscription,
             publish_topics: cfg.publish_topics.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
             publish_max_bytes: cfg.publish_max_bytes,
-            max_topic_backlog_bytes: cfg.max_topic_backlog_bytes,
+            max_topic_backlog_bytes: cfg.topic_backlog_bytes(),
             publish_rate: cfg.publish_rate,
         }
     }
