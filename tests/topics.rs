@@ -121,6 +121,9 @@ fn control_messages_subscribe_and_unsubscribe_with_replies() {
     send(&mut ws, r#"{"op":"unsubscribe","id":7,"topics":["X"]}"#);
     let reply = next_reply(&mut ws, "unsubscribed");
     assert_eq!(num(&reply, "id"), 7);
+    let listed = &reply.get("topics").and_then(Value::as_array).expect("topics")[0];
+    assert_eq!(str_of(listed, "topic"), "X");
+    assert_eq!(num(listed.get("position").expect("position"), "seq"), num(&b, "seq"), "nothing of X after it");
     publish(&mut p, &[line("X", 5)]);
     ws_expect_silence(&mut ws, Duration::from_millis(300));
     // Subscribed again, it gets what comes next.

@@ -172,7 +172,10 @@ mod tests {
         );
         let err = br#"{"wsgate":"error","code":"bad_topic","message":"no"}"#;
         assert_eq!(parse_reply(err), Reply::Error { code: "bad_topic".into(), message: "no".into() });
-        assert_eq!(parse_reply(br#"{"wsgate":"unsubscribed","topics":["A"]}"#), Reply::Other("unsubscribed".into()));
+        assert_eq!(
+            parse_reply(br#"{"wsgate":"unsubscribed","topics":[{"topic":"A","position":{"epoch":1,"seq":2}}]}"#),
+            Reply::Other("unsubscribed".into())
+        );
         assert!(matches!(parse_reply(br#"{"wsgate":"gap"}"#), Reply::Other(_)));
         assert!(matches!(parse_reply(br#"{"wsgate":"#), Reply::Other(_)));
     }

@@ -62,7 +62,17 @@ pub type RequestId<'a> = Option<&'a str>;
 /// `{"wsgate":"subscribed","id":..,"topics":[{"topic":P,"position":{..}},..]}`: each pattern as the client wrote
 /// it, with the feed's current position (where live delivery starts for it).
 pub fn subscribed(id: RequestId<'_>, topics: &[(&str, Position)], out: &mut Vec<u8>) {
-    reply_head("subscribed", id, out);
+    reply_with_positions("subscribed", id, topics, out);
+}
+
+/// `{"wsgate":"unsubscribed","id":..,"topics":[{"topic":P,"position":{..}},..]}`: nothing after each position
+/// comes for that pattern.
+pub fn unsubscribed(id: RequestId<'_>, topics: &[(&str, Position)], out: &mut Vec<u8>) {
+    reply_with_positions("unsubscribed", id, topics, out);
+}
+
+fn reply_with_positions(kind: &str, id: RequestId<'_>, topics: &[(&str, Position)], out: &mut Vec<u8>) {
+    reply_head(kind, id, out);
     out.extend_from_slice(b",\"topics\":[");
     for (i, (topic, position)) in topics.iter().enumerate() {
         if i > 0 {
@@ -73,19 +83,6 @@ pub fn subscribed(id: RequestId<'_>, topics: &[(&str, Position)], out: &mut Vec<
         out.extend_from_slice(b",\"position\":");
         position.write_json(out);
         out.push(b'}');
-    }
-    out.extend_from_slice(b"]}");
-}
-
-/// `{"wsgate":"unsubscribed","id":..,"topics":[P,..]}`.
-pub fn unsubscribed(id: RequestId<'_>, topics: &[&str], out: &mut Vec<u8>) {
-    reply_head("unsubscribed", id, out);
-    out.extend_from_slice(b",\"topics\":[");
-    for (i, topic) in topics.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_str(topic, out);
     }
     out.extend_from_slice(b"]}");
 }
@@ -219,8 +216,13 @@ mod tests {
         );
         assert!(out.starts_with(b"{\"wsgate\":"), "the reserved key comes first");
         out.clear();
-        unsubscribed(Some("7"), &["a", "b*"], &mut out);
-        assert_eq!(parse(&out), json!({"wsgate":"unsubscribed","id":7,"topics":["a","b*"]}));
+        let p = Position { epoch: 3, seq: 9 };
+        unsubscribed(Some("7"), &[("a", p), ("b*", p)], &mut out);
+        let at = json!({"epoch":3,"seq":9});
+        assert_eq!(
+            parse(&out),
+            json!({"wsgate":"unsubscribed","id":7,"topics":[{"topic":"a","position":at},{"topic":"b*","position":at}]})
+        );
         out.clear();
         error(None, "bad_topic", "topic \"a b\" has a space", &mut out);
         assert_eq!(parse(&out), json!({"wsgate":"error","code":"bad_topic","message":"topic \"a b\" has a space"}));

@@ -231,8 +231,9 @@ impl<R: Reactor> Shard<R> {
             self.remove_sub(key, topic);
         }
         let mut reply = Vec::new();
+        let position = Position { epoch: self.epoch, seq: self.last_seq };
         let written: Vec<String> = patterns.iter().map(Pattern::as_written).collect();
-        let listed: Vec<&str> = written.iter().map(String::as_str).collect();
+        let listed: Vec<(&str, Position)> = written.iter().map(|w| (w.as_str(), position)).collect();
         encode::unsubscribed(id, &listed, &mut reply);
         self.reply(key, &reply, Notice::Reply);
     }
