@@ -208,3 +208,29 @@ fn a_held_poll_is_answered_when_the_gateway_shuts_down() {
     assert_eq!(head.status, 200, "an HTTP answer, not a WebSocket close frame");
     gw.wait_exit(Duration::from_secs(10)).expect("the gateway exits");
 }
+
+/// An answer from history stops after 64 KiB of messages; polling on from `next` gets the rest, each message once
+/// and in feed order across topics.
+#[test]
+fn a_long_history_comes_in_bounded_answers() {
+    let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let e = epoch(&gw);
+    let mut p = gw.publisher();
+    let pad = "x".repeat(1000);
+    let lines: String =
+        (1..=300).map(|n| format!("{{\"topic\":\"T{}\",\"n\":{n},\"p\":\"{pad}\"}}\n", n % 3)).collect();
+    common::write_all(&mut p, lines.as_bytes());
+    common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(300));
+    let (mut seen, mut answers, mut since) = (Vec::new(), 0, format!("{e}:0"));
+    while seen.len() < 300 {
+        let v = body(&get(&gw, &format!("/poll?topics=T*&since={since}")));
+        let msgs = v.get("messages").and_then(Value::as_array).unwrap();
+        assert!(!msgs.is_empty() && msgs.len() < 100, "bounded, never empty while history remains: {}", msgs.len());
+        seen.extend(msgs.iter().map(|m| m.get("seq").and_then(Value::as_u64).unwrap()));
+        since = v.get("next").and_then(Value::as_str).unwrap().to_string();
+        answers += 1;
+    }
+    assert_eq!(seen, (1..=300).collect::<Vec<u64>>());
+    assert!(answers >= 4, "300 KiB in answers of at most 64 KiB: {answers}");
+    assert_eq!(since, format!("{e}:300"));
+}

@@ -87,6 +87,12 @@ impl History {
         self.entries.iter()
     }
 
+    /// The retained entries with `seq > since_seq`, oldest first (found by binary search).
+    pub fn entries_after(&self, since_seq: u64) -> impl Iterator<Item = &Entry> + '_ {
+        let i = self.entries.partition_point(|e| e.seq <= since_seq);
+        self.entries.range(i..)
+    }
+
     /// Records the topic's next message, then evicts what the bounds no longer allow (age counted from `now`).
     pub fn push(&mut self, entry: Entry, now: Instant) {
         debug_assert!(entry.seq > self.last_seq || self.entries.is_empty(), "seq must increase");

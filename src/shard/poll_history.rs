@@ -7,7 +7,10 @@
 use crate::client::encode::{FeedMessage, GapReason};
 use crate::client::poll::PollBody;
 use crate::client::{Pattern, Position};
-use crate::fanout::{Entry, Resume, TopicId, Topics};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::fanout::{Resume, Topics};
 use crate::proto::frame::{FrameHeader, OpCode};
 use crate::upstream::PayloadKind;
 
@@ -31,7 +34,10 @@ pub fn answer(topics: &Topics, patterns: Option<&[Pattern]>, since: Position, no
         }
         return Some(body.finish(now));
     }
-    let mut owed: Vec<(TopicId, Entry)> = Vec::new();
+    // Each named topic's entries after `since`, merged by seq (a heap over the topics' next entries): the work is
+    // one step per topic plus one per message answered, however much history lies beyond the budget.
+    let mut next_of: Vec<(_, std::iter::Peekable<_>)> = Vec::new();
+    let mut heap = BinaryHeap::new();
     for (id, topic) in topics.iter() {
         if !named(&topic.name) {
             continue;
@@ -40,15 +46,23 @@ pub fn answer(topics: &Topics, patterns: Option<&[Pattern]>, since: Position, no
         if let Resume::Gap { from_seq, to_seq, .. } = raw.history.resume(since.seq, raw.log.head(), now.seq) {
             body.gap(&topic.name, at(from_seq), at(to_seq), GapReason::History);
         }
-        owed.extend(raw.history.entries().filter(|e| e.seq > since.seq).map(|e| (id, *e)));
+        let mut entries = raw.history.entries_after(since.seq).peekable();
+        if let Some(first) = entries.peek() {
+            heap.push(Reverse((first.seq, next_of.len())));
+            next_of.push((id, entries));
+        }
     }
-    owed.sort_unstable_by_key(|(_, e)| e.seq);
     let mut next = now.seq.max(since.seq);
     let mut bytes = 0;
-    for (i, (id, entry)) in owed.iter().enumerate() {
+    while let Some(Reverse((seq, i))) = heap.pop() {
         if bytes >= ANSWER_BUDGET {
-            next = owed[i - 1].1.seq; // the rest: next time
+            next = seq - 1; // this one and the rest: next time
             break;
+        }
+        let (id, entries) = &mut next_of[i];
+        let entry = *entries.next().expect("peeked");
+        if let Some(after) = entries.peek() {
+            heap.push(Reverse((after.seq, i)));
         }
         let Some(topic) = topics.get(*id) else { continue };
         let Some(frame) = topic.raw().log.bytes_at(entry.at, entry.len as usize) else { continue };

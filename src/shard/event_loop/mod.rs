@@ -874,7 +874,7 @@ impl<R: Reactor> Shard<R> {
             for log in topic.logs.iter_mut().flatten() {
                 let held = log.log.retained_bytes();
                 log.trim(log.keep_from);
-                self.topic_log_bytes -= held - log.log.retained_bytes();
+                self.topic_log_bytes = self.topic_log_bytes.saturating_sub(held - log.log.retained_bytes());
             }
         }
         to_trim.clear();
