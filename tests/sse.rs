@@ -164,7 +164,9 @@ fn topic_streams_resume_from_last_event_id_exactly_once() {
     };
     common::write_all(&mut p, batch(0, 4).as_bytes()); // every topic exists before the streams open
     common::poll_until(Duration::from_secs(5), || gw.health().get("feed_seq").and_then(Value::as_u64) == Some(4));
-    let (mut s, head, mut buf) = open(&gw, "/sse?topics=A,B-*", "");
+    // From position 4 exactly: a loop thread that has not pulled 1..=4 yet waits for them instead of starting
+    // before them.
+    let (mut s, head, mut buf) = open(&gw, &format!("/sse?topics=A,B-*&since={epoch}:4"), "");
     assert_eq!(head.status, 200);
     events(&mut s, &mut buf, 1); // retry:
     common::write_all(&mut p, batch(4, 44).as_bytes());
