@@ -74,6 +74,39 @@ fn line(topic: &str, n: u64) -> String {
     format!("{{\"topic\":\"{topic}\",\"n\":{n}}}")
 }
 
+/// A publisher writing numbered lines (`n` = 1, 2, …) in batches of `batch` every 2 ms, each to `topic_of(n)`,
+/// until stopped.
+struct RunningFeed {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningFeed {
+    fn start(mut p: TcpStream, batch: u64, topic_of: fn(u64) -> &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !running.load(Ordering::Relaxed) {
+                let mut lines = String::new();
+                for _ in 0..batch {
+                    n += 1;
+                    lines.push_str(&line(topic_of(n), n));
+                    lines.push('\n');
+                }
+                p.write_all(lines.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        RunningFeed { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 #[test]
 fn subscribe_at_connect_delivers_only_those_topics() {
     let gw = Gateway::start(&["--ingest", "127.0.0.1:0"]);
@@ -203,26 +236,8 @@ fn every_bad_control_message_gets_an_error_code_and_the_connection_stays() {
 fn resume_is_exactly_once_across_reconnects_under_a_running_feed() {
     let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "2"]);
     let epoch = num(&gw.health(), "epoch");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut p = gw.publisher();
-    let feeder = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut batch = String::new();
-                for _ in 0..20 {
-                    n += 1;
-                    let topic = if n.is_multiple_of(3) { "OTHER" } else { "T" };
-                    batch.push_str(&line(topic, n));
-                    batch.push('\n');
-                }
-                p.write_all(batch.as_bytes()).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            n
-        })
-    };
+    let p = gw.publisher();
+    let feeder = RunningFeed::start(p, 20, |n| if n.is_multiple_of(3) { "OTHER" } else { "T" });
     let mut seen: Vec<u64> = Vec::new(); // the `n` of every T message received, in order
     let mut last: Option<(u64, u64)> = None; // (seq, n) of the last T message
     for round in 0..8 {
@@ -256,8 +271,7 @@ fn resume_is_exactly_once_across_reconnects_under_a_running_feed() {
         // Away for a while: the replay has hundreds of messages, and the feed keeps running during it.
         std::thread::sleep(Duration::from_millis(10 * round));
     }
-    stop.store(true, Ordering::Relaxed);
-    feeder.join().unwrap();
+    feeder.stop();
     // Every T message between the first and the last received, exactly once, in order.
     let first = seen[0];
     let want: Vec<u64> = (first..=*seen.last().unwrap()).filter(|n| !n.is_multiple_of(3)).collect();
@@ -271,28 +285,11 @@ fn resume_is_exactly_once_across_reconnects_under_a_running_feed() {
 fn several_topics_arrive_in_feed_order_and_resume_from_one_position() {
     let gw = Gateway::start(&["--ingest", "127.0.0.1:0", "--threads", "2"]);
     let epoch = num(&gw.health(), "epoch");
-    let stop = Arc::new(AtomicBool::new(false));
     let mut p = gw.publisher();
     // The topics exist before the first subscription (a pattern covers the topics a loop knows, and new ones).
     publish(&mut p, &["M-0", "M-1", "M-2", "M-3"].map(|t| line(t, 0)));
-    let feeder = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut batch = String::new();
-                for _ in 0..40 {
-                    n += 1;
-                    // Uneven: M-0 busiest, some messages in no subscribed topic.
-                    let topic = ["M-0", "M-0", "M-1", "M-2", "M-3", "X"][(n % 6) as usize];
-                    batch.push_str(&line(topic, n));
-                    batch.push('\n');
-                }
-                p.write_all(batch.as_bytes()).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    // Uneven: M-0 busiest, some messages in no subscribed topic.
+    let feeder = RunningFeed::start(p, 40, |n| ["M-0", "M-0", "M-1", "M-2", "M-3", "X"][(n % 6) as usize]);
     let mut seen: Vec<u64> = Vec::new(); // the `n` of every message received, in order
     let mut last_seq: Option<u64> = None;
     for round in 0..8 {
@@ -319,8 +316,7 @@ fn several_topics_arrive_in_feed_order_and_resume_from_one_position() {
         drop(ws);
         std::thread::sleep(Duration::from_millis(5 * round));
     }
-    stop.store(true, Ordering::Relaxed);
-    feeder.join().unwrap();
+    feeder.stop();
     let first = seen[0];
     let want: Vec<u64> = (first..=*seen.last().unwrap()).filter(|n| n % 6 != 5).collect();
     assert_eq!(seen.len(), want.len(), "messages missing or repeated");

@@ -577,20 +577,15 @@ impl Worker {
                         };
                         let was_handshaking = conn.state == State::Handshaking;
                         let protocol = self.spec.topics.as_ref().and_then(|p| p.protocol());
-                        match conn.on_readable(&mut self.rbuf, &mut self.rec, self.spec.salt, protocol, &mut mask) {
-                            ReadOutcome::Ok => {
-                                // Replies may have made room for more of a resume's requests.
-                                if let Err(e) = send_controls(conn, &mut mask) {
-                                    close(
-                                        &mut self.res,
-                                        &self.poll,
-                                        self.resumer.as_mut(),
-                                        i,
-                                        conn,
-                                        addrs::error_reason(&e),
-                                    );
-                                }
-                            }
+                        let open = match conn.on_readable(
+                            &mut self.rbuf,
+                            &mut self.rec,
+                            self.spec.salt,
+                            protocol,
+                            &mut mask,
+                        ) {
+                            // Replies may have made room for more of a resume's requests.
+                            ReadOutcome::Ok => true,
                             ReadOutcome::Upgraded => {
                                 self.in_flight -= 1;
                                 opened(&mut self.res, self.resumer.as_mut(), conn);
@@ -598,16 +593,7 @@ impl Worker {
                                 if conn.out.is_empty() {
                                     conn.out = Vec::new();
                                 }
-                                if let Err(e) = send_controls(conn, &mut mask) {
-                                    close(
-                                        &mut self.res,
-                                        &self.poll,
-                                        self.resumer.as_mut(),
-                                        i,
-                                        conn,
-                                        addrs::error_reason(&e),
-                                    );
-                                }
+                                true
                             }
                             ReadOutcome::Ended(end) => {
                                 if was_handshaking && conn.state == State::Handshaking {
@@ -618,6 +604,13 @@ impl Worker {
                                     opened(&mut self.res, self.resumer.as_mut(), conn);
                                 }
                                 close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, end.reason());
+                                false
+                            }
+                        };
+                        if open {
+                            if let Err(e) = send_controls(conn, &mut mask) {
+                                let reason = addrs::error_reason(&e);
+                                close(&mut self.res, &self.poll, self.resumer.as_mut(), i, conn, reason);
                             }
                         }
                     }
