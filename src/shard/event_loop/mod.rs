@@ -474,10 +474,13 @@ impl<R: Reactor> Shard<R> {
     fn answer_held(&mut self, batch: &feed_queue::Batch) {
         let mut run = std::mem::take(&mut self.poll_run);
         run.clear();
-        for msg in Records::new(&batch.records) {
-            let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
-            let prev = msg.stamp.prev;
-            run.push(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
+        // The whole feed's envelopes only for whole-feed requests (topic requests answer from history).
+        if self.held.iter().any(|h| h.patterns.is_none()) {
+            for msg in Records::new(&batch.records) {
+                let position = Position { epoch: self.epoch, seq: msg.stamp.seq };
+                let prev = msg.stamp.prev;
+                run.push(&FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev });
+            }
         }
         let mut held = std::mem::take(&mut self.held);
         let now = Position { epoch: self.epoch, seq: self.last_seq };
