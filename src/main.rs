@@ -4,9 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use wsgate::config::{Cli, Config};
+use wsgate::config::{Args, Config};
 use wsgate::shard::Gateway;
 
 enum Stop {
@@ -15,15 +14,26 @@ enum Stop {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let check_io = cli.check_io;
-    let cfg = match Config::load(cli) {
+    let args = match Args::parse_from(std::env::args_os()) {
+        Ok(Ok(args)) => args,
+        Ok(Err(e)) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(), // --help, --version, or a malformed command line
+    };
+    let cfg = match Config::load(&args) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("wsgate: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let check_io = args.check_io;
     let filter = match tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
         Ok(f) => f,
         Err(e) => {

@@ -11,13 +11,13 @@
 //! Dropped records are reported with a [`Dropped`] reason, which the feed counts and logs; nothing here knows
 //! sockets, clocks or counters.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::json_field::{self, Field};
 use super::topic;
 
 /// How a source frames its records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// Lines; JSON lines with the topic field are routed by it, others go to the default topic.
