@@ -86,6 +86,9 @@ fn main() -> ExitCode {
     if let Some(ingest) = gateway.ingest_addr() {
         let _ = writeln!(out, "wsgate: ingest listening on {ingest}");
     }
+    if let Some(admin) = gateway.admin_addr() {
+        let _ = writeln!(out, "wsgate: admin listening on http://{admin}");
+    }
     let _ = out.flush();
     drop(out);
 
