@@ -354,6 +354,9 @@ fn feed_config(cfg: &Config) -> Option<FeedConfig> {
         routing: Routing { topic_field: cfg.topic_field.clone(), default_topic: cfg.default_topic.clone() },
         max_topics: cfg.max_topics,
         topic_idle_expiry: cfg.topic_idle_expiry,
+        silence: cfg.upstream_silence,
+        silence_reconnect: cfg.upstream_silence_reconnect,
+        seq_field: (!cfg.upstream_seq_field.is_empty()).then(|| cfg.upstream_seq_field.clone()),
         ..FeedConfig::default()
     })
 }
