@@ -177,8 +177,9 @@ pub struct Config {
     /// Serve `/metrics` and `/healthz` on this address (a small thread of its own) instead of on `listen`, where
     /// they then answer 404. Unset: they are served on `listen`.
     pub admin_listen: Option<SocketAddr>,
-    /// The upstream (without one: the whole feed) counts as silent after this long without a message: logged
-    /// once, `wsgate_upstream_silent` is 1 and `/healthz` says `degraded` until the next message. 0: off.
+    /// The upstream counts as silent after this long without a message: logged once, `wsgate_upstream_silent`
+    /// is 1 and `/healthz` says `degraded` until the next message. 0: off. Publishers and the demo are not
+    /// watched.
     #[serde(with = "millis")]
     pub upstream_silence: Duration,
     /// Drop and remake the upstream connection when it falls silent (`upstream_silence`): for upstreams whose

@@ -4,7 +4,7 @@ use std::time::Duration;
 use super::*;
 
 #[derive(Debug)]
-enum Color {}
+pub enum Color {}
 
 impl LabelSet for Color {
     const LABEL: &'static str = "color";

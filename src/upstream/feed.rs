@@ -167,7 +167,7 @@ struct Feed<S> {
     inbox: Arc<PublishInbox>,
     /// Reused: messages taken from the inbox this turn.
     published: Vec<Published>,
-    /// Watches the upstream (without one: every source) for silence.
+    /// Watches the upstream for silence (unused without one).
     watchdog: Watchdog,
 }
 
@@ -248,7 +248,8 @@ impl<S: Sink> Feed<S> {
         }
         let client = self.client.as_ref().and_then(Client::next_deadline);
         let demo = self.demo.as_ref().map(Demo::next_due);
-        let deadline = [client, demo, self.watchdog.deadline()].into_iter().flatten().min()?;
+        let watchdog = self.client.as_ref().and(self.watchdog.deadline());
+        let deadline = [client, demo, watchdog].into_iter().flatten().min()?;
         Some(deadline.saturating_duration_since(now))
     }
 
@@ -317,21 +318,18 @@ impl<S: Sink> Feed<S> {
         }
     }
 
-    /// The silence watchdog's turn: the upstream's progress (connections and messages; without an upstream,
-    /// every message the feed forwards), then whether it has been silent too long.
+    /// The silence watchdog's turn: the upstream's progress (connections made and messages received), then
+    /// whether it has been silent too long. Publishers (`ingest`) and the demo are not watched: an idle
+    /// publisher is normal.
     fn watch(&mut self, now: Instant) {
-        let progress = match &self.client {
-            Some(client) => client.progress(),
-            None => self.stats.messages_published(),
-        };
-        let source = if self.client.is_some() { "upstream" } else { "feed" };
+        let Some(progress) = self.client.as_ref().map(Client::progress) else { return };
         if let Some(Verdict::Resumed { after }) = self.watchdog.handle_progress(progress, now) {
             self.stats.set_silent(false);
-            info!(source, silent_for = ?after, "{source} active again (a message, or a new connection)");
+            info!(silent_for = ?after, "upstream active again (a message, or a new connection)");
         }
         if let Some(Verdict::Silent { for_ }) = self.watchdog.poll(now) {
             self.stats.set_silent(true);
-            warn!(source, silent_for = ?for_, "{source} silent: no message for upstream_silence (health: degraded)");
+            warn!(silent_for = ?for_, "upstream silent: no message for upstream_silence (health: degraded)");
             if self.cfg.silence_reconnect {
                 if let Some(client) = &mut self.client {
                     client.drop_silent(self.poll.registry(), &self.stats, now, for_);

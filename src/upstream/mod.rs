@@ -110,8 +110,7 @@ pub struct FeedConfig {
     pub backoff_initial: Duration,
     /// Largest reconnect delay ceiling. Must be >= `backoff_initial`.
     pub backoff_max: Duration,
-    /// The upstream (without one: the whole feed) is reported silent after this long without a message
-    /// (`upstream::watchdog`); zero: never.
+    /// The upstream is reported silent after this long without a message (`upstream::watchdog`); zero: never.
     pub silence: Duration,
     /// A silent upstream connection is dropped and made again.
     pub silence_reconnect: bool,

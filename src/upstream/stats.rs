@@ -76,9 +76,9 @@ declare_stats! {
         counter upstream_reconnects: AtomicU64,
         /// Upstream connection attempts that failed (resolve, connect, or connect timeout).
         counter upstream_connect_failures: AtomicU64,
-        /// 1 while the upstream (without one: the whole feed) has been silent for `upstream_silence` or longer.
+        /// 1 while the upstream has been silent (no message) for `upstream_silence` or longer.
         gauge upstream_silent: AtomicU64,
-        /// Times the upstream (without one: the whole feed) fell silent for `upstream_silence`.
+        /// Times the upstream fell silent for `upstream_silence`.
         counter upstream_silences: AtomicU64,
         /// Upstream connections dropped and made again because they were silent (`upstream_silence_reconnect`).
         counter upstream_silence_reconnects: AtomicU64,
@@ -179,7 +179,7 @@ impl FeedStats {
     pub fn backpressure_pauses(&self) -> u64 {
         self.feed_backpressure_pauses.load(Relaxed)
     }
-    /// Whether the upstream (without one: the whole feed) is silent now (see `upstream::watchdog`).
+    /// Whether the upstream is silent now (see `upstream::watchdog`).
     pub fn silent(&self) -> bool {
         self.upstream_silent.load(Relaxed) != 0
     }
