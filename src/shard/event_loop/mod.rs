@@ -349,6 +349,7 @@ impl<R: Reactor> Shard<R> {
     fn append_to_topics(&mut self, batch: &feed_queue::Batch) {
         self.pull_gen += 1;
         let now = Instant::now();
+        let mut deliveries = 0u64; // messages × their topic's subscribers on this loop
         for msg in Records::new(&batch.records) {
             let (topic, made) = match self.topics.get_or_make(msg.topic, now) {
                 Ok(found) => found,
@@ -392,15 +393,15 @@ impl<R: Reactor> Shard<R> {
                 }
             });
             if let Some(t) = self.topics.get_mut(topic) {
-                let readers: usize = t.logs.iter().flatten().map(|l| l.subscribers.len()).sum();
-                if readers > 0 {
-                    ShardStats::add(&self.shared.shards[self.id].deliveries, readers as u64);
-                }
+                deliveries += t.logs.iter().flatten().map(|l| l.subscribers.len() as u64).sum::<u64>();
                 if !t.grown {
                     t.grown = true;
                     self.grown.push(topic);
                 }
             }
+        }
+        if deliveries > 0 {
+            ShardStats::add(&self.shared.shards[self.id].deliveries, deliveries);
         }
         for topic in self.grown.drain(..) {
             let Some(t) = self.topics.get_mut(topic) else { continue };
