@@ -126,3 +126,35 @@ fn the_dashboard_queries_only_exported_metrics() {
     let missing: Vec<&String> = names.iter().filter(|n| !scrape.has(n)).collect();
     assert!(missing.is_empty(), "the dashboard queries metrics the gateway does not export: {missing:?}");
 }
+
+/// A subscriber that stops reading shows up in the worst-lag gauges of its loop; none shows when all read.
+#[test]
+fn a_stalled_subscriber_shows_in_the_lag_gauges() {
+    use std::io::Write;
+    let gw = Gateway::start_with_config("max_lag_bytes = 67108864\n", &["--ingest", "127.0.0.1:0", "--threads", "1"]);
+    let stalled = common::raw::RawWs::connect(gw.ws_addr);
+    socket2::SockRef::from(&stalled.stream).set_recv_buffer_size(4096).unwrap();
+    assert_eq!(gw.scrape().sum("wsgate_lagging_subscribers", &[]), 0.0);
+    // ~16 MiB: more than the socket buffers between the gateway and the stalled client hold.
+    let pad = "x".repeat(1000);
+    let mut publisher = gw.publisher();
+    let mut batch = String::new();
+    for i in 0..16_000 {
+        batch.push_str(&format!("{i} {pad}\n"));
+        if batch.len() > 64 * 1024 {
+            publisher.write_all(batch.as_bytes()).unwrap();
+            batch.clear();
+        }
+    }
+    publisher.write_all(batch.as_bytes()).unwrap();
+    let mut last = (0.0, 0.0);
+    let ok = poll_until(Duration::from_secs(10), || {
+        let s = gw.scrape();
+        last = (s.sum("wsgate_lag_max_bytes", &[]), s.sum("wsgate_lagging_subscribers", &[]));
+        last.0 > 1_000_000.0 && last.1 == 1.0
+    });
+    assert!(ok, "(lag_max_bytes, lagging_subscribers) = {last:?}");
+    drop(stalled);
+    let ok = poll_until(Duration::from_secs(10), || gw.scrape().sum("wsgate_lag_max_bytes", &[]) == 0.0);
+    assert!(ok, "the lag stays after the stalled client left");
+}
