@@ -1,7 +1,7 @@
 //! Prometheus text exposition (format 0.0.4) of the gateway's counters, and the types they are declared with.
 //!
 //! Every counter lives in a per-thread stats struct (`shard::ShardStats`, `reactor::IoStats`,
-//! `upstream::FeedStats`) declared with [`declare_stats!`]: one line per metric gives its field, its kind and, in
+//! `upstream::FeedStats`) declared with `declare_stats!`: one line per metric gives its field, its kind and, in
 //! its doc comment, its help text, and the macro derives the metric name and a table of [`Metric`]s from it. So a
 //! counter added later is exported by declaring it once. The writer thread bumps plain relaxed atomics on its own
 //! cache line; a scrape reads each thread's values and writes one series per thread (label `loop`), so nothing
@@ -40,7 +40,7 @@ impl Kind {
     }
 }
 
-/// One exported metric of a stats struct `T`: what [`declare_stats!`] makes of each field.
+/// One exported metric of a stats struct `T`: what `declare_stats!` makes of each field.
 pub struct Metric<T: 'static> {
     /// Full metric name (`wsgate_…`, counters end in `_total`).
     pub name: &'static str,
