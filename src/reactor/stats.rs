@@ -32,8 +32,10 @@ impl IoStats {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Adds `n` (byte counts, on every send and receive): a relaxed load and store, no locked instruction.
+    /// INVARIANT: only the loop thread that owns the backend writes its `IoStats`.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
