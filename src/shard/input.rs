@@ -380,19 +380,19 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
         Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let now = cx.position;
-    cx.stats.opened(Transport::Poll); // closed by its answer, or by the reap phase while held
     if let Some(since) = since {
         if let Some(body) = poll_history::answer(cx.topics, patterns.as_deref(), since, now) {
+            cx.stats.opened(Transport::Poll); // and closed by its answer at once
             return answer_poll(conn, key, body, cors.as_deref(), cx);
         }
     }
     if cx.held.len() >= cx.settings.poll_max_held {
         tracing::warn!(?key, held = cx.held.len(), "poll_max_held reached: long-poll refused with 503");
-        cx.stats.closed(Transport::Poll);
         return refuse(conn, key, &Rejection { status: 503, reason: "too many held long-poll requests" }, cx);
     }
     conn.phase = Phase::Open;
     conn.held_poll = true;
+    cx.stats.opened(Transport::Poll); // closed by its answer, or by the reap phase while held
     let since_seq = since.map_or(now.seq, |s| s.seq);
     cx.held.push(HeldPoll { key, since_seq, patterns: patterns.map(Vec::into_boxed_slice), cors });
     cx.poll_deadlines.push(std::time::Instant::now(), key);
