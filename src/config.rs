@@ -174,6 +174,21 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Listen backlog of each loop thread's listener.
     pub backlog: u32,
+    /// Serve `/metrics` and `/healthz` on this address (a small thread of its own) instead of on `listen`, where
+    /// they then answer 404. Unset: they are served on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// The upstream counts as silent after this long without a message: logged once, `wsgate_upstream_silent`
+    /// is 1 and `/healthz` says `degraded` until the next message. 0: off. Publishers and the demo are not
+    /// watched.
+    #[serde(with = "millis")]
+    pub upstream_silence: Duration,
+    /// Drop and remake the upstream connection when it falls silent (`upstream_silence`): for upstreams whose
+    /// sessions can stall while TCP stays up. Off: a silent upstream is only reported.
+    pub upstream_silence_reconnect: bool,
+    /// Top-level integer field of the upstream's JSON lines that carries its own sequence number (e.g. `seq`);
+    /// jumps are counted as gaps (`wsgate_upstream_seq_gaps_total`) and logged. Empty: not checked.
+    /// `upstream_framing = "auto"` only.
+    pub upstream_seq_field: String,
 }
 }
 
@@ -233,6 +248,10 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
+            admin_listen: None,
+            upstream_silence: Duration::from_secs(30),
+            upstream_silence_reconnect: false,
+            upstream_seq_field: String::new(),
         }
     }
 }
@@ -374,6 +393,18 @@ impl Config {
         }
         if self.topic_field.is_empty() || self.max_topics == 0 || self.topic_idle_expiry.is_zero() {
             return bad("topic_field must not be empty, max_topics and topic_idle_expiry must be positive");
+        }
+        if !self.upstream_silence.is_zero() && self.upstream_silence < Duration::from_millis(100) {
+            return bad("upstream_silence must be 0 (off) or at least 100 ms");
+        }
+        if self.upstream_silence_reconnect && (self.upstream_silence.is_zero() || self.upstream.is_none()) {
+            return bad("upstream_silence_reconnect needs an upstream and upstream_silence above 0");
+        }
+        if !self.upstream_seq_field.is_empty() && self.upstream_framing != Framing::Auto {
+            return bad("upstream_seq_field needs upstream_framing = \"auto\" (JSON lines)");
+        }
+        if self.admin_listen.is_some_and(|a| a == self.listen && a.port() != 0) {
+            return bad("admin_listen must differ from listen");
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! - [`reactor`]: sockets and process limits; knows nothing of WebSocket.
 //! - [`conn`]: per-connection state as plain data in a generational slab.
 //! - [`fanout`]: the broadcast log and subscriber sets; frames are opaque bytes.
+//! - [`metrics`]: Prometheus text exposition and the stats-declaring macro; knows no other module.
 //! - [`upstream`]: the feed (upstream client, publisher ingest, demo), on its own thread.
 //! - [`shard`]: the loop threads, wiring all of the above.
 
@@ -12,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod shard;

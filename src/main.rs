@@ -82,6 +82,10 @@ fn main() -> ExitCode {
     };
     // Scripts and tests read these lines to find the ports (the listen address may use port 0).
     let mut out = std::io::stdout().lock();
+    // Before the listening line, which tells scripts the gateway is up.
+    if let Some(admin) = gateway.admin_addr() {
+        let _ = writeln!(out, "wsgate: admin listening on http://{admin}");
+    }
     let _ = writeln!(out, "wsgate: listening on ws://{}/ws (io: {})", gateway.local_addr(), gateway.io_backend());
     if let Some(ingest) = gateway.ingest_addr() {
         let _ = writeln!(out, "wsgate: ingest listening on {ingest}");

@@ -79,3 +79,91 @@ fn the_root_serves_the_live_page() {
         assert!(page.contains("live ticker") && page.contains("EventSource") && page.contains("wsgate.v1.json"));
     }
 }
+
+/// A fake upstream: a listener the gateway connects to (`upstream = ADDR`), and the accepted connection.
+struct Upstream {
+    listener: std::net::TcpListener,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Self { listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap() }
+    }
+    fn addr(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
+    }
+    fn accept(&self) -> std::net::TcpStream {
+        self.listener.set_nonblocking(false).unwrap();
+        let (s, _) = self.listener.accept().unwrap();
+        s
+    }
+}
+
+fn status_of(v: &Value) -> String {
+    v.get("status").and_then(Value::as_str).unwrap_or("<none>").to_string()
+}
+
+#[test]
+fn healthz_is_degraded_while_the_upstream_is_silent_and_ok_once_it_speaks() {
+    use std::io::Write;
+    let upstream = Upstream::new();
+    let toml = format!("upstream = \"{}\"\nupstream_silence = 400\n", upstream.addr());
+    let gw = Gateway::start_with_config(&toml, &[]);
+    let mut feed = upstream.accept();
+    feed.write_all(b"{\"topic\":\"a\",\"px\":1}\n").unwrap();
+    assert!(common::poll_until(Duration::from_secs(5), || status_of(&gw.health()) == "ok"), "{:?}", gw.health());
+    // Silent past upstream_silence: degraded, still 200 (gw.health() checks the status), with a reason.
+    assert!(
+        common::poll_until(Duration::from_secs(5), || status_of(&gw.health()) == "degraded"),
+        "never degraded: {:?}",
+        gw.health()
+    );
+    let h = gw.health();
+    assert!(matches!(h.get("upstream_silent"), Some(Value::Bool(true))), "{h:?}");
+    assert!(h.get("reason").and_then(Value::as_str).is_some_and(|r| r.contains("silent")), "{h:?}");
+    let scrape = gw.scrape();
+    assert_eq!(scrape.sum("wsgate_upstream_silent", &[]), 1.0);
+    assert_eq!(scrape.sum("wsgate_upstream_silences_total", &[]), 1.0);
+    assert_eq!(scrape.sum("wsgate_health_status", &[("status", "degraded")]), 1.0);
+    assert!(gw.stderr().contains("upstream silent"), "logged once:\n{}", gw.stderr());
+    // It speaks again: ok.
+    feed.write_all(b"{\"topic\":\"a\",\"px\":2}\n").unwrap();
+    assert!(common::poll_until(Duration::from_secs(5), || status_of(&gw.health()) == "ok"), "{:?}", gw.health());
+    assert_eq!(gw.scrape().sum("wsgate_upstream_silent", &[]), 0.0);
+    assert_eq!(gw.stderr().matches("upstream silent").count(), 1, "one log line per silence");
+}
+
+#[test]
+fn healthz_is_degraded_while_the_upstream_is_down() {
+    let (_reserved, addr) = common::refused_port();
+    let gw = Gateway::start(&["--upstream", &addr.to_string()]);
+    let v = gw.health();
+    assert_eq!(status_of(&v), "degraded", "{v:?}");
+}
+
+#[test]
+fn healthz_answers_503_draining_from_the_moment_shutdown_starts() {
+    use std::io::Write;
+    // A client that never answers our close keeps the gateway in its shutdown window (shutdown_timeout).
+    let mut gw = Gateway::start_with_config("admin_listen = \"127.0.0.1:0\"\nshutdown_timeout = 3000\n", &[]);
+    let admin = gw.admin_addr.expect("admin listener");
+    let mut stuck = common::tcp_connect(gw.ws_addr);
+    stuck.write_all(&common::raw::Request::upgrade(gw.ws_addr).bytes()).unwrap();
+    let _ = common::raw::read_head(&mut stuck);
+    gw.wait_connections("1", Duration::from_secs(5), |n| n == 1);
+    assert_eq!(common::get(admin, "/healthz").status, 200);
+    gw.signal(libc::SIGTERM);
+    let mut last = None;
+    let drained = common::poll_until(Duration::from_secs(2), || {
+        let resp = common::get(admin, "/healthz");
+        let draining = resp.status == 503 && resp.body_text().contains("\"status\":\"draining\"");
+        last = Some(resp);
+        draining
+    });
+    assert!(drained, "no 503 draining during the shutdown window: {last:?}");
+    // /metrics still answers during the window, saying so.
+    let metrics = common::get(admin, "/metrics");
+    assert!(metrics.body_text().contains("wsgate_health_status{status=\"draining\"} 1"));
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("exits after shutdown_timeout");
+    assert!(status.success(), "{status:?}");
+}

@@ -90,6 +90,7 @@ impl EpollReactor {
                     return;
                 }
                 n if n > 0 => {
+                    IoStats::add(&self.stats.received_bytes, n as u64);
                     let data = &mut self.read_buf[..n as usize];
                     if !h.on_event(Event::Received { key, data }) {
                         return;
@@ -143,7 +144,11 @@ impl Reactor for EpollReactor {
         let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         // sendmsg(2) rather than writev(2): the same TCP path without the VFS layer's per-call overhead (about a
         // tenth of a one-message send on loopback, measured with perf), and MSG_NOSIGNAL instead of SIGPIPE.
-        Sending::Done(socket2::SockRef::from(&socket).send_vectored(&slices[..n]))
+        let sent = socket2::SockRef::from(&socket).send_vectored(&slices[..n]);
+        if let Ok(written) = sent {
+            IoStats::add(&self.stats.sent_bytes, written as u64);
+        }
+        Sending::Done(sent)
     }
 
     fn cancel(&mut self, _key: ConnKey, _fd: RawFd, _recv: bool, _send: Option<u64>) {

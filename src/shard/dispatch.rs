@@ -150,7 +150,7 @@ impl Dispatch<'_> {
             let busy = crate::proto::handshake::http_response(503, "text/plain", b"server at max_connections\n");
             let _ = reactor::send_now(&stream, &busy);
             tracing::warn!(shard = self.id, peer = ?stream.peer_addr().ok(), "max_connections reached: refused with 503");
-            ShardStats::add(&self.cx.stats.rejected, 1);
+            self.cx.stats.refused(503);
             return;
         }
         let key = self.conns.insert(Conn::new(stream));

@@ -21,6 +21,8 @@ use crate::upstream::{Message, PayloadKind, Sink};
 pub struct Batch {
     pub records: Arc<[u8]>,
     pub messages: u32,
+    /// When the feed thread received its first message (the start of the publish-to-socket latency).
+    pub received: Instant,
 }
 
 /// Appends the raw-format frame of every record of `batch` to `out` (a text or binary frame carrying the payload
@@ -179,6 +181,8 @@ pub fn queue(id: usize, capacity: usize, waker: Arc<Waker>, stats: Arc<[ShardSta
 pub struct BroadcastSink {
     batch: Vec<u8>,
     messages: u32,
+    /// When the first message of `batch` was published (one clock read per batch).
+    received: Instant,
     queues: Vec<ShardQueue>,
     stats: Arc<[ShardStats]>,
     limits: QueueLimits,
@@ -187,7 +191,8 @@ pub struct BroadcastSink {
 
 impl BroadcastSink {
     pub fn new(queues: Vec<ShardQueue>, stats: Arc<[ShardStats]>, limits: QueueLimits) -> Self {
-        Self { batch: Vec::with_capacity(BATCH_MAX_BYTES), messages: 0, queues, stats, limits, last_drop_log: None }
+        let batch = Vec::with_capacity(BATCH_MAX_BYTES);
+        Self { batch, messages: 0, received: Instant::now(), queues, stats, limits, last_drop_log: None }
     }
 
     /// Whether loop thread `shard`'s queue can take another read's worth of batches.
@@ -214,6 +219,9 @@ impl BroadcastSink {
 
 impl Sink for BroadcastSink {
     fn publish(&mut self, msg: Message<'_>) {
+        if self.batch.is_empty() {
+            self.received = Instant::now();
+        }
         batch::append(&mut self.batch, &msg);
         self.messages += 1;
         if self.batch.len() >= BATCH_MAX_BYTES {
@@ -243,7 +251,7 @@ impl Sink for BroadcastSink {
             ShardStats::add(&s.feed_queue_batches, 1);
             ShardStats::add(&s.feed_queue_bytes, len);
             let q = &self.queues[shard];
-            match q.tx.try_send(Batch { records: records.clone(), messages }) {
+            match q.tx.try_send(Batch { records: records.clone(), messages, received: self.received }) {
                 Ok(()) => {
                     if let Err(e) = q.waker.wake() {
                         tracing::warn!(shard, error = %e, "could not wake loop thread");

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::poll_history;
 use super::publishing::{self, TokenBucket};
-use super::stats::{ShardStats, Shared};
+use super::stats::{GapKind, ShardStats, Shared, Transport};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
@@ -116,6 +116,7 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
         }
         match event {
             Event::Message { kind, payload } => {
+                ShardStats::add(&cx.stats.client_messages, 1);
                 if cx.settings.echo {
                     let op = match kind {
                         MessageKind::Text => OpCode::Text,
@@ -179,13 +180,13 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
                             // reads no whole-feed stream meanwhile.
                             conn.phase = Phase::Open;
                             conn.stream_id = stream;
-                            ShardStats::add(&cx.stats.upgraded, 1);
+                            cx.stats.opened(Transport::Ws);
                             queue_control(conn, key, request, cx);
                         }
                         None if cx.settings.require_subscription => {
                             conn.phase = Phase::Open;
                             conn.stream_id = stream;
-                            ShardStats::add(&cx.stats.upgraded, 1);
+                            cx.stats.opened(Transport::Ws);
                             mark_dirty(conn, key, cx.dirty);
                         }
                         None => subscribe(conn, key, stream, cx),
@@ -201,26 +202,31 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
         "/" | "/index.html" if head.method == "GET" => {
             respond(conn, key, &handshake::http_response(200, "text/html; charset=utf-8", LIVE_PAGE), cx);
         }
-        "/healthz" if head.method == "GET" => {
-            let body = cx.shared.health_json();
-            respond(conn, key, &handshake::http_response(200, "application/json", body.as_bytes()), cx);
+        // With an admin listener (`admin_listen`) these are served there only: not found here.
+        "/healthz" | "/metrics" if cx.settings.admin_elsewhere => not_found(conn, key, cx),
+        // 503 once a shutdown has started, so that a balancer stops sending new clients (see `HealthStatus`).
+        "/healthz" if head.method == "GET" => respond(conn, key, &cx.shared.health_response(), cx),
+        "/metrics" if head.method == "GET" => respond(conn, key, &cx.shared.metrics_response(), cx),
+        "/healthz" | "/metrics" => {
+            refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx)
         }
-        "/healthz" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
-        _ => {
-            let not_found = handshake::http_response(
-                404,
-                "text/plain",
-                b"not found: the endpoints are / (live page), /ws, /sse, /poll and /healthz\n",
-            );
-            ShardStats::add(&cx.stats.rejected, 1);
-            respond(conn, key, &not_found, cx);
-        }
+        _ => not_found(conn, key, cx),
     }
+}
+
+fn not_found(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
+    let body: &[u8] = if cx.settings.admin_elsewhere {
+        b"not found: the endpoints are / (live page), /ws, /sse and /poll\n"
+    } else {
+        b"not found: the endpoints are / (live page), /ws, /sse, /poll, /healthz and /metrics\n"
+    };
+    cx.stats.refused(404);
+    respond(conn, key, &handshake::http_response(404, "text/plain", body), cx);
 }
 
 fn refuse(conn: &mut Conn, key: ConnKey, rejection: &Rejection, cx: &mut InputCx<'_>) {
     tracing::debug!(?key, status = rejection.status, reason = rejection.reason, "request refused");
-    ShardStats::add(&cx.stats.rejected, 1);
+    cx.stats.refused(rejection.status);
     respond(conn, key, &rejection.to_response(), cx);
 }
 
@@ -274,6 +280,7 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
             if let Some(since) = since.filter(|s| s.epoch != now.epoch) {
                 let mut notice = Vec::new();
                 encode::gap("*", since, now, encode::GapReason::Epoch, &mut notice);
+                cx.stats.gap_notices.add(GapKind::Epoch as usize, 1);
                 sse::event(None, Some("gap"), &notice, out);
             }
             subscribe(conn, key, SSE_ALL, cx)
@@ -296,7 +303,7 @@ fn subscribe_topics(
 ) {
     conn.phase = Phase::Open;
     conn.stream_id = if conn.sse { SSE_ALL } else { conn.stream_id };
-    ShardStats::add(&cx.stats.upgraded, 1);
+    cx.stats.opened(if conn.sse { Transport::Sse } else { Transport::Ws });
     queue_control(conn, key, Control::Subscribe { id: None, patterns, since, snapshot: false }, cx);
 }
 
@@ -375,6 +382,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
     let now = cx.position;
     if let Some(since) = since {
         if let Some(body) = poll_history::answer(cx.topics, patterns.as_deref(), since, now) {
+            cx.stats.opened(Transport::Poll); // and closed by its answer at once
             return answer_poll(conn, key, body, cors.as_deref(), cx);
         }
     }
@@ -384,6 +392,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
     }
     conn.phase = Phase::Open;
     conn.held_poll = true;
+    cx.stats.opened(Transport::Poll); // closed by its answer, or by the reap phase while held
     let since_seq = since.map_or(now.seq, |s| s.seq);
     cx.held.push(HeldPoll { key, since_seq, patterns: patterns.map(Vec::into_boxed_slice), cors });
     cx.poll_deadlines.push(std::time::Instant::now(), key);
@@ -392,6 +401,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
 /// Answers a long-poll request with `body`; the connection closes once it is written.
 pub fn answer_poll(conn: &mut Conn, key: ConnKey, body: Vec<u8>, cors: Option<&str>, cx: &mut InputCx<'_>) {
     conn.held_poll = false;
+    cx.stats.closed(Transport::Poll);
     let mut headers = String::from("Cache-Control: no-store\r\n");
     if let Some(origin) = cors {
         headers.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"));
@@ -406,7 +416,7 @@ fn subscribe(conn: &mut Conn, key: ConnKey, stream: StreamId, cx: &mut InputCx<'
     let stream = &mut cx.streams[usize::from(stream)];
     conn.cursor = stream.log.head();
     conn.sub_index = stream.subscribers.add(key.0);
-    ShardStats::add(&cx.stats.upgraded, 1);
+    cx.stats.opened(if conn.sse { Transport::Sse } else { Transport::Ws });
     mark_dirty(conn, key, cx.dirty);
 }
 

@@ -5,11 +5,13 @@
 //! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
 //! for them.
 
+mod admin;
 mod dispatch;
 mod event_loop;
 mod feed_queue;
 mod input;
 mod memory;
+mod metrics;
 mod output;
 mod poll_history;
 mod publishing;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use std::sync::mpsc;
 
 pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
-pub use stats::{ShardStats, Shared};
+pub use stats::{HealthStatus, ShardStats, Shared};
 
 use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
@@ -68,6 +70,8 @@ pub struct Settings {
     pub max_topic_backlog_bytes: u64,
     pub publish_max_bytes: usize,
     pub publish_rate: u32,
+    /// `/healthz` and `/metrics` are served on the admin listener (`admin_listen`), not on the public one.
+    pub admin_elsewhere: bool,
 }
 
 impl Settings {
@@ -116,6 +120,7 @@ impl Settings {
             publish_max_bytes: cfg.publish_max_bytes,
             max_topic_backlog_bytes: cfg.topic_backlog_bytes(),
             publish_rate: cfg.publish_rate,
+            admin_elsewhere: cfg.admin_listen.is_some(),
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct Gateway {
     wakers: Vec<Arc<Waker>>,
     feed: Option<FeedHandle>,
     shared: Arc<Shared>,
+    /// `/metrics` and `/healthz` on `admin_listen`; stopped last, so it answers `draining` to the end.
+    admin: Option<admin::AdminServer>,
 }
 
 impl Gateway {
@@ -214,8 +221,20 @@ impl Gateway {
             loops.push(handle);
         }
         drop(ready_tx);
-        let gateway =
-            Self { local_addr, ingest_addr: feed.as_ref().and_then(|f| f.ingest_addr), loops, wakers, feed, shared };
+        let admin = match cfg.admin_listen {
+            Some(addr) => match admin::AdminServer::spawn(addr, shared.clone()) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot bind admin_listen");
+                    let ingest_addr = None;
+                    Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None }.shutdown();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let ingest_addr = feed.as_ref().and_then(|f| f.ingest_addr);
+        let gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin };
         for _ in 0..threads {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -247,6 +266,11 @@ impl Gateway {
         self.ingest_addr
     }
 
+    /// Where `/metrics` and `/healthz` are served when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::AdminServer::local_addr)
+    }
+
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -265,6 +289,9 @@ impl Gateway {
         }
         if let Some(feed) = self.feed {
             feed.shutdown();
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
         tracing::info!("gateway stopped");
     }
@@ -327,6 +354,9 @@ fn feed_config(cfg: &Config) -> Option<FeedConfig> {
         routing: Routing { topic_field: cfg.topic_field.clone(), default_topic: cfg.default_topic.clone() },
         max_topics: cfg.max_topics,
         topic_idle_expiry: cfg.topic_idle_expiry,
+        silence: cfg.upstream_silence,
+        silence_reconnect: cfg.upstream_silence_reconnect,
+        seq_field: (!cfg.upstream_seq_field.is_empty()).then(|| cfg.upstream_seq_field.clone()),
         ..FeedConfig::default()
     })
 }

@@ -5,46 +5,79 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::{declare_stats, Histogram, LabelSet, PerLabel};
 use crate::reactor::IoStats;
-use crate::upstream::{Dropped, FeedStats, PublishInbox};
+use crate::upstream::{Dropped, FeedStats, PublishInbox, UpstreamState};
 
-/// One loop thread's counters. Aligned to 128 bytes so two threads never share a cache line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct ShardStats {
-    /// Connections currently held (any phase).
-    pub connections: AtomicU64,
-    /// Connections upgraded to WebSocket or opened as event streams (`/sse`), ever.
-    pub upgraded: AtomicU64,
-    /// HTTP requests refused (4xx/5xx), ever.
-    pub rejected: AtomicU64,
-    /// Connections failed for a protocol violation, ever.
-    pub protocol_errors: AtomicU64,
-    /// Connections closed as slow consumers, ever.
-    pub slow_consumers: AtomicU64,
-    /// Feed messages received by this thread.
-    pub feed_messages: AtomicU64,
-    /// Feed batches dropped because this thread's queue was full (written by the feed thread).
-    pub feed_batches_dropped: AtomicU64,
-    /// Batches and bytes in this thread's queue from the feed thread (the feed thread adds, this thread takes).
-    pub feed_queue_batches: AtomicU64,
-    pub feed_queue_bytes: AtomicU64,
-    /// This thread no longer takes batches (it ended): its queue does not hold the feed back.
-    pub feed_queue_closed: AtomicBool,
-    /// Bytes of the broadcast log this thread retains (set after each trim).
-    pub log_bytes: AtomicU64,
-    /// Bytes of topic logs this thread retains (history and what subscribers have yet to receive), the history
-    /// part of it, and its topics (set after each trim).
-    pub topic_log_bytes: AtomicU64,
-    pub history_bytes: AtomicU64,
-    pub loop_topics: AtomicU64,
-    /// Bytes of broadcast batches kept by closing connections for the rest of a frame (see `conn::Pinned`).
-    pub pinned_bytes: AtomicU64,
-    /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring), ever.
-    pub lagging_sends_cancelled: AtomicU64,
-    /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
-    /// batches for other closing connections, ever.
-    pub closing_cut: AtomicU64,
+declare_stats! {
+    prefix "wsgate_";
+    /// One loop thread's counters and gauges: the source of `/metrics` (each field is a metric, named after it;
+    /// see `metrics::declare_stats!`) and of `/healthz`. Aligned to 128 bytes so two threads never share a cache
+    /// line.
+    #[derive(Debug, Default)]
+    #[repr(align(128))]
+    pub struct ShardStats {
+        /// Connections held by this loop thread, in any phase (handshake, open, closing).
+        pub gauge connections: AtomicU64,
+        /// Connections open, by transport: WebSocket sessions, Server-Sent Events streams, long-poll requests held.
+        pub gauge open_connections: PerLabel<Transport, 3>,
+        /// Connections opened, by transport: WebSocket upgrades, SSE streams started, long-poll requests accepted.
+        pub counter opened_connections: PerLabel<Transport, 3>,
+        /// HTTP requests refused (no upgrade, no stream), by status code.
+        pub counter http_refused: PerLabel<Refusal, 13>,
+        /// Connections failed for a protocol violation.
+        pub counter protocol_errors: AtomicU64,
+        /// Connections closed as slow consumers (close 1008, or a long-poll or stream ended).
+        pub counter slow_consumers: AtomicU64,
+        /// Feed messages this loop thread took from its queue.
+        pub counter feed_messages: AtomicU64,
+        /// Messages received from clients (WebSocket data messages: requests, publishes, echoes).
+        pub counter client_messages: AtomicU64,
+        /// Feed messages queued for delivery to subscribers: each message times the subscribers it had on this
+        /// loop when it arrived (a slow consumer closed later did not receive all of them).
+        pub counter deliveries: AtomicU64,
+        /// Feed batches dropped because this loop thread's queue was full (`feed_overflow = "drop"`; written by
+        /// the feed thread).
+        pub counter feed_batches_dropped: AtomicU64,
+        /// Batches in this loop thread's queue from the feed thread (the feed thread adds, the loop takes).
+        pub gauge feed_queue_batches: AtomicU64,
+        /// Bytes in this loop thread's queue from the feed thread.
+        pub gauge feed_queue_bytes: AtomicU64,
+        /// Bytes of the whole-feed broadcast logs this loop thread retains (set after each trim).
+        pub gauge log_bytes: AtomicU64,
+        /// Bytes of topic logs this loop thread retains: history and what subscribers have yet to receive (set
+        /// at each topic sweep).
+        pub gauge topic_log_bytes: AtomicU64,
+        /// The history part of the topic logs, in bytes (set at each topic sweep).
+        pub gauge history_bytes: AtomicU64,
+        /// Topics this loop thread holds (set at each topic sweep).
+        pub gauge loop_topics: AtomicU64,
+        /// Bytes of broadcast chunks kept by closing connections for the rest of a frame (see `conn::Pinned`).
+        pub gauge pinned_bytes: AtomicU64,
+        /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring).
+        pub counter lagging_sends_cancelled: AtomicU64,
+        /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
+        /// chunks for other closing connections.
+        pub counter closing_cut: AtomicU64,
+        /// `gap` notices sent to subscribers on subscribe or resume, by reason: history no longer reaches back,
+        /// or a position of another epoch.
+        pub counter gap_notices: PerLabel<GapKind, 2>,
+        /// How far the most lagging subscriber of this loop thread is behind, in bytes of its encoding (at the
+        /// last trim; only subscribers blocked on a full socket or with a send in flight lag).
+        pub gauge lag_max_bytes: AtomicU64,
+        /// Subscribers behind the head at the last trim (blocked on a full socket, or with a send in flight).
+        pub gauge lagging_subscribers: AtomicU64,
+        /// Time one loop pass takes, from the end of its wait to the end of its trim phase.
+        pub histogram loop_pass_seconds: Histogram,
+        /// Time from the feed thread receiving a batch of messages to the end of the fan-out phase that offered
+        /// it to every subscriber of this loop (epoll: written to their sockets; io_uring: queued for
+        /// submission). One observation per batch, not per subscriber.
+        pub histogram publish_to_socket_seconds: Histogram,
+    }
+    internal {
+        /// This thread no longer takes batches (it ended): its queue does not hold the feed back.
+        pub feed_queue_closed: AtomicBool,
+    }
 }
 
 impl ShardStats {
@@ -54,6 +87,71 @@ impl ShardStats {
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Relaxed);
+    }
+
+    /// Counts a refused HTTP request.
+    pub fn refused(&self, status: u16) {
+        self.http_refused.add(Refusal::index(status), 1);
+    }
+
+    /// Counts a connection opened on `transport` (and open until [`ShardStats::closed`]).
+    pub fn opened(&self, transport: Transport) {
+        self.opened_connections.add(transport as usize, 1);
+        self.open_connections.add(transport as usize, 1);
+    }
+
+    /// A connection counted open by [`ShardStats::opened`] is no longer.
+    pub fn closed(&self, transport: Transport) {
+        self.open_connections.sub(transport as usize, 1);
+    }
+}
+
+/// How a client reads the feed (the `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ws = 0,
+    Sse = 1,
+    Poll = 2,
+}
+
+impl LabelSet for Transport {
+    const LABEL: &'static str = "transport";
+    fn values() -> &'static [&'static str] {
+        &["ws", "sse", "poll"]
+    }
+}
+
+/// The `status` label of refused requests: the codes the gateway answers with, and `other`.
+#[derive(Debug)]
+pub enum Refusal {}
+
+impl Refusal {
+    const STATUSES: [u16; 12] = [400, 401, 403, 404, 405, 408, 426, 429, 431, 500, 503, 505];
+
+    /// The counter index of `status`.
+    pub fn index(status: u16) -> usize {
+        Self::STATUSES.iter().position(|&s| s == status).unwrap_or(Self::STATUSES.len())
+    }
+}
+
+impl LabelSet for Refusal {
+    const LABEL: &'static str = "status";
+    fn values() -> &'static [&'static str] {
+        &["400", "401", "403", "404", "405", "408", "426", "429", "431", "500", "503", "505", "other"]
+    }
+}
+
+/// Why a `gap` notice was sent on subscribe or resume (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    History = 0,
+    Epoch = 1,
+}
+
+impl LabelSet for GapKind {
+    const LABEL: &'static str = "reason";
+    fn values() -> &'static [&'static str] {
+        &["history", "epoch"]
     }
 }
 
@@ -82,6 +180,34 @@ impl Shared {
         self.io.iter().map(|s| pick(s).load(Relaxed)).sum()
     }
 
+    /// What `/healthz` says now, and why when not `ok`.
+    pub fn health_status(&self) -> (HealthStatus, Option<&'static str>) {
+        if self.shutdown.load(Relaxed) {
+            return (HealthStatus::Draining, Some("shutting down: new clients should go elsewhere"));
+        }
+        if let Some(feed) = &self.feed {
+            if matches!(feed.upstream_state(), UpstreamState::Connecting | UpstreamState::Backoff) {
+                return (HealthStatus::Degraded, Some("upstream not connected"));
+            }
+            if feed.silent() {
+                return (HealthStatus::Degraded, Some("feed silent for upstream_silence or longer"));
+            }
+        }
+        (HealthStatus::Ok, None)
+    }
+
+    /// The complete `/healthz` response: `200` while serving (`ok` or `degraded`), `503` while draining.
+    pub fn health_response(&self) -> Vec<u8> {
+        let (status, _) = self.health_status();
+        let headers = "Cache-Control: no-store\r\n";
+        crate::proto::handshake::http_response_with(
+            status.http_status(),
+            "application/json",
+            headers,
+            self.health_json().as_bytes(),
+        )
+    }
+
     /// The `/healthz` body.
     pub fn health_json(&self) -> String {
         let upstream = self.feed.as_ref().map_or("disabled", |f| f.upstream_state().as_str());
@@ -89,16 +215,22 @@ impl Shared {
         let pauses = self.feed.as_ref().map_or(0, |f| f.backpressure_pauses());
         let (epoch, feed_seq, (topics, topics_expired)) =
             self.feed.as_ref().map_or((0, 0, (0, 0)), |f| (f.epoch(), f.last_seq(), f.topics()));
+        let silent = self.feed.as_ref().is_some_and(|f| f.silent());
+        let (gaps, missing, resets) = self.feed.as_ref().map_or((0, 0, 0), |f| f.seq_gaps());
         let dropped: Vec<String> = Dropped::ALL
             .iter()
             .map(|&r| format!("\"{}\":{}", r.as_str(), self.feed.as_ref().map_or(0, |f| f.dropped(r))))
             .collect();
         let dropped = dropped.join(",");
-        let status = if self.shutdown.load(Relaxed) { "shutting_down" } else { "ok" };
+        let (status, reason) = self.health_status();
+        let reason = reason.map_or_else(|| "null".to_string(), |r| format!("\"{r}\""));
+        let status = status.as_str();
         let mem = super::memory::usage();
         let num = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
         format!(
-            "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
+            "{{\"status\":\"{status}\",\"reason\":{reason},\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
+             \"upstream_silent\":{silent},\"upstream_seq_gaps\":{gaps},\"upstream_seq_missing\":{missing},\
+             \"upstream_seq_resets\":{resets},\
              \"feed_messages\":{published},\"epoch\":{epoch},\"feed_seq\":{feed_seq},\"topics\":{topics},\
              \"topics_expired\":{topics_expired},\"feed_dropped\":{{{dropped}}},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
              \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
@@ -128,5 +260,38 @@ impl Shared {
             self.io_total(|s| &s.recv_enobufs),
             self.io_total(|s| &s.sends_deferred),
         )
+    }
+}
+
+/// What `/healthz` answers (`docs/operations.md`): balancers send new clients to `ok` gateways first, may still
+/// send them to `degraded` ones (the answer is still `200`: every gateway of a fleet usually shares one
+/// upstream, and a fleet that all answered `503` for a silent feed would refuse clients that history and a
+/// later feed can serve), and stop sending them to `draining` ones (`503`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    Ok,
+    /// Serving, but the upstream is not connected or has been silent for `upstream_silence`.
+    Degraded,
+    /// A shutdown (or a drain for restart) has started.
+    Draining,
+}
+
+impl HealthStatus {
+    pub const ALL: [HealthStatus; 3] = [HealthStatus::Ok, HealthStatus::Degraded, HealthStatus::Draining];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Ok => "ok",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Draining => "draining",
+        }
+    }
+
+    /// The HTTP status of the `/healthz` answer.
+    pub fn http_status(self) -> u16 {
+        match self {
+            HealthStatus::Draining => 503,
+            HealthStatus::Ok | HealthStatus::Degraded => 200,
+        }
     }
 }

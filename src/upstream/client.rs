@@ -77,6 +77,8 @@ pub(super) struct Client {
     codec: Framer,
     backoff: Backoff,
     ever_connected: bool,
+    /// Connections made plus messages received, ever: what the silence watchdog watches.
+    progress: u64,
 }
 
 impl Client {
@@ -96,6 +98,7 @@ impl Client {
             codec,
             backoff,
             ever_connected: false,
+            progress: 0,
         };
         client.start_round(registry, stats, now);
         client
@@ -148,7 +151,10 @@ impl Client {
             return;
         }
         let addr = *addr;
-        match pump(stream, &mut self.codec, buf, out, &format_args!("upstream {addr}"), delivered) {
+        let before = *delivered;
+        let pumped = pump(stream, &mut self.codec, buf, out, &format_args!("upstream {addr}"), delivered);
+        self.progress += *delivered - before;
+        match pumped {
             Pumped::Drained => *readable = false,
             Pumped::Budget => {}
             Pumped::Closed(err) => self.on_disconnected(registry, out.stats, now, err),
@@ -165,6 +171,22 @@ impl Client {
             }
             _ => {}
         }
+    }
+
+    /// Connections made plus messages received so far (changes on each of them).
+    pub(super) fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Drops a connection that has been silent for `silent_for` and reconnects after the usual backoff
+    /// (`upstream_silence_reconnect`). Does nothing unless connected.
+    pub(super) fn drop_silent(&mut self, registry: &Registry, stats: &FeedStats, now: Instant, silent_for: Duration) {
+        if !matches!(self.conn, Conn::Connected { .. }) {
+            return;
+        }
+        stats.add_silence_reconnect();
+        let e = io::Error::new(io::ErrorKind::TimedOut, format!("silent for {silent_for:?}: reconnecting"));
+        self.on_disconnected(registry, stats, now, Some(e));
     }
 
     /// Closes the socket (feed shutdown).
@@ -257,6 +279,7 @@ impl Client {
             stats.add_reconnect();
         }
         self.ever_connected = true;
+        self.progress += 1;
         stats.set_upstream_state(UpstreamState::Connected);
         info!(upstream = %self.target, %addr, "upstream connected");
         // Data may have arrived with the connect's readiness edge: read once to find out.

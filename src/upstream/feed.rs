@@ -18,6 +18,7 @@ use super::ingest::Ingest;
 use super::pump::{Framer, Out};
 use super::rng::Rng;
 use super::sequence::{Sequencer, MAX_EPOCH};
+use super::watchdog::{Verdict, Watchdog};
 use super::{topic, FeedConfig, FeedStats, Sink, UpstreamState, PAUSE_POLL, UPSTREAM_TOKEN, WAKER_TOKEN};
 
 /// Size of the one read buffer all sources share.
@@ -90,6 +91,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     let sequencer = Sequencer::new(epoch, cfg.max_topics, cfg.topic_idle_expiry);
     stats.set_sequencer(&sequencer);
     let stop = Arc::new(AtomicBool::new(false));
+    let cfg_silence = cfg.silence;
     let inbox = Arc::new(PublishInbox::new(INBOX_BYTES, waker.clone()));
     let feed = Feed {
         inbox: inbox.clone(),
@@ -106,6 +108,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         sequencer,
         scratch: String::new(),
         next_expiry_sweep: Instant::now(),
+        watchdog: Watchdog::new(cfg_silence, Instant::now()),
     };
     let thread = std::thread::Builder::new().name("wsgate-feed".into()).spawn(move || feed.run())?;
     Ok(FeedHandle { stats, ingest_addr, inbox, waker, stop, thread: Some(thread) })
@@ -164,6 +167,8 @@ struct Feed<S> {
     inbox: Arc<PublishInbox>,
     /// Reused: messages taken from the inbox this turn.
     published: Vec<Published>,
+    /// Watches the upstream for silence (unused without one).
+    watchdog: Watchdog,
 }
 
 /// How a [`Feed`] builds its [`Out`] from its fields (a macro: the sources are borrowed at the same time).
@@ -187,7 +192,8 @@ impl<S: Sink> Feed<S> {
         if let Some(target) = self.cfg.upstream.clone() {
             let backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max, Rng::from_seed(rng.next_u64()));
             let registry = self.poll.registry();
-            let framer = Framer::new(self.cfg.upstream_framing, self.cfg.max_line_bytes);
+            let framer = Framer::new(self.cfg.upstream_framing, self.cfg.max_line_bytes)
+                .with_seq_field(self.cfg.seq_field.clone());
             self.client = Some(Client::start(target, framer, backoff, registry, &self.stats, now));
         }
         if let Some(demo) = &self.cfg.demo {
@@ -225,6 +231,7 @@ impl<S: Sink> Feed<S> {
             self.read_ready(Instant::now());
             self.sequence_published(Instant::now());
             self.sweep_timers(Instant::now());
+            self.watch(Instant::now());
         }
         self.close();
         info!("feed thread stopped");
@@ -241,7 +248,8 @@ impl<S: Sink> Feed<S> {
         }
         let client = self.client.as_ref().and_then(Client::next_deadline);
         let demo = self.demo.as_ref().map(Demo::next_due);
-        let deadline = [client, demo].into_iter().flatten().min()?;
+        let watchdog = self.client.as_ref().and(self.watchdog.deadline());
+        let deadline = [client, demo, watchdog].into_iter().flatten().min()?;
         Some(deadline.saturating_duration_since(now))
     }
 
@@ -306,6 +314,27 @@ impl<S: Sink> Feed<S> {
             self.next_expiry_sweep = now + self.cfg.topic_idle_expiry / 4;
             if self.sequencer.expire_idle(now) > 0 {
                 self.stats.set_sequencer(&self.sequencer);
+            }
+        }
+    }
+
+    /// The silence watchdog's turn: the upstream's progress (connections made and messages received), then
+    /// whether it has been silent too long. Publishers (`ingest`) and the demo are not watched: an idle
+    /// publisher is normal.
+    fn watch(&mut self, now: Instant) {
+        let Some(progress) = self.client.as_ref().map(Client::progress) else { return };
+        if let Some(Verdict::Resumed { after }) = self.watchdog.handle_progress(progress, now) {
+            self.stats.set_silent(false);
+            info!(silent_for = ?after, "upstream active again (a message, or a new connection)");
+        }
+        if let Some(Verdict::Silent { for_ }) = self.watchdog.poll(now) {
+            self.stats.set_silent(true);
+            warn!(silent_for = ?for_, "upstream silent: no message for upstream_silence (health: degraded)");
+            if self.cfg.silence_reconnect {
+                if let Some(client) = &mut self.client {
+                    client.drop_silent(self.poll.registry(), &self.stats, now, for_);
+                    self.watchdog.restart(now);
+                }
             }
         }
     }

@@ -73,6 +73,23 @@ pub fn find_top_level<'a>(line: &'a [u8], name: &str) -> Field<'a> {
     scan.members(name.as_bytes()).unwrap_or(Field::Invalid)
 }
 
+/// The value of top-level field `name` when it is a JSON integer from 0 to `u64::MAX` (no sign, fraction or
+/// exponent); `None` otherwise (absent, another kind of value, out of range, or a syntax error first). Reads no
+/// further than the number, like [`find_top_level`].
+#[must_use]
+pub fn find_top_level_u64(line: &[u8], name: &str) -> Option<u64> {
+    let mut scan = Scanner { buf: line, pos: 0 };
+    scan.skip_ws();
+    if !scan.eat(b'{') || !scan.locate(name.as_bytes()).ok()? {
+        return None;
+    }
+    let start = scan.pos;
+    let first = scan.bump().ok()?;
+    scan.number(first).ok()?;
+    let token = std::str::from_utf8(&line[start..scan.pos]).ok()?;
+    token.parse().ok() // a fraction, exponent or sign does not parse as u64
+}
+
 /// Decodes the escaped contents of a JSON string (`\" \\ \/ \b \f \n \r \t \uXXXX`, surrogate pairs included)
 /// and appends the text to `out`. Used by the caller when [`Field::String`] says `escaped`.
 ///
@@ -154,9 +171,19 @@ impl<'a> Scanner<'a> {
 
     /// The members of the top-level object, whose `{` was read: the answer for `name`.
     fn members(&mut self, name: &[u8]) -> Scan<Field<'a>> {
+        if self.locate(name)? {
+            self.field_value()
+        } else {
+            Ok(Field::Absent)
+        }
+    }
+
+    /// Reads the members of the top-level object, whose `{` was read, up to the value of `name`: true when
+    /// found (the scanner stands at its value), false when the object ended without it.
+    fn locate(&mut self, name: &[u8]) -> Scan<bool> {
         self.skip_ws();
         if self.eat(b'}') {
-            return Ok(Field::Absent);
+            return Ok(false);
         }
         loop {
             self.expect(b'"')?;
@@ -165,13 +192,13 @@ impl<'a> Scanner<'a> {
             self.expect(b':')?;
             self.skip_ws();
             if key_is(key, escaped, name) {
-                return self.field_value();
+                return Ok(true);
             }
             self.skip_value()?;
             self.skip_ws();
             match self.bump()? {
                 b',' => self.skip_ws(),
-                b'}' => return Ok(Field::Absent),
+                b'}' => return Ok(false),
                 _ => return Err(Bad),
             }
         }
@@ -1054,6 +1081,29 @@ mod tests {
                     Ok(_) => prop_assert_eq!(got, Field::NotAnObject),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn integer_fields_are_read_as_u64() {
+        let find = |line: &str, name| find_top_level_u64(line.as_bytes(), name);
+        assert_eq!(find(r#"{"topic":"a","seq":42,"px":1}"#, "seq"), Some(42));
+        assert_eq!(find(r#"{"seq":18446744073709551615}"#, "seq"), Some(u64::MAX));
+        assert_eq!(find(r#" { "nested":{"seq":1}, "seq" : 7 }"#, "seq"), Some(7), "top level only");
+        assert_eq!(find(r#"{"\u0073eq":3}"#, "seq"), Some(3), "escaped key");
+        for bad in [
+            r#"{"seq":18446744073709551616}"#,
+            r#"{"seq":-1}"#,
+            r#"{"seq":1.5}"#,
+            r#"{"seq":1e3}"#,
+            r#"{"seq":"7"}"#,
+            r#"{"seq":01}"#,
+            r#"{"seq":}"#,
+            r#"{"other":1}"#,
+            r#"[1]"#,
+            "",
+        ] {
+            assert_eq!(find(bad, "seq"), None, "{bad}");
         }
     }
 }

@@ -27,6 +27,7 @@ mod ingest;
 mod pump;
 mod rng;
 mod stats;
+mod watchdog;
 
 pub use feed::{spawn, FeedHandle};
 pub use inbox::{InboxFull, PublishInbox};
@@ -109,6 +110,12 @@ pub struct FeedConfig {
     pub backoff_initial: Duration,
     /// Largest reconnect delay ceiling. Must be >= `backoff_initial`.
     pub backoff_max: Duration,
+    /// The upstream is reported silent after this long without a message (`upstream::watchdog`); zero: never.
+    pub silence: Duration,
+    /// A silent upstream connection is dropped and made again.
+    pub silence_reconnect: bool,
+    /// Top-level field of the upstream's JSON lines that carries its own sequence number, checked for gaps.
+    pub seq_field: Option<String>,
 }
 
 impl Default for FeedConfig {
@@ -125,6 +132,9 @@ impl Default for FeedConfig {
             topic_idle_expiry: Duration::from_secs(3600),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            silence: Duration::ZERO,
+            silence_reconnect: false,
+            seq_field: None,
         }
     }
 }

@@ -9,8 +9,10 @@ use tracing::warn;
 
 use super::binary_codec::{self, BinaryCodec};
 use super::codec::{Event, LineCodec};
+use super::json_field;
 use super::record::{Dropped, Framing, PayloadKind, Routed, Routing};
 use super::sequence::Sequencer;
+use super::watchdog::{SeqCheck, SeqEvent};
 use super::{FeedStats, Message, Sink};
 
 /// Reads per stream per loop turn, so one busy stream cannot starve the others (or the demo timer).
@@ -31,8 +33,8 @@ pub(super) enum Pumped {
 /// One source's framing state.
 #[derive(Debug)]
 pub(super) enum Framer {
-    /// Line framings (`auto`, `tab`).
-    Lines(LineCodec, Framing),
+    /// Line framings (`auto`, `tab`), with the upstream's sequence field to check (`auto` only).
+    Lines(LineCodec, Framing, Option<Box<UpstreamSeq>>),
     Binary(BinaryCodec),
 }
 
@@ -40,14 +42,22 @@ impl Framer {
     pub(super) fn new(framing: Framing, max_bytes: usize) -> Self {
         match framing {
             Framing::Binary => Framer::Binary(BinaryCodec::new(max_bytes)),
-            lines => Framer::Lines(LineCodec::new(max_bytes), lines),
+            lines => Framer::Lines(LineCodec::new(max_bytes), lines, None),
         }
+    }
+
+    /// Also checks the sequence numbers in top-level field `field` of each JSON line (line framings).
+    pub(super) fn with_seq_field(mut self, field: Option<String>) -> Self {
+        if let (Framer::Lines(_, _, seq), Some(field)) = (&mut self, field) {
+            *seq = Some(Box::new(UpstreamSeq { field, check: SeqCheck::default() }));
+        }
+        self
     }
 
     /// Forgets an incomplete record (its stream is gone); returns how many bytes were discarded.
     pub(super) fn reset(&mut self) -> usize {
         match self {
-            Framer::Lines(codec, _) => codec.reset(),
+            Framer::Lines(codec, ..) => codec.reset(),
             Framer::Binary(codec) => codec.reset(),
         }
     }
@@ -99,10 +109,13 @@ impl<S: Sink> Out<'_, S> {
         let Out { sink, stats, routing, sequencer, scratch, now } = self;
         let mut to = Stamper { sink: &mut **sink, stats, sequencer, now: *now };
         match framer {
-            Framer::Lines(codec, framing) => {
+            Framer::Lines(codec, framing, seq) => {
                 let framing = *framing;
                 let mut lines = codec.handle_chunk(chunk);
                 while let Some(ev) = lines.poll_event() {
+                    if let (Some(seq), Event::Line(line)) = (seq.as_deref_mut(), &ev) {
+                        seq.check(line, to.stats, source);
+                    }
                     let routed = match ev {
                         Event::Line(line) => routing.route_line(line, framing, scratch),
                         Event::TooLong => Err(Dropped::TooLong),
@@ -148,6 +161,37 @@ impl<S: Sink> Out<'_, S> {
     pub(super) fn flush(&mut self) {
         self.stats.set_sequencer(self.sequencer);
         self.sink.flush();
+    }
+}
+
+/// The upstream's own sequence numbers, read from one top-level field of its JSON lines
+/// (`upstream_seq_field`) and checked for gaps (`docs/feed-protocol.md`).
+#[derive(Debug)]
+pub(super) struct UpstreamSeq {
+    field: String,
+    check: SeqCheck,
+}
+
+impl UpstreamSeq {
+    /// Checks one line's number (a line without one is not checked); counts and logs what is wrong. Logs the
+    /// 1st, 2nd, 4th, 8th… gap and reset, so a feed that skips all the time cannot flood the log.
+    fn check(&mut self, line: &str, stats: &FeedStats, source: &dyn Display) {
+        let Some(n) = json_field::find_top_level_u64(line.as_bytes(), &self.field) else { return };
+        match self.check.handle_seq(n) {
+            SeqEvent::InOrder => {}
+            SeqEvent::Gap { last, got, missing } => {
+                let total = stats.add_seq_gap(missing);
+                if total.is_power_of_two() {
+                    warn!(%source, last, got, missing, gaps = total, "upstream sequence gap: messages lost upstream");
+                }
+            }
+            SeqEvent::Reset { last, got } => {
+                let total = stats.add_seq_reset();
+                if total.is_power_of_two() {
+                    warn!(%source, last, got, resets = total, "upstream sequence went back (upstream restarted?)");
+                }
+            }
+        }
     }
 }
 

@@ -74,8 +74,8 @@ impl Dropped {
         self as usize
     }
 
-    /// The name used in `/healthz` and in log lines.
-    pub fn as_str(self) -> &'static str {
+    /// The name used in `/healthz`, `/metrics` and in log lines.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Dropped::TooLong => "too_long",
             Dropped::InvalidUtf8 => "invalid_utf8",

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod json;
+pub mod prom;
 pub mod raw;
 
 use std::fs::File;
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub ws_addr: SocketAddr,
     /// The publisher listener, when started with `--ingest`.
     pub ingest_addr: Option<SocketAddr>,
+    /// The admin listener (`/metrics`, `/healthz`), when started with `admin_listen`.
+    pub admin_addr: Option<SocketAddr>,
     /// The I/O backend it reported (`epoll` or `uring`).
     pub io: String,
     stderr_path: PathBuf,
@@ -117,6 +120,7 @@ impl Gateway {
             child: Some(child),
             ws_addr: "0.0.0.0:0".parse().unwrap(),
             ingest_addr: None,
+            admin_addr: None,
             io: String::new(),
             stderr_path,
             config_path: None,
@@ -136,6 +140,9 @@ impl Gateway {
                             url.strip_suffix("/ws").unwrap_or_else(|| panic!("listening line without /ws: {line:?}"));
                         ws_addr =
                             Some(addr.parse::<SocketAddr>().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")));
+                    } else if let Some(rest) = line.strip_prefix("wsgate: admin listening on http://") {
+                        gw.admin_addr =
+                            Some(rest.trim().parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")));
                     } else if let Some(rest) = line.strip_prefix("wsgate: ingest listening on ") {
                         gw.ingest_addr =
                             Some(rest.trim().parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")));
@@ -241,13 +248,30 @@ impl Gateway {
 
     /// One `GET /healthz`, parsed.
     pub fn health(&self) -> json::Value {
-        let resp = raw::http_exchange(
-            self.ws_addr,
-            format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", self.ws_addr).as_bytes(),
-        );
+        let resp = self.get("/healthz");
         assert_eq!(resp.status, 200, "/healthz status; response: {resp:?}");
         json::parse(&resp.body_text())
             .unwrap_or_else(|e| panic!("/healthz body is not JSON ({e}): {:?}", resp.body_text()))
+    }
+
+    /// Where `/metrics` and `/healthz` are served: the admin listener when there is one.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or(self.ws_addr)
+    }
+
+    /// `GET path` on the admin listener (or the public one without it).
+    pub fn get(&self, path: &str) -> raw::Response {
+        get(self.admin(), path)
+    }
+
+    /// One `GET /metrics`, checked by the strict parser of [`prom`].
+    pub fn scrape(&self) -> prom::Scrape {
+        let resp = self.get("/metrics");
+        assert_eq!(resp.status, 200, "/metrics: {resp:?}");
+        let ctype = resp.head.header("content-type").unwrap_or_default().to_string();
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "/metrics Content-Type {ctype:?}");
+        let text = resp.body_text();
+        prom::parse(&text).unwrap_or_else(|e| panic!("/metrics is not valid exposition text: {e}\n{text}"))
     }
 
     /// The `connections` count of `/healthz`.
@@ -364,6 +388,11 @@ pub fn refused_port() -> (socket2::Socket, SocketAddr) {
     sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     (sock, addr)
+}
+
+/// `GET path` on `addr` (HTTP/1.1, then the server closes).
+pub fn get(addr: SocketAddr, path: &str) -> raw::Response {
+    raw::http_exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
 }
 
 /// Calls `f` every 10 ms until it returns true (→ true) or `timeout` passes (→ false).

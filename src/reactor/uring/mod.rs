@@ -378,6 +378,7 @@ impl UringReactor {
         if let Some(bid) = cqueue::buffer_select(flags) {
             let data = self.bufs.take(bid, res.max(0) as usize);
             if !data.is_empty() {
+                IoStats::add(&self.stats.received_bytes, data.len() as u64);
                 // A multishot receive cannot be paused: what the loop does not want, it discards.
                 h.on_event(Event::Received { key, data });
             }
@@ -427,6 +428,9 @@ impl UringReactor {
             return;
         };
         let result = || if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) };
+        if matches!(op, Op::Send | Op::SendSlot) && res > 0 {
+            IoStats::add(&self.stats.sent_bytes, res as u64);
+        }
         match op {
             Op::Accept => self.on_accept(res, flags, h),
             Op::Recv => self.on_recv(ConnKey(value), res, flags, h),

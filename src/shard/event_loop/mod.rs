@@ -17,7 +17,7 @@ use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
 use super::poll_history;
 use super::publishing::TokenBucket;
-use super::stats::{ShardStats, Shared};
+use super::stats::{ShardStats, Shared, Transport};
 use super::timers::DeadlineQueue;
 use super::topic_output;
 use super::Settings;
@@ -129,6 +129,8 @@ pub struct Shard<R: Reactor> {
     poll_deadlines: DeadlineQueue,
     /// Reused: a batch's envelopes for the held requests.
     poll_run: EncodedRun,
+    /// When the feed thread received each batch pulled this pass (observed after the fan-out phases).
+    pulled_at: Vec<Instant>,
     /// Reused to encode each batch's frames before they become one chunk of a log, and one envelope.
     frames: Vec<u8>,
     envelope: Vec<u8>,
@@ -187,6 +189,7 @@ impl<R: Reactor> Shard<R> {
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
             poll_run: EncodedRun::default(),
+            pulled_at: Vec::new(),
             frames: Vec::new(),
             envelope: Vec::new(),
             pool: BufPool::new(POOL_BYTES, 4096, 256 * 1024),
@@ -212,15 +215,18 @@ impl<R: Reactor> Shard<R> {
                 tracing::error!(shard = self.id, error = %e, "waiting for I/O failed: loop thread stops");
                 return;
             }
+            let pass_started = Instant::now();
             self.apply_controls();
             self.pull_feed();
             self.check_shutdown();
             self.flush_dirty();
             self.fan_out();
             self.fan_out_topics();
+            self.observe_delivered();
             self.reap_dead();
             self.sweep_deadlines();
             self.trim_log();
+            self.shared.shards[self.id].loop_pass_seconds.observe(pass_started.elapsed());
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
                     tracing::debug!(shard = self.id, "all connections closed");
@@ -295,7 +301,7 @@ impl<R: Reactor> Shard<R> {
     /// Takes what the feed thread queued, while the log is under its pull budget (see `fanout::Retention`);
     /// what stays queued holds the feed back (backpressure) until the trim phase has let go of the laggards.
     fn pull_feed(&mut self) {
-        let mut messages = 0u64;
+        let (mut messages, mut deliveries) = (0u64, 0u64);
         loop {
             let retained = self.streams.iter().map(|s| s.log.retained_bytes()).max().unwrap_or(0);
             let unoffered = self.streams.iter().map(|s| s.log.head() - s.fanned_out_to).max().unwrap_or(0);
@@ -304,6 +310,9 @@ impl<R: Reactor> Shard<R> {
             }
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
+            self.pulled_at.push(batch.received);
+            let readers: usize = self.streams.iter().map(|s| s.subscribers.len()).sum();
+            deliveries += u64::from(batch.messages) * readers as u64;
             self.frames.clear();
             let last = feed_queue::encode_raw_frames(&batch, &mut self.frames);
             self.last_seq = self.last_seq.max(last);
@@ -329,7 +338,9 @@ impl<R: Reactor> Shard<R> {
             }
         }
         if messages > 0 {
-            ShardStats::add(&self.shared.shards[self.id].feed_messages, messages);
+            let stats = &self.shared.shards[self.id];
+            ShardStats::add(&stats.feed_messages, messages);
+            ShardStats::add(&stats.deliveries, deliveries);
         }
     }
 
@@ -338,6 +349,7 @@ impl<R: Reactor> Shard<R> {
     fn append_to_topics(&mut self, batch: &feed_queue::Batch) {
         self.pull_gen += 1;
         let now = Instant::now();
+        let mut deliveries = 0u64; // messages × their topic's subscribers on this loop
         for msg in Records::new(&batch.records) {
             let (topic, made) = match self.topics.get_or_make(msg.topic, now) {
                 Ok(found) => found,
@@ -381,11 +393,15 @@ impl<R: Reactor> Shard<R> {
                 }
             });
             if let Some(t) = self.topics.get_mut(topic) {
+                deliveries += t.logs.iter().flatten().map(|l| l.subscribers.len() as u64).sum::<u64>();
                 if !t.grown {
                     t.grown = true;
                     self.grown.push(topic);
                 }
             }
+        }
+        if deliveries > 0 {
+            ShardStats::add(&self.shared.shards[self.id].deliveries, deliveries);
         }
         for topic in self.grown.drain(..) {
             let Some(t) = self.topics.get_mut(topic) else { continue };
@@ -681,6 +697,19 @@ impl<R: Reactor> Shard<R> {
         verdict.hold
     }
 
+    /// The fan-out phases are over: every batch pulled this pass has been offered to every subscriber that could
+    /// take it (written on epoll, queued on io_uring). One observation per batch, however many subscribers.
+    fn observe_delivered(&mut self) {
+        if self.pulled_at.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let histogram = &self.shared.shards[self.id].publish_to_socket_seconds;
+        for received in self.pulled_at.drain(..) {
+            histogram.observe(now.saturating_duration_since(received));
+        }
+    }
+
     /// Puts a connection that holds the log back in the blocked list (once), so that `trim_log` sees it.
     fn hold(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.get_mut(key) {
@@ -725,6 +754,14 @@ impl<R: Reactor> Shard<R> {
             if conn.held_poll {
                 self.held.retain(|h| h.key != key); // abandoned while held: free its place at once
             }
+            let stats = &self.shared.shards[self.id];
+            if conn.upgraded {
+                stats.closed(Transport::Ws);
+            } else if conn.sse {
+                stats.closed(Transport::Sse);
+            } else if conn.held_poll {
+                stats.closed(Transport::Poll);
+            }
             ShardStats::sub(&self.shared.shards[self.id].connections, 1);
             // Dropping the stream closes the socket: nothing is in flight on it any more.
         }
@@ -738,6 +775,7 @@ impl<R: Reactor> Shard<R> {
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.phase == Phase::Handshake {
                     tracing::debug!(?key, "handshake timeout");
+                    self.shared.shards[self.id].refused(408);
                     let timeout = crate::proto::handshake::http_response(408, "text/plain", b"request timeout\n");
                     let _ = reactor::send_now(&conn.stream, &timeout);
                     kill(conn, key, &mut self.dead);
@@ -838,9 +876,18 @@ impl<R: Reactor> Shard<R> {
             }
         }
         let mut blocked = std::mem::take(&mut self.blocked);
+        let (mut lag_max, mut lagging) = (0u64, 0u64);
         blocked.retain(|&key| {
             let holds = self.judge_holder(key);
             let Some(conn) = self.conns.get_mut(key) else { return false };
+            if holds && conn.phase == Phase::Open {
+                let lag = match conn.topics.as_deref() {
+                    Some(subs) => topic_output::lag(&self.topics, subs),
+                    None => self.streams[usize::from(conn.stream_id)].log.head().saturating_sub(conn.cursor),
+                };
+                lag_max = lag_max.max(lag);
+                lagging += u64::from(lag > 0);
+            }
             if holds {
                 match conn.topics.as_deref() {
                     Some(subs) => {
@@ -884,6 +931,8 @@ impl<R: Reactor> Shard<R> {
         self.to_trim = to_trim;
         let stats = &self.shared.shards[self.id];
         stats.log_bytes.store(retained, Relaxed);
+        stats.lag_max_bytes.store(lag_max, Relaxed);
+        stats.lagging_subscribers.store(lagging, Relaxed);
         if full {
             // Over every topic: once per sweep, not per pass.
             let logs = self.topics.iter().flat_map(|(_, t)| t.logs.iter().flatten());

@@ -14,7 +14,7 @@ use crate::fanout::{Encoding, Entry, Resume, TopicId};
 use crate::proto::frame::{encode_frame_into, FrameHeader, OpCode};
 use crate::reactor::Reactor;
 use crate::shard::input::{self, InputCx, JSON_ALL, SSE_ALL};
-use crate::shard::stats::ShardStats;
+use crate::shard::stats::{GapKind, ShardStats};
 use crate::upstream::PayloadKind;
 
 impl<R: Reactor> Shard<R> {
@@ -170,6 +170,7 @@ impl<R: Reactor> Shard<R> {
             let start = match since {
                 Some(p) if p.epoch != self.epoch => {
                     gaps.push(gap_notice(name, p, position, GapReason::Epoch));
+                    self.shared.shards[self.id].gap_notices.add(GapKind::Epoch as usize, 1);
                     head
                 }
                 Some(p) => match log.history.resume(p.seq, head, self.last_seq) {
@@ -177,6 +178,7 @@ impl<R: Reactor> Shard<R> {
                     Resume::Gap { from_seq, to_seq, at } => {
                         let to = Position { epoch: self.epoch, seq: to_seq };
                         gaps.push(gap_notice(name, Position { epoch: p.epoch, seq: from_seq }, to, GapReason::History));
+                        self.shared.shards[self.id].gap_notices.add(GapKind::History as usize, 1);
                         at
                     }
                     Resume::Ahead => head, // cannot happen: such requests wait above
