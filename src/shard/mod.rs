@@ -5,11 +5,14 @@
 //! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
 //! for them.
 
+mod admission;
 mod dispatch;
 mod event_loop;
 mod feed_queue;
 mod input;
+mod keepalive;
 mod memory;
+mod message_rate;
 mod output;
 mod poll_history;
 mod publishing;
@@ -68,6 +71,10 @@ pub struct Settings {
     pub max_topic_backlog_bytes: u64,
     pub publish_max_bytes: usize,
     pub publish_rate: u32,
+    /// Pings, pong, idle and subscribe deadlines, lifetime.
+    pub keepalive: keepalive::KeepaliveSettings,
+    /// Control messages and pings per second per WebSocket client (0: no limit; off with `echo`).
+    pub client_message_rate: u32,
 }
 
 impl Settings {
@@ -116,6 +123,8 @@ impl Settings {
             publish_max_bytes: cfg.publish_max_bytes,
             max_topic_backlog_bytes: cfg.topic_backlog_bytes(),
             publish_rate: cfg.publish_rate,
+            keepalive: keepalive::KeepaliveSettings::from_config(cfg),
+            client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
         }
     }
 }
@@ -180,6 +189,7 @@ impl Gateway {
             started: Instant::now(),
             io_backend: io_name,
             io: io_stats.clone(),
+            admission: admission::Admission::from_config(cfg),
         });
 
         let settings = Arc::new(Settings::from_config(cfg));

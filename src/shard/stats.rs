@@ -45,6 +45,27 @@ pub struct ShardStats {
     /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
     /// batches for other closing connections, ever.
     pub closing_cut: AtomicU64,
+    /// Pings sent to WebSocket clients (`ping_interval`), ever.
+    pub pings_sent: AtomicU64,
+    /// WebSocket clients closed for not answering a ping within `pong_timeout` (`1001`), ever.
+    pub pong_timeouts: AtomicU64,
+    /// WebSocket clients closed for sending nothing for `idle_timeout` (`1001`), ever.
+    pub idle_timeouts: AtomicU64,
+    /// WebSocket clients closed for subscribing to nothing within `subscribe_timeout` (`1008`), ever.
+    pub subscribe_timeouts: AtomicU64,
+    /// Connections closed at `max_connection_lifetime` (`1001`; an SSE stream ends), ever.
+    pub lifetime_closes: AtomicU64,
+    /// WebSocket clients closed for sending more than `client_message_rate` messages per second (`1008`), ever.
+    pub message_rate_closes: AtomicU64,
+    /// New connections refused with `503` (also counted in `rejected`), ever: the client address already had
+    /// `max_connections_per_ip` open; it opened more than `connection_rate_per_ip` per second; the table of
+    /// addresses was full (`max_tracked_ips`); the process was overloaded (`overload_memory_bytes`).
+    pub refused_per_ip: AtomicU64,
+    pub refused_ip_rate: AtomicU64,
+    pub refused_ip_table_full: AtomicU64,
+    pub refused_overload: AtomicU64,
+    /// Open clients closed with `1013` while shedding load (`shed_memory_bytes`), ever.
+    pub shed_closes: AtomicU64,
 }
 
 impl ShardStats {
@@ -69,6 +90,8 @@ pub struct Shared {
     pub io_backend: &'static str,
     /// Each loop thread's backend counters.
     pub io: Box<[Arc<IoStats>]>,
+    /// Per-address limits and memory pressure, shared by the loop threads.
+    pub admission: super::admission::Admission,
 }
 
 impl Shared {
