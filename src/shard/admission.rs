@@ -1,7 +1,8 @@
 //! Who may open a connection, decided before any byte of it is read: the per-address limits
 //! (`max_connections_per_ip`, `connection_rate_per_ip`) over one table shared by every loop thread, and the
-//! process's memory pressure (`overload_memory_bytes`: new connections refused; `shed_memory_bytes`: open ones
-//! closed with 1013 by the loop threads). Refusals are `503` with `Retry-After`.
+//! process's memory pressure (`overload_memory_bytes`: requests for `/ws`, `/sse` and `/poll` refused;
+//! `shed_memory_bytes`: open clients closed with 1013 by the loop threads). Refusals are `503` with
+//! `Retry-After`.
 //!
 //! Why one shared table: `SO_REUSEPORT` spreads one address's connections over every loop thread, so a per-loop
 //! count would allow N times the configured limit. The table is split into [`SHARDS`] parts by a keyed hash of
@@ -96,16 +97,16 @@ impl Admission {
         }
     }
 
-    /// Logs a refusal, at most once per [`LOG_EVERY`] for the whole process.
-    pub fn log_refusal(&self, shard: usize, what: &str) {
-        self.log.warn(shard, what);
+    /// Logs a refusal, at most once per [`LOG_EVERY`] for the whole process (with the count of those not logged).
+    pub fn log_refusal(&self, what: &str) {
+        self.log.warn(what);
     }
 }
 
 /// The accept-time check of a connection just put in the slab: charged on its client address, or answered
 /// `503` with `Retry-After` and closed once that is written (through the connection, so that the answer is
 /// not lost to a reset; the slot is held at most the linger time).
-pub fn admit_accepted(shard: usize, conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
+pub fn admit_accepted(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     let admission = &cx.shared.admission;
     let Some(table) = &admission.clients else { return };
     let Ok(peer) = conn.stream.peer_addr() else { return }; // already gone: its first read says so
@@ -123,9 +124,24 @@ pub fn admit_accepted(shard: usize, conn: &mut Conn, key: ConnKey, cx: &mut Inpu
     };
     ShardStats::add(counter, 1);
     ShardStats::add(&cx.stats.rejected, 1);
-    admission.log.warn(shard, &format!("{}: refused {} with 503", refusal.reason(), peer.ip()));
+    admission.log.warn(&format!("{}: refused {} with 503", refusal.reason(), peer.ip()));
     let response = busy_response(refusal.reason(), retry_after_s);
     input::respond(conn, key, &response, cx);
+}
+
+/// A request for `/ws`, `/sse` or `/poll` while the process is over a memory mark: answered `503` with
+/// `Retry-After` (true), or let through (false). The page and `/healthz` are never refused for load.
+pub fn refuse_if_overloaded(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) -> bool {
+    let admission = &cx.shared.admission;
+    if !admission.overloaded() {
+        return false;
+    }
+    ShardStats::add(&cx.stats.refused_overload, 1);
+    ShardStats::add(&cx.stats.rejected, 1);
+    admission.log.warn("overloaded (memory over overload_memory_bytes): refused with 503");
+    let response = busy_response("server overloaded: try again later", admission.retry_after_s);
+    input::respond(conn, key, &response, cx);
+    true
 }
 
 /// Answers a fresh connection `503` with `Retry-After` at once, without taking a slot for it (at
@@ -259,7 +275,7 @@ impl LogLimit {
         Self { next_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0), started: Instant::now() }
     }
 
-    fn warn(&self, shard: usize, what: &str) {
+    fn warn(&self, what: &str) {
         let ms = self.started.elapsed().as_millis() as u64;
         let next = self.next_ms.load(Relaxed);
         let then = ms + LOG_EVERY.as_millis() as u64;
@@ -268,7 +284,7 @@ impl LogLimit {
             return;
         }
         let suppressed = self.suppressed.swap(0, Relaxed);
-        tracing::warn!(shard, suppressed, "{what}");
+        tracing::warn!(suppressed, "{what}");
     }
 }
 

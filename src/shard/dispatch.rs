@@ -146,20 +146,12 @@ fn sent(conn: &mut Conn, cx: &mut InputCx<'_>, written: usize, private: Vec<u8>,
 impl Dispatch<'_> {
     fn accepted(&mut self, fd: OwnedFd) {
         let stream = TcpStream::from(fd);
-        let admission = &self.cx.shared.admission;
-        // Refused at once, before taking a slot: best effort, as the socket buffer of a fresh connection always
-        // has room for the answer.
-        let refusal = if self.conns.len() >= self.max_connections {
-            Some("max_connections reached")
-        } else if admission.overloaded() {
-            ShardStats::add(&self.cx.stats.refused_overload, 1);
-            Some("overloaded (overload_memory_bytes)")
-        } else {
-            None
-        };
-        if let Some(why) = refusal {
-            admission::refuse_now(&stream, "server busy: try again later", admission.retry_after_s());
-            admission.log_refusal(self.id, &format!("{why}: refused with 503"));
+        if self.conns.len() >= self.max_connections {
+            // Refused at once, before taking a slot: best effort, as the socket buffer of a fresh connection
+            // always has room for the answer.
+            let admission = &self.cx.shared.admission;
+            admission::refuse_now(&stream, "server at max_connections: try again later", admission.retry_after_s());
+            admission.log_refusal("max_connections reached: refused with 503");
             ShardStats::add(&self.cx.stats.rejected, 1);
             return;
         }
@@ -168,7 +160,7 @@ impl Dispatch<'_> {
         ShardStats::add(&self.cx.stats.connections, 1);
         self.handshake_deadlines.push(Instant::now(), key);
         if let Some(conn) = self.conns.get_mut(key) {
-            admission::admit_accepted(self.id, conn, key, &mut self.cx);
+            admission::admit_accepted(conn, key, &mut self.cx);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use super::admission;
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
@@ -180,6 +181,9 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
 }
 
 fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    if matches!(head.path_only(), "/ws" | "/sse" | "/poll") && admission::refuse_if_overloaded(conn, key, cx) {
+        return; // the page and /healthz are still answered
+    }
     match head.path_only() {
         "/ws" => {
             // Subscriptions at connect are checked before upgrading: a bad one is a 400.
