@@ -219,6 +219,10 @@ pub struct Config {
     /// Shedding: at or above this much process memory, open clients are closed with `1013` (Try Again Later), a
     /// few at a time, until below it again; 0 = off. At least `overload_memory_bytes` when both are set.
     pub shed_memory_bytes: u64,
+    /// A loop thread whose queue from the feed is at least this full (percent of `feed_queue_bytes` or of
+    /// `feed_queue_batches`) is behind the feed (saturated): it refuses new `/ws`, `/sse` and `/poll` requests
+    /// with `503` and `Retry-After: 1` (a retry may land on another loop thread); 0 = off.
+    pub overload_feed_queue_percent: u8,
 }
 }
 
@@ -291,6 +295,7 @@ impl Default for Config {
             retry_after: Duration::from_secs(5),
             overload_memory_bytes: 0,
             shed_memory_bytes: 0,
+            overload_feed_queue_percent: 0,
         }
     }
 }
@@ -451,6 +456,9 @@ impl Config {
         }
         if self.max_tracked_ips < 16 {
             return bad("max_tracked_ips must be at least 16");
+        }
+        if self.overload_feed_queue_percent > 100 {
+            return bad("overload_feed_queue_percent must be in 0..=100");
         }
         if self.shed_memory_bytes != 0 && self.shed_memory_bytes < self.overload_memory_bytes {
             return bad("shed_memory_bytes must be at least overload_memory_bytes (shedding is the stronger measure)");

@@ -192,3 +192,67 @@ fn max_connections_refusals_carry_retry_after() {
     let (head, _) = upgrade_from([127, 0, 0, 1], gw.ws_addr);
     assert_busy(&head, "4", "over max_connections");
 }
+
+#[test]
+fn a_loop_thread_behind_the_feed_refuses_upgrades_until_it_catches_up() {
+    let cfg = "overload_feed_queue_percent = 50\nfeed_queue_batches = 64\nping_interval = 0\n";
+    let gw = Gateway::start_with_config(cfg, &["--threads", "1", "--ingest", "127.0.0.1:0"]);
+    // A JSON client and an event stream make the loop encode envelopes and events for every message (which the
+    // feed thread does not): under a flood it falls behind, and its queue fills.
+    let mut json = {
+        let stream = common::tcp_connect(gw.ws_addr);
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(gw.ws_url()).unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "wsgate.v1.json".parse().unwrap());
+        tungstenite::client(req, stream).expect("json client").0
+    };
+    let mut sse = connect_from([127, 0, 0, 1], gw.ws_addr);
+    sse.write_all(format!("GET /sse HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr).as_bytes()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sink = vec![0u8; 1 << 16];
+            sse.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            json.get_mut().set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = json.read();
+                let _ = std::io::Read::read(&mut sse, &mut sink);
+            }
+        })
+    };
+    let flood = {
+        let mut p = gw.publisher();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut chunk = String::new();
+            for i in 0..2000 {
+                chunk.push_str(&format!(
+                    "{{\"topic\":\"T{}\",\"px\":{i}.5,\"q\":[1,2,3],\"s\":\"abcdefgh\"}}\n",
+                    i % 50
+                ));
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if p.write_all(chunk.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut busy = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while busy.is_none() && Instant::now() < deadline {
+        let (head, _) = upgrade_from([127, 0, 0, 1], gw.ws_addr);
+        if head.status == 503 {
+            busy = Some(head);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy = busy.expect("the loop never fell behind a flood it had to encode twice (or was not refused)");
+    assert_busy(&busy, "1", "behind the feed");
+    flood.join().unwrap();
+    readers.join().unwrap();
+    // Caught up: upgrades are let in again.
+    let ok = common::poll_until(Duration::from_secs(20), || upgrade_from([127, 0, 0, 1], gw.ws_addr).1.is_some());
+    assert!(ok, "upgrades still refused after the flood ended");
+}

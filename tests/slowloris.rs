@@ -59,7 +59,10 @@ fn ten_thousand_half_open_handshakes_neither_delay_a_new_client_nor_outlive_the_
         let first = common::ws_read_text(&mut ws);
         let served = started.elapsed();
         assert!(!first.is_empty());
-        assert!(served < Duration::from_secs(1), "attempt {attempt}: a new client waited {served:?} for its first message");
+        assert!(
+            served < Duration::from_secs(1),
+            "attempt {attempt}: a new client waited {served:?} for its first message"
+        );
         eprintln!("attempt {attempt}: upgraded and first message after {served:?}");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -129,19 +129,48 @@ pub fn admit_accepted(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
     input::respond(conn, key, &response, cx);
 }
 
-/// A request for `/ws`, `/sse` or `/poll` while the process is over a memory mark: answered `503` with
-/// `Retry-After` (true), or let through (false). The page and `/healthz` are never refused for load.
+/// A request for `/ws`, `/sse` or `/poll` while the process is over a memory mark, or while this loop thread is
+/// behind the feed: answered `503` with `Retry-After` (true), or let through (false). The page and `/healthz`
+/// are never refused for load.
 pub fn refuse_if_overloaded(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) -> bool {
     let admission = &cx.shared.admission;
-    if !admission.overloaded() {
+    let (counter, reason, retry_after_s) = if admission.overloaded() {
+        (&cx.stats.refused_overload, "server overloaded: try again later", admission.retry_after_s)
+    } else if cx.settings.behind.is_some_and(|b| b.is_behind(cx.stats)) {
+        // Another loop thread may well have room: the client may retry at once.
+        (&cx.stats.refused_behind, "server busy (behind the feed): try again", 1)
+    } else {
         return false;
-    }
-    ShardStats::add(&cx.stats.refused_overload, 1);
+    };
+    ShardStats::add(counter, 1);
     ShardStats::add(&cx.stats.rejected, 1);
-    admission.log.warn("overloaded (memory over overload_memory_bytes): refused with 503");
-    let response = busy_response("server overloaded: try again later", admission.retry_after_s);
-    input::respond(conn, key, &response, cx);
+    admission.log.warn(&format!("{reason}: refused with 503"));
+    input::respond(conn, key, &busy_response(reason, retry_after_s), cx);
     true
+}
+
+/// When a loop thread counts as behind the feed: its queue from the feed holds at least this many bytes or
+/// batches (`overload_feed_queue_percent` of the queue's bounds). A loop that cannot keep up (too many clients
+/// for its core, or a burst) fills its queue; with `feed_overflow = backpressure` it then holds the whole feed
+/// back, so taking more clients on it makes every client later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Behind {
+    pub bytes: u64,
+    pub batches: u64,
+}
+
+impl Behind {
+    pub fn from_config(cfg: &Config) -> Option<Self> {
+        let pct = u64::from(cfg.overload_feed_queue_percent);
+        (pct > 0).then(|| Behind {
+            bytes: (cfg.feed_queue_bytes * pct / 100).max(1),
+            batches: (cfg.feed_queue_batches as u64 * pct / 100).max(1),
+        })
+    }
+
+    pub fn is_behind(&self, stats: &ShardStats) -> bool {
+        stats.feed_queue_bytes.load(Relaxed) >= self.bytes || stats.feed_queue_batches.load(Relaxed) >= self.batches
+    }
 }
 
 /// Answers a fresh connection `503` with `Retry-After` at once, without taking a slot for it (at
@@ -331,6 +360,29 @@ mod tests {
         }
         let other = ClientAddr::from_ip("10.0.0.2".parse().unwrap());
         assert!(table.admit(addr, Instant::now()).is_ok() && table.admit(other, Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn behind_at_the_configured_share_of_either_queue_bound() {
+        let cfg = Config {
+            overload_feed_queue_percent: 50,
+            feed_queue_bytes: 1000,
+            feed_queue_batches: 10,
+            ..Config::default()
+        };
+        let b = Behind::from_config(&cfg).unwrap();
+        assert_eq!(b, Behind { bytes: 500, batches: 5 });
+        let stats = ShardStats::default();
+        assert!(!b.is_behind(&stats));
+        stats.feed_queue_bytes.store(499, Relaxed);
+        stats.feed_queue_batches.store(4, Relaxed);
+        assert!(!b.is_behind(&stats));
+        stats.feed_queue_batches.store(5, Relaxed);
+        assert!(b.is_behind(&stats), "half the batches");
+        stats.feed_queue_batches.store(1, Relaxed);
+        stats.feed_queue_bytes.store(500, Relaxed);
+        assert!(b.is_behind(&stats), "half the bytes");
+        assert_eq!(Behind::from_config(&Config::default()), None, "off by default");
     }
 
     #[test]

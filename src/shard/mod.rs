@@ -75,6 +75,8 @@ pub struct Settings {
     pub keepalive: keepalive::KeepaliveSettings,
     /// Control messages and pings per second per WebSocket client (0: no limit; off with `echo`).
     pub client_message_rate: u32,
+    /// The loop is behind the feed (refuses new upgrades) from this many queued bytes or batches on.
+    pub behind: Option<admission::Behind>,
 }
 
 impl Settings {
@@ -125,6 +127,7 @@ impl Settings {
             publish_rate: cfg.publish_rate,
             keepalive: keepalive::KeepaliveSettings::from_config(cfg),
             client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
+            behind: admission::Behind::from_config(cfg),
         }
     }
 }

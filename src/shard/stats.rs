@@ -64,6 +64,9 @@ pub struct ShardStats {
     pub refused_ip_rate: AtomicU64,
     pub refused_ip_table_full: AtomicU64,
     pub refused_overload: AtomicU64,
+    /// Requests for `/ws`, `/sse` or `/poll` refused with `503` because this loop thread was behind the feed
+    /// (`overload_feed_queue_percent`), ever (also counted in `rejected`).
+    pub refused_behind: AtomicU64,
     /// Open clients closed with `1013` while shedding load (`shed_memory_bytes`), ever.
     pub shed_closes: AtomicU64,
 }
