@@ -90,7 +90,7 @@ impl Keepalive {
             (Timer::Ping, queue(settings.ping_interval)),
             (Timer::Idle, queue(settings.idle_timeout)),
             (Timer::Subscribe, queue(settings.subscribe_timeout)),
-            (Timer::Notice, if settings.lifetime.is_zero() { None } else { queue(notice_at) }),
+            (Timer::Notice, if settings.lifetime_notice.is_zero() { None } else { queue(notice_at) }),
             (Timer::Lifetime, queue(settings.lifetime)),
         ];
         Self { settings, queues }
