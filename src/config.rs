@@ -222,7 +222,7 @@ pub struct Config {
     /// A loop thread whose queue from the feed is at least this full (percent of `feed_queue_bytes` or of
     /// `feed_queue_batches`) is behind the feed (saturated): it refuses new `/ws`, `/sse` and `/poll` requests
     /// with `503` and `Retry-After: 1` (a retry may land on another loop thread); 0 = off.
-    pub overload_feed_queue_percent: u8,
+    pub overload_feed_queue_percent: u32,
 }
 }
 
@@ -454,8 +454,8 @@ impl Config {
         if !self.max_connection_lifetime.is_zero() && self.lifetime_notice >= self.max_connection_lifetime {
             return bad("lifetime_notice must be below max_connection_lifetime");
         }
-        if self.max_tracked_ips < 16 {
-            return bad("max_tracked_ips must be at least 16");
+        if self.max_tracked_ips < 64 || self.max_tracked_ips > 1 << 24 {
+            return bad("max_tracked_ips must be in 64..=16777216");
         }
         if self.overload_feed_queue_percent > 100 {
             return bad("overload_feed_queue_percent must be in 0..=100");
