@@ -11,7 +11,7 @@
 # process cannot hold 100k sockets here. Production machines have no such cap; wsgate itself has no such limit.
 # Settings (environment): CONNS, GATEWAYS, RATE (msg/s, default 1), SIZE, PROCS (loadgen processes), RAMP
 # (connections/s, default unpaced), WARMUP, DURATION, SOURCE_IPS, RESULTS, SERVER (wsgate or a wsgate-* name),
-# SERVER_EXTRA (more gateway arguments, e.g. "--config ping.toml" with `ping_interval = 1000` to measure the
+# SERVER_EXTRA (more gateway arguments, e.g. "--ping-interval 1000 --pong-timeout 900" to measure the
 # cost of the server's pings: compare server CPU and the broadcast completion time with and without).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
