@@ -10,7 +10,9 @@
 # Why several processes: the development machines cap open files at 20,000 per process (not raisable), so one
 # process cannot hold 100k sockets here. Production machines have no such cap; wsgate itself has no such limit.
 # Settings (environment): CONNS, GATEWAYS, RATE (msg/s, default 1), SIZE, PROCS (loadgen processes), RAMP
-# (connections/s, default unpaced), WARMUP, DURATION, SOURCE_IPS, RESULTS, SERVER (wsgate or a wsgate-* name).
+# (connections/s, default unpaced), WARMUP, DURATION, SOURCE_IPS, RESULTS, SERVER (wsgate or a wsgate-* name),
+# SERVER_EXTRA (more gateway arguments, e.g. "--ping-interval 1000 --pong-timeout 900" to measure the
+# cost of the server's pings: compare server CPU and the broadcast completion time with and without).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -28,12 +30,13 @@ run="$SERVER-c$CONNS-g$GATEWAYS-r$RATE"
 dir="$RESULTS/$run.d"
 mkdir -p "$dir"
 start_feed "$dir" "$RATE" "$SIZE"
-start_server "$dir" "$SERVER" 127.0.0.1:0 "$FEED_ADDR" 1
+read -r -a extra <<< "${SERVER_EXTRA:-}"
+start_server "$dir" "$SERVER" 127.0.0.1:0 "$FEED_ADDR" 1 "${extra[@]}"
 url=$SERVER_URL
 port=${url##*:}; port=${port%%/*}
 pids=(--server-pid "$SERVER_PID")
 for ((g = 1; g < GATEWAYS; g++)); do
-  start_server "$dir" "$SERVER" "127.0.0.1:$port" "$FEED_ADDR" 1
+  start_server "$dir" "$SERVER" "127.0.0.1:$port" "$FEED_ADDR" 1 "${extra[@]}"
   pids+=(--server-pid "$SERVER_PID")
 done
 ramp=()

@@ -189,6 +189,55 @@ pub struct Config {
     /// jumps are counted as gaps (`wsgate_upstream_seq_gaps_total`) and logged. Empty: not checked.
     /// `upstream_framing = "auto"` only.
     pub upstream_seq_field: String,
+    /// Interval of the server's pings to each WebSocket client (an empty ping frame); 0 = no pings.
+    #[serde(with = "millis")]
+    pub ping_interval: Duration,
+    /// Time a WebSocket client has to answer a ping with a pong; without one it is closed (`1001`, "no pong").
+    /// Must be below `ping_interval`.
+    #[serde(with = "millis")]
+    pub pong_timeout: Duration,
+    /// A WebSocket client that sends nothing at all (no frame, no pong) for this long is closed (`1001`,
+    /// "idle"); checked every `idle_timeout`, so the close comes between one and two of them; 0 = off.
+    #[serde(with = "millis")]
+    pub idle_timeout: Duration,
+    /// With `require_subscription`: a WebSocket client that has not subscribed this long after its upgrade is
+    /// closed (`1008`); 0 = off. Without `require_subscription` it has nothing to do (an unsubscribed client
+    /// reads the whole feed).
+    #[serde(with = "millis")]
+    pub subscribe_timeout: Duration,
+    /// Most time a WebSocket or SSE connection stays open; it gets a `notice` (code `lifetime`) `lifetime_notice`
+    /// before, then close `1001` (an SSE stream ends); 0 = no limit.
+    #[serde(with = "millis")]
+    pub max_connection_lifetime: Duration,
+    /// How long before `max_connection_lifetime` a connection is told it will be closed; below that lifetime.
+    #[serde(with = "millis")]
+    pub lifetime_notice: Duration,
+    /// Most connections from one client address (all loop threads together); more get `503` with
+    /// `Retry-After` before any upgrade; 0 = no limit. IPv6 addresses count by their /64.
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one client address (a token bucket with a burst as large); more get
+    /// `503` with `Retry-After`; 0 = no limit.
+    pub connection_rate_per_ip: u32,
+    /// Most client addresses the per-address limits remember (idle ones are forgotten first); a new address
+    /// beyond it, while every remembered one has connections open, gets `503`.
+    pub max_tracked_ips: usize,
+    /// Control messages and pings per second one WebSocket client may send (a token bucket with a burst twice
+    /// as large); beyond it the connection is closed (`1008`); 0 = no limit. Off with `echo`.
+    pub client_message_rate: u32,
+    /// The `Retry-After` of `503` refusals for load (`max_connections`, overload, per-address connections),
+    /// rounded up to whole seconds.
+    #[serde(with = "millis")]
+    pub retry_after: Duration,
+    /// Overload: at or above this much process memory (heap in use, else RSS), new connections get `503`
+    /// with `Retry-After`; 0 = off.
+    pub overload_memory_bytes: u64,
+    /// Shedding: at or above this much process memory, open clients are closed with `1013` (Try Again Later), a
+    /// few at a time, until below it again; 0 = off. At least `overload_memory_bytes` when both are set.
+    pub shed_memory_bytes: u64,
+    /// A loop thread whose queue from the feed is at least this full (percent of `feed_queue_bytes` or of
+    /// `feed_queue_batches`) is behind the feed (saturated): it refuses new `/ws`, `/sse` and `/poll` requests
+    /// with `503` and `Retry-After: 1` (a retry may land on another loop thread); 0 = off.
+    pub overload_feed_queue_percent: u32,
 }
 }
 
@@ -252,6 +301,20 @@ impl Default for Config {
             upstream_silence: Duration::from_secs(30),
             upstream_silence_reconnect: false,
             upstream_seq_field: String::new(),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+            subscribe_timeout: Duration::from_secs(30),
+            max_connection_lifetime: Duration::ZERO,
+            lifetime_notice: Duration::from_secs(30),
+            max_connections_per_ip: 0,
+            connection_rate_per_ip: 0,
+            max_tracked_ips: 65536,
+            client_message_rate: 100,
+            retry_after: Duration::from_secs(5),
+            overload_memory_bytes: 0,
+            shed_memory_bytes: 0,
+            overload_feed_queue_percent: 0,
         }
     }
 }
@@ -405,6 +468,31 @@ impl Config {
         }
         if self.admin_listen.is_some_and(|a| a == self.listen && a.port() != 0) {
             return bad("admin_listen must differ from listen");
+        }
+        if !self.ping_interval.is_zero()
+            && (self.ping_interval < Duration::from_millis(100)
+                || self.pong_timeout.is_zero()
+                || self.pong_timeout >= self.ping_interval)
+        {
+            return bad(
+                "ping_interval must be 0 or at least 100 ms, and pong_timeout positive and below ping_interval",
+            );
+        }
+        let short = |d: Duration| !d.is_zero() && d < Duration::from_millis(100);
+        if short(self.idle_timeout) || short(self.subscribe_timeout) {
+            return bad("idle_timeout and subscribe_timeout must be 0 (off) or at least 100 ms");
+        }
+        if !self.max_connection_lifetime.is_zero() && self.lifetime_notice >= self.max_connection_lifetime {
+            return bad("lifetime_notice must be below max_connection_lifetime");
+        }
+        if self.max_tracked_ips < 64 || self.max_tracked_ips > 1 << 24 {
+            return bad("max_tracked_ips must be in 64..=16777216");
+        }
+        if self.overload_feed_queue_percent > 100 {
+            return bad("overload_feed_queue_percent must be in 0..=100");
+        }
+        if self.shed_memory_bytes != 0 && self.shed_memory_bytes < self.overload_memory_bytes {
+            return bad("shed_memory_bytes must be at least overload_memory_bytes (shedding is the stronger measure)");
         }
         Ok(())
     }

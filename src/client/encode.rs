@@ -97,6 +97,18 @@ pub fn error(id: RequestId<'_>, code: &str, message: &str, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// `{"wsgate":"notice","code":C,"message":M,"close_in_ms":N}`: the gateway will close this connection in about
+/// `N` ms for reason `code` (`lifetime`: `max_connection_lifetime`); the client should reconnect (and resume from
+/// its last position) before or after that.
+pub fn notice(code: &str, message: &str, close_in_ms: u64, out: &mut Vec<u8>) {
+    reply_head("notice", None, out);
+    out.extend_from_slice(b",\"code\":");
+    json_str(code, out);
+    out.extend_from_slice(b",\"message\":");
+    json_str(message, out);
+    let _ = write!(out, ",\"close_in_ms\":{close_in_ms}}}");
+}
+
 /// Why messages may be missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {
@@ -226,6 +238,13 @@ mod tests {
         out.clear();
         error(None, "bad_topic", "topic \"a b\" has a space", &mut out);
         assert_eq!(parse(&out), json!({"wsgate":"error","code":"bad_topic","message":"topic \"a b\" has a space"}));
+        out.clear();
+        notice("lifetime", "closing in \"30\" s", 30000, &mut out);
+        assert_eq!(
+            parse(&out),
+            json!({"wsgate":"notice","code":"lifetime","message":"closing in \"30\" s","close_in_ms":30000})
+        );
+        assert!(out.starts_with(b"{\"wsgate\":"), "the reserved key comes first");
         out.clear();
         gap("BTC-USD", Position { epoch: 1, seq: 5 }, P, GapReason::Epoch, &mut out);
         assert_eq!(

@@ -4,13 +4,17 @@
 //! and drives the protocol session; this module only defines what one connection remembers between wake-ups
 //! and keeps that small (an idle connection holds no heap memory at all).
 
+mod client_addr;
 mod pool;
 mod slab;
 mod subs;
+mod token_bucket;
 
+pub use client_addr::{ClientAddr, IpRefusal, IpTable, PerIpLimits, Slot};
 pub use pool::BufPool;
 pub use slab::{ConnKey, GenSlab};
 pub use subs::{Sub, TopicSubs, PINNED};
+pub use token_bucket::TokenBucket;
 
 use std::net::TcpStream;
 
@@ -97,7 +101,19 @@ pub struct Conn {
     pub topics: Option<Box<TopicSubs>>,
     /// Control messages of this connection waiting in the loop's queue.
     pub pending_controls: u8,
+    /// Keepalive state: [`PING_UNANSWERED`], [`HEARD`].
+    pub keepalive: u8,
+    /// Its charge on its client address in the loop threads' shared table (`shard::admission`), released when
+    /// it is freed; [`NO_SLOT`] when the per-address limits are off or it was refused.
+    pub client_slot: Slot,
 }
+
+/// `Conn::keepalive`: a ping was sent and no pong has come since.
+pub const PING_UNANSWERED: u8 = 1;
+/// `Conn::keepalive`: bytes arrived from the client since the last idle check.
+pub const HEARD: u8 = 2;
+/// `Conn::client_slot`: holds no charge.
+pub const NO_SLOT: Slot = Slot::MAX;
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
 
@@ -135,6 +151,8 @@ impl Conn {
             pinned: None,
             topics: None,
             pending_controls: 0,
+            keepalive: 0,
+            client_slot: NO_SLOT,
         }
     }
 

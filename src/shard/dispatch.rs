@@ -6,13 +6,14 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
+use super::admission;
 use super::input::{self, kill, InputCx};
 use super::output;
-use super::stats::ShardStats;
+use super::stats::{LoadRefusal, ShardStats};
 use super::timers::DeadlineQueue;
 use super::topic_output;
 use crate::conn::{Conn, ConnKey, GenSlab, Phase};
-use crate::reactor::{self, Event, Handler};
+use crate::reactor::{Event, Handler};
 
 /// Pause after the process ran out of file descriptors.
 pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
@@ -146,16 +147,20 @@ impl Dispatch<'_> {
     fn accepted(&mut self, fd: OwnedFd) {
         let stream = TcpStream::from(fd);
         if self.conns.len() >= self.max_connections {
-            // Best effort: the socket buffer of a fresh connection always has room for this.
-            let busy = crate::proto::handshake::http_response(503, "text/plain", b"server at max_connections\n");
-            let _ = reactor::send_now(&stream, &busy);
-            tracing::warn!(shard = self.id, peer = ?stream.peer_addr().ok(), "max_connections reached: refused with 503");
-            self.cx.stats.refused(503);
+            // Refused at once, before taking a slot: best effort, as the socket buffer of a fresh connection
+            // always has room for the answer.
+            let admission = &self.cx.shared.admission;
+            admission::refuse_now(&stream, "server at max_connections: try again later", admission.retry_after_s());
+            admission.log_refusal("max_connections reached: refused with 503");
+            self.cx.stats.refused_for_load(LoadRefusal::MaxConnections);
             return;
         }
         let key = self.conns.insert(Conn::new(stream));
         self.to_attach.push(key);
         ShardStats::add(&self.cx.stats.connections, 1);
         self.handshake_deadlines.push(Instant::now(), key);
+        if let Some(conn) = self.conns.get_mut(key) {
+            admission::admit_accepted(conn, key, &mut self.cx);
+        }
     }
 }

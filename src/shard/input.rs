@@ -3,15 +3,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
+use super::admission;
+use super::keepalive::{self, Keepalive, Opened};
+use super::message_rate::MessageRate;
 use super::poll_history;
-use super::publishing::{self, TokenBucket};
+use super::publishing;
 use super::stats::{GapKind, ShardStats, Shared, Transport};
 use super::timers::DeadlineQueue;
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
 use crate::client::{encode, sse, Format, Pattern, Position};
-use crate::conn::{BufPool, Conn, ConnKey, Phase};
+use crate::conn::{BufPool, Conn, ConnKey, Phase, TokenBucket};
 use crate::fanout::{Pins, Stream, StreamId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
@@ -41,6 +45,10 @@ pub struct InputCx<'a> {
     pub dead: &'a mut Vec<ConnKey>,
     /// Rate limits of the connections that published.
     pub publish_buckets: &'a mut HashMap<ConnKey, TokenBucket>,
+    /// Deadlines of open connections (pings, idle, subscribe, lifetime), armed when one opens.
+    pub keepalive: &'a mut Keepalive,
+    /// Rate limits of the control messages and pings of the WebSocket clients that sent some.
+    pub message_rate: &'a mut MessageRate,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -48,6 +56,9 @@ pub struct InputCx<'a> {
 pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx<'_>) {
     if !conn.wants_input() {
         return; // Draining after our final bytes: the peer's bytes no longer matter.
+    }
+    if conn.upgraded {
+        keepalive::on_input(conn);
     }
     if conn.inbuf.is_empty() {
         let used = consume(conn, key, data, cx);
@@ -114,6 +125,15 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
             }
             continue;
         }
+        if !matches!(event, Event::Pong(_) | Event::Close { .. }) && !cx.message_rate.allow(key, Instant::now()) {
+            let rate = cx.message_rate.rate();
+            tracing::debug!(?key, rate, "client sends too many messages: closing with 1008");
+            ShardStats::add(&cx.stats.message_rate_closes, 1);
+            conn.input_failed = true; // its further bytes are not worth decoding
+            let reason = format!("more than {rate} messages per second");
+            queue_close(conn, key, 1008, &reason, cx);
+            return buf.len();
+        }
         match event {
             Event::Message { kind, payload } => {
                 ShardStats::add(&cx.stats.client_messages, 1);
@@ -141,7 +161,7 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
                 }
             }
             Event::Ping(payload) => encode_frame_into(private(&mut conn.outbuf, cx.pool), OpCode::Pong, payload),
-            Event::Pong(_) => {}
+            Event::Pong(_) => keepalive::on_pong(conn),
             Event::Close { code, .. } => {
                 // Echo the peer's code (or an empty close), then hang up once it is written.
                 encode_close_frame_into(private(&mut conn.outbuf, cx.pool), code, "", None);
@@ -162,6 +182,9 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
 }
 
 fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    if matches!(head.path_only(), "/ws" | "/sse" | "/poll") && admission::refuse_if_overloaded(conn, key, cx) {
+        return; // the page and /healthz are still answered
+    }
     match head.path_only() {
         "/ws" => {
             // Subscriptions at connect are checked before upgrading: a bad one is a 400.
@@ -173,6 +196,7 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
                 Ok(accepted) => {
                     private(&mut conn.outbuf, cx.pool).extend_from_slice(&accepted.response);
                     conn.upgraded = true;
+                    cx.keepalive.on_open(key, Opened::WebSocket, Instant::now());
                     let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
                     match at_connect {
                         Some(request) => {
@@ -231,7 +255,7 @@ fn refuse(conn: &mut Conn, key: ConnKey, rejection: &Rejection, cx: &mut InputCx
 }
 
 /// Queues a final HTTP response; the connection closes once it is written.
-fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>) {
+pub fn respond(conn: &mut Conn, key: ConnKey, response: &[u8], cx: &mut InputCx<'_>) {
     private(&mut conn.outbuf, cx.pool).extend_from_slice(response);
     start_closing(conn, key, cx);
 }
@@ -266,6 +290,7 @@ fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &
     let out = private(&mut conn.outbuf, cx.pool);
     sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
     conn.sse = true;
+    cx.keepalive.on_open(key, Opened::EventStream, Instant::now());
     let now = cx.position;
     // A position of this epoch other than this loop's: behind (replay from history) or a little ahead (another
     // loop served it; the request waits until this loop has pulled that far). Either way exactly once.
@@ -579,7 +604,7 @@ pub fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
 }
 
 /// The connection's private output buffer, borrowed from the pool on first use.
-fn private<'b>(outbuf: &'b mut Vec<u8>, pool: &mut BufPool) -> &'b mut Vec<u8> {
+pub fn private<'b>(outbuf: &'b mut Vec<u8>, pool: &mut BufPool) -> &'b mut Vec<u8> {
     if outbuf.capacity() == 0 {
         *outbuf = pool.take();
     }

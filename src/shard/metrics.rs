@@ -76,7 +76,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::LabelSet;
-    use crate::shard::stats::{GapKind, Refusal, Transport};
+    use crate::shard::stats::{GapKind, LoadRefusal, Refusal, Transport};
 
     fn shared(loops: usize) -> Shared {
         Shared {
@@ -87,6 +87,7 @@ mod tests {
             started: Instant::now(),
             io_backend: "epoll",
             io: (0..loops).map(|_| Arc::new(IoStats::default())).collect(),
+            admission: crate::shard::admission::Admission::from_config(&crate::config::Config::default()),
         }
     }
 
@@ -96,6 +97,7 @@ mod tests {
         assert_eq!(Transport::values().len(), 3);
         assert_eq!(Refusal::values().len(), 13);
         assert_eq!(GapKind::values().len(), 2);
+        assert_eq!(LoadRefusal::values().len(), 6);
         assert_eq!(Refusal::values()[Refusal::index(503)], "503");
         assert_eq!(Refusal::values()[Refusal::index(418)], "other");
         s.refused(418);

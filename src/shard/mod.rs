@@ -6,11 +6,14 @@
 //! for them.
 
 mod admin;
+mod admission;
 mod dispatch;
 mod event_loop;
 mod feed_queue;
 mod input;
+mod keepalive;
 mod memory;
+mod message_rate;
 mod metrics;
 mod output;
 mod poll_history;
@@ -72,6 +75,12 @@ pub struct Settings {
     pub publish_rate: u32,
     /// `/healthz` and `/metrics` are served on the admin listener (`admin_listen`), not on the public one.
     pub admin_elsewhere: bool,
+    /// Pings, pong, idle and subscribe deadlines, lifetime.
+    pub keepalive: keepalive::KeepaliveSettings,
+    /// Control messages and pings per second per WebSocket client (0: no limit; off with `echo`).
+    pub client_message_rate: u32,
+    /// The loop is behind the feed (refuses new upgrades) from this many queued bytes or batches on.
+    pub behind: Option<admission::Behind>,
 }
 
 impl Settings {
@@ -121,6 +130,9 @@ impl Settings {
             max_topic_backlog_bytes: cfg.topic_backlog_bytes(),
             publish_rate: cfg.publish_rate,
             admin_elsewhere: cfg.admin_listen.is_some(),
+            keepalive: keepalive::KeepaliveSettings::from_config(cfg),
+            client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
+            behind: admission::Behind::from_config(cfg),
         }
     }
 }
@@ -187,6 +199,7 @@ impl Gateway {
             started: Instant::now(),
             io_backend: io_name,
             io: io_stats.clone(),
+            admission: admission::Admission::from_config(cfg),
         });
 
         let settings = Arc::new(Settings::from_config(cfg));

@@ -9,33 +9,7 @@ use std::time::Instant;
 use super::input::{self, InputCx};
 use crate::client::control::{ControlError, ErrorCode};
 use crate::client::Pattern;
-use crate::conn::{Conn, ConnKey};
-
-/// Tokens refilled at `rate` per second up to `rate`; one per published message.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn full(rate: u32, now: Instant) -> Self {
-        TokenBucket { tokens: f64::from(rate), last: now }
-    }
-
-    /// Takes a token if there is one (after refilling for the time since the last call).
-    fn take(&mut self, rate: u32, now: Instant) -> bool {
-        let rate = f64::from(rate);
-        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate).min(rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+use crate::conn::{Conn, ConnKey, TokenBucket};
 
 /// Handles a `publish` request from connection `key` at once (it needs no other connection): refused with its
 /// error code, or handed to the feed thread.
@@ -56,7 +30,7 @@ pub fn publish(conn: &mut Conn, key: ConnKey, id: Option<&str>, topic: &str, pay
         let rate = settings.publish_rate;
         let now = Instant::now();
         let bucket = cx.publish_buckets.entry(key).or_insert_with(|| TokenBucket::full(rate, now));
-        if !bucket.take(rate, now) {
+        if !bucket.take(rate, rate, now) {
             Some((ErrorCode::RateLimited, format!("more than {rate} messages per second")))
         } else if cx.shared.publish.as_ref().is_some_and(|inbox| inbox.offer(topic, payload.as_bytes()).is_err()) {
             Some((ErrorCode::RateLimited, "the gateway is busy: publish again later".to_string()))
@@ -67,22 +41,5 @@ pub fn publish(conn: &mut Conn, key: ConnKey, id: Option<&str>, topic: &str, pay
     if let Some((code, message)) = refusal {
         let e = ControlError { id: id.map(str::to_string), code, message };
         input::reply_error(conn, key, &e, cx);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
-        let t = Instant::now();
-        let mut b = TokenBucket::full(3, t);
-        assert!((0..3).all(|_| b.take(3, t)), "a burst of 3");
-        assert!(!b.take(3, t));
-        assert!(!b.take(3, t + Duration::from_millis(300)), "0.9 tokens");
-        assert!(b.take(3, t + Duration::from_millis(340)), "1 token after 1/3 s");
-        assert!((0..3).all(|_| b.take(3, t + Duration::from_secs(60))) && !b.take(3, t + Duration::from_secs(60)));
     }
 }

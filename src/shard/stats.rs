@@ -67,6 +67,26 @@ declare_stats! {
         pub gauge lag_max_bytes: AtomicU64,
         /// Subscribers behind the head at the last trim (blocked on a full socket, or with a send in flight).
         pub gauge lagging_subscribers: AtomicU64,
+        /// Requests refused with `503` for load before any upgrade (also counted in `http_refused`), by reason:
+        /// `max_connections`; the client address already had `max_connections_per_ip` open (`per_ip`); it opened
+        /// more than `connection_rate_per_ip` per second (`ip_rate`); the table of addresses was full
+        /// (`max_tracked_ips`, `ip_table_full`); the process was over `overload_memory_bytes` (`overload`); this
+        /// loop thread was behind the feed (`overload_feed_queue_percent`, `behind`).
+        pub counter load_refused: PerLabel<LoadRefusal, 6>,
+        /// Pings sent to WebSocket clients (`ping_interval`).
+        pub counter pings_sent: AtomicU64,
+        /// WebSocket clients closed for not answering a ping within `pong_timeout` (`1001`).
+        pub counter pong_timeouts: AtomicU64,
+        /// WebSocket clients closed for sending nothing for `idle_timeout` (`1001`).
+        pub counter idle_timeouts: AtomicU64,
+        /// WebSocket clients closed for subscribing to nothing within `subscribe_timeout` (`1008`).
+        pub counter subscribe_timeouts: AtomicU64,
+        /// Connections closed at `max_connection_lifetime` (`1001`; an SSE stream ends).
+        pub counter lifetime_closes: AtomicU64,
+        /// WebSocket clients closed for sending more than `client_message_rate` messages per second (`1008`).
+        pub counter message_rate_closes: AtomicU64,
+        /// Open clients closed with `1013` while shedding load (`shed_memory_bytes`).
+        pub counter shed_closes: AtomicU64,
         /// Time one loop pass takes, from the end of its wait to the end of its trim phase.
         pub histogram loop_pass_seconds: Histogram,
         /// Time from the feed thread receiving a batch of messages to the end of the fan-out phase that offered
@@ -98,6 +118,12 @@ impl ShardStats {
     pub fn opened(&self, transport: Transport) {
         self.opened_connections.add(transport as usize, 1);
         self.open_connections.add(transport as usize, 1);
+    }
+
+    /// Counts a request refused with `503` for load.
+    pub fn refused_for_load(&self, reason: LoadRefusal) {
+        self.load_refused.add(reason as usize, 1);
+        self.refused(503);
     }
 
     /// A connection counted open by [`ShardStats::opened`] is no longer.
@@ -141,6 +167,24 @@ impl LabelSet for Refusal {
     }
 }
 
+/// Why a request was refused with `503` for load (the `reason` label of `load_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadRefusal {
+    MaxConnections = 0,
+    PerIp = 1,
+    IpRate = 2,
+    IpTableFull = 3,
+    Overload = 4,
+    Behind = 5,
+}
+
+impl LabelSet for LoadRefusal {
+    const LABEL: &'static str = "reason";
+    fn values() -> &'static [&'static str] {
+        &["max_connections", "per_ip", "ip_rate", "ip_table_full", "overload", "behind"]
+    }
+}
+
 /// Why a `gap` notice was sent on subscribe or resume (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapKind {
@@ -167,6 +211,8 @@ pub struct Shared {
     pub io_backend: &'static str,
     /// Each loop thread's backend counters.
     pub io: Box<[Arc<IoStats>]>,
+    /// Per-address limits and memory pressure, shared by the loop threads.
+    pub admission: super::admission::Admission,
 }
 
 impl Shared {

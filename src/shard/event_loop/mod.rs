@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use super::dispatch::Dispatch;
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
+use super::keepalive::{self, Keepalive};
+use super::message_rate::MessageRate;
 use super::output::{self, Flushed};
 use super::poll_history;
-use super::publishing::TokenBucket;
 use super::stats::{ShardStats, Shared, Transport};
 use super::timers::DeadlineQueue;
 use super::topic_output;
@@ -25,7 +26,7 @@ use crate::client::control::Control;
 use crate::client::encode::{self, FeedMessage};
 use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
-use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase};
+use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase, TokenBucket, NO_SLOT};
 use crate::fanout::{Encoding, FrameLog, Holder, Pins, Stream, TopicId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::{self, Reactor};
@@ -64,11 +65,17 @@ macro_rules! input_cx {
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
             publish_buckets: &mut $shard.publish_buckets,
+            keepalive: &mut $shard.keepalive,
+            message_rate: &mut $shard.message_rate,
         }
     };
 }
 
 mod subscriptions;
+
+/// While shedding load, one loop closes 1/SHED_FRACTION of its connections every SHED_EVERY.
+const SHED_EVERY: Duration = Duration::from_millis(100);
+const SHED_FRACTION: usize = 64;
 
 /// How often idle topics are looked for and every topic log is trimmed (history ages out).
 const TOPIC_SWEEP: Duration = Duration::from_secs(1);
@@ -124,6 +131,12 @@ pub struct Shard<R: Reactor> {
     topic_log_bytes: u64,
     /// Connections that published: their rate limits.
     publish_buckets: HashMap<ConnKey, TokenBucket>,
+    /// Pings, pong, idle and subscribe deadlines, lifetimes of the open connections.
+    keepalive: Keepalive,
+    /// Rate limits of the control messages and pings of the clients that sent some.
+    message_rate: MessageRate,
+    /// While shedding load: when the next few open clients are closed with 1013.
+    next_shed: Instant,
     /// Long-poll requests waiting for a message (may hold entries of connections gone since), and deadlines.
     held: Vec<HeldPoll>,
     poll_deadlines: DeadlineQueue,
@@ -185,6 +198,9 @@ impl<R: Reactor> Shard<R> {
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
             sse_topic_conns: Vec::new(),
             publish_buckets: HashMap::new(),
+            keepalive: Keepalive::new(settings.keepalive),
+            message_rate: MessageRate::new(settings.client_message_rate),
+            next_shed: Instant::now(),
             topic_log_bytes: 0,
             held: Vec::new(),
             poll_deadlines: DeadlineQueue::new(settings.poll_timeout),
@@ -251,8 +267,12 @@ impl<R: Reactor> Shard<R> {
         let grace = self.shutdown_deadline.map(|d| d + SHUTDOWN_GRACE);
         let sse_clients =
             !self.streams[usize::from(input::SSE_ALL)].subscribers.is_empty() || !self.sse_topic_conns.is_empty();
+        // Memory marks set: read again every check while the level is raised (it falls only on its own).
+        let pressure = self.shared.admission.overloaded().then(|| Instant::now() + super::admission::PRESSURE_CHECK);
         let next = [
             sse_clients.then_some(self.next_heartbeat),
+            self.keepalive.next_deadline(),
+            pressure,
             self.poll_deadlines.next_deadline(),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
@@ -748,6 +768,10 @@ impl<R: Reactor> Shard<R> {
                 self.drop_topic_subs(key, &subs);
             }
             self.publish_buckets.remove(&key);
+            self.message_rate.forget(key);
+            if conn.client_slot != NO_SLOT {
+                self.shared.admission.release(conn.client_slot);
+            }
             self.pool.give(&mut conn.inbuf);
             self.pool.give(&mut conn.outbuf);
             input::unpin(&mut conn, &mut self.pins, &self.shared.shards[self.id]);
@@ -824,6 +848,17 @@ impl<R: Reactor> Shard<R> {
                 input::mark_dirty(conn, key, dirty);
                 true
             });
+        }
+        while let Some((timer, key)) = self.keepalive.pop_expired(now) {
+            let mut cx = input_cx!(self);
+            if let Some(conn) = self.conns.get_mut(key) {
+                keepalive::on_expired(timer, conn, key, now, &mut cx);
+            }
+        }
+        self.shared.admission.refresh_pressure(now);
+        if self.shared.admission.shedding() && now >= self.next_shed {
+            self.next_shed = now + SHED_EVERY;
+            self.shed_load();
         }
         if now >= self.next_topic_sweep {
             self.next_topic_sweep = now + TOPIC_SWEEP;
@@ -982,6 +1017,30 @@ impl<R: Reactor> Shard<R> {
                 self.io.cancel(key, conn.stream.as_raw_fd(), false, Some(conn.send_token));
             }
             input::queue_close(conn, key, 1008, "slow consumer: the gateway's topic backlog is full", &mut cx);
+        }
+    }
+
+    // ---- shedding --------------------------------------------------------------------------------------
+
+    /// The process is over `shed_memory_bytes`: closes 1/[`SHED_FRACTION`] of this loop's open WebSocket clients
+    /// and event streams (at least one) with 1013 Try Again Later (a stream just ends). Called every
+    /// [`SHED_EVERY`] while the level stays raised, so about 1/64 of the clients leave per 100 ms until memory
+    /// falls below the mark; held long-polls end on their own within `poll_timeout`.
+    fn shed_load(&mut self) {
+        let open = |c: &Conn| c.phase == Phase::Open && !c.held_poll;
+        let quota = (self.conns.len() / SHED_FRACTION).max(1);
+        let keys: Vec<ConnKey> =
+            self.conns.keys().filter(|&k| self.conns.get(k).is_some_and(open)).take(quota).collect();
+        if keys.is_empty() {
+            return;
+        }
+        tracing::warn!(shard = self.id, closing = keys.len(), "shedding load: closing clients with 1013");
+        ShardStats::add(&self.shared.shards[self.id].shed_closes, keys.len() as u64);
+        for key in keys {
+            let mut cx = input_cx!(self);
+            if let Some(conn) = self.conns.get_mut(key) {
+                input::queue_close(conn, key, 1013, "server overloaded: try again later", &mut cx);
+            }
         }
     }
 
