@@ -143,7 +143,11 @@ fn tampering_is_caught() {
     let escalated = URL_SAFE_NO_PAD.encode(json!({"exp": NOW + 60, "topics": ["*"]}).to_string());
     assert_eq!(validate(&format!("{header}.{escalated}.{sig}"), now(), &cfg), Err(AuthError::Signature));
     // Signed with another secret.
-    let other = sign(Algorithm::HS256, &EncodingKey::from_secret(b"another secret of 32 bytes or more!!").unwrap(), &claims(NOW + 60));
+    let other = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"another secret of 32 bytes or more!!").unwrap(),
+        &claims(NOW + 60),
+    );
     assert_eq!(validate(&other, now(), &cfg), Err(AuthError::Signature));
     for junk in ["", "a", "a.b", "a.b.c.d", "!!.e30.x", &format!("{header}.notbase64!.x")] {
         assert_eq!(validate(junk, now(), &cfg), Err(AuthError::Malformed), "{junk:?}");
@@ -191,9 +195,10 @@ fn rs256_and_es256_verify_and_the_hs_rs_confusion_is_refused() {
     let forged = sign(Algorithm::HS256, &EncodingKey::from_secret(EC_PUBLIC).unwrap(), &claims(NOW + 60));
     assert_eq!(validate(&forged, now(), &ec), Err(AuthError::Algorithm));
     // An RS256 token relabelled ES256 (its signature is not an ECDSA one).
-    let (rs_head, rs_sig) = sign(Algorithm::RS256, &rs_key, &claims(NOW + 60)).rsplit_once('.').map(|(h, s)| {
-        (h.split_once('.').unwrap().1.to_string(), s.to_string())
-    }).unwrap();
+    let (rs_head, rs_sig) = sign(Algorithm::RS256, &rs_key, &claims(NOW + 60))
+        .rsplit_once('.')
+        .map(|(h, s)| (h.split_once('.').unwrap().1.to_string(), s.to_string()))
+        .unwrap();
     let es_header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT"}).to_string());
     assert!(validate(&format!("{es_header}.{rs_head}.{rs_sig}"), now(), &ec).is_err());
 }

@@ -97,6 +97,18 @@ pub struct Conn {
     pub topics: Option<Box<TopicSubs>>,
     /// Control messages of this connection waiting in the loop's queue.
     pub pending_controls: u8,
+    /// The token it came in with (or last refreshed to), when token auth is on and it sent one (boxed: most
+    /// gateways run without auth, and `Conn` stays in its budget).
+    pub auth: Option<Box<Authenticated>>,
+}
+
+/// What a connection's token allows, and when the connection must end unless the token is refreshed.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub grant: crate::auth::Grant,
+    /// `grant.valid_until` on this process's monotonic clock. INVARIANT: the loop's token-expiry queue holds an
+    /// entry at this instant for the connection (it may hold stale ones too).
+    pub deadline: std::time::Instant,
 }
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
@@ -135,6 +147,7 @@ impl Conn {
             pinned: None,
             topics: None,
             pending_controls: 0,
+            auth: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
 //! for them.
 
+mod access;
 mod dispatch;
 mod event_loop;
 mod feed_queue;
@@ -29,6 +30,7 @@ use std::sync::mpsc;
 pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
 pub use stats::{ShardStats, Shared};
 
+use crate::auth::AuthConfig;
 use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
 use crate::fanout::{HistoryLimits, Retention, TopicLimits};
@@ -68,6 +70,8 @@ pub struct Settings {
     pub max_topic_backlog_bytes: u64,
     pub publish_max_bytes: usize,
     pub publish_rate: u32,
+    /// Token authentication (`shard::access`); `None`: off.
+    pub auth: Option<AuthConfig>,
 }
 
 impl Settings {
@@ -116,6 +120,7 @@ impl Settings {
             publish_max_bytes: cfg.publish_max_bytes,
             max_topic_backlog_bytes: cfg.topic_backlog_bytes(),
             publish_rate: cfg.publish_rate,
+            auth: None, // read from its files by `Gateway::start`, which fails if they cannot be
         }
     }
 }
@@ -135,6 +140,8 @@ impl Gateway {
     /// each loop thread when it ends (for whatever reason), so the caller can notice a thread that died.
     pub fn start(cfg: &Config, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         let threads = cfg.thread_count();
+        // Token auth fails closed: a key that cannot be read now stops the start (`Config::load` checked it too).
+        let auth = cfg.auth().map_err(io::Error::other)?;
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
         let backend = choose_backend(cfg)?;
         let nonblocking = backend == IoBackend::Epoll;
@@ -182,7 +189,7 @@ impl Gateway {
             io: io_stats.clone(),
         });
 
-        let settings = Arc::new(Settings::from_config(cfg));
+        let settings = Arc::new(Settings { auth, ..Settings::from_config(cfg) });
         let per_thread_max = cfg.max_connections.div_ceil(threads);
         let uring_cfg = cfg.uring();
         let cores = core_affinity::get_core_ids().unwrap_or_default();

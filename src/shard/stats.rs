@@ -42,6 +42,21 @@ pub struct ShardStats {
     pub pinned_bytes: AtomicU64,
     /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring), ever.
     pub lagging_sends_cancelled: AtomicU64,
+    /// Requests refused with `403` because their `Origin` is not in `allowed_origins` (any transport), ever.
+    pub origin_refused: AtomicU64,
+    /// Token auth: requests refused with `401` (no token, or one that is malformed, badly signed, of an algorithm
+    /// not allowed, expired, not yet valid, or for another audience or issuer), ever. The debug log line of each
+    /// gives the reason category.
+    pub auth_refused: AtomicU64,
+    /// Token auth: requests refused with `403`, and `subscribe`/`publish` requests answered `forbidden`, because
+    /// the token's claims do not allow the topic, ever.
+    pub auth_forbidden: AtomicU64,
+    /// Token auth: connections ended because their token expired (WebSocket closed with 4001, event stream ended,
+    /// held long-poll answered), ever.
+    pub auth_expired: AtomicU64,
+    /// Token auth: `refresh` requests accepted, and refused (answered `unauthorized` or `forbidden`), ever.
+    pub auth_refreshed: AtomicU64,
+    pub auth_refresh_refused: AtomicU64,
     /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
     /// batches for other closing connections, ever.
     pub closing_cut: AtomicU64,

@@ -18,7 +18,7 @@ use super::output::{self, Flushed};
 use super::poll_history;
 use super::publishing::TokenBucket;
 use super::stats::{ShardStats, Shared};
-use super::timers::DeadlineQueue;
+use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::topic_output;
 use super::Settings;
 use crate::client::control::Control;
@@ -64,11 +64,13 @@ macro_rules! input_cx {
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
             publish_buckets: &mut $shard.publish_buckets,
+            auth_expiries: &mut $shard.auth_expiries,
         }
     };
 }
 
 mod subscriptions;
+mod tokens;
 
 /// How often idle topics are looked for and every topic log is trimmed (history ages out).
 const TOPIC_SWEEP: Duration = Duration::from_secs(1);
@@ -143,6 +145,8 @@ pub struct Shard<R: Reactor> {
     to_attach: Vec<ConnKey>,
     handshake_deadlines: DeadlineQueue,
     linger_deadlines: DeadlineQueue,
+    /// Token auth: when each authenticated connection's token expires (`tokens`).
+    auth_expiries: ExpiryQueue,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     max_connections: usize,
@@ -196,6 +200,7 @@ impl<R: Reactor> Shard<R> {
             to_attach: Vec::new(),
             handshake_deadlines: DeadlineQueue::new(settings.handshake_timeout),
             linger_deadlines: DeadlineQueue::new(LINGER),
+            auth_expiries: ExpiryQueue::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
             max_connections,
@@ -250,6 +255,7 @@ impl<R: Reactor> Shard<R> {
             self.poll_deadlines.next_deadline(),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
+            self.auth_expiries.next_deadline(),
             (!self.topics.is_empty()).then_some(self.next_topic_sweep),
             self.accept_paused_until,
             self.shutdown_deadline,
@@ -763,6 +769,7 @@ impl<R: Reactor> Shard<R> {
             let mut cx = input_cx!(self);
             input::answer_poll(conn, key, PollBody::new().finish(next), h.cors.as_deref(), &mut cx);
         }
+        self.expire_tokens(now);
         if now >= self.next_heartbeat {
             // One comment chunk shared by every event stream (its clients and the proxies between stay alive).
             self.next_heartbeat = now + self.settings.sse_heartbeat;
