@@ -377,7 +377,7 @@ fn an_event_stream_ends_at_expiry_and_resumes_with_a_fresh_token() {
     publish(&gw, "{\"topic\":\"BTC-USD\",\"n\":1}\n");
     assert!(!read_sse_until(&mut s, &mut buf, common::IO_TIMEOUT, |t| t.contains("\"n\":1")));
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let last_id = text.lines().filter_map(|l| l.strip_prefix("id: ")).last().expect("an id").to_string();
+    let last_id = text.lines().filter_map(|l| l.strip_prefix("id: ")).next_back().expect("an id").to_string();
     // At expiry: a `token_expired` error event, then the end of the stream.
     let ended = read_sse_until(&mut s, &mut buf, Duration::from_secs(5), |_| false);
     assert!(ended);
