@@ -540,12 +540,14 @@ mod tests {
         let with = |toml: &str| -> Result<Config, ConfigError> {
             let path = dir.join("auth.toml");
             std::fs::write(&path, toml).unwrap();
-            Config::load(Cli::parse_from(["wsgate", "--config", path.to_str().unwrap()]))
+            load(&["--config", path.to_str().unwrap()])
         };
         let cfg = with(&format!("auth_secret_file = {secret:?}\nauth_leeway = 5000\n")).unwrap();
         let auth = cfg.auth().unwrap().expect("on");
         assert_eq!(auth.algorithms(), &[jsonwebtoken::Algorithm::HS256]);
         assert!(with("").unwrap().auth().unwrap().is_none(), "off by default");
+        let by_flags = load(&["--auth-public-key-file", public, "--auth-audience", "wsgate"]).unwrap();
+        assert_eq!(by_flags.auth().unwrap().expect("on").algorithms(), &[jsonwebtoken::Algorithm::RS256]);
         for (toml, key) in [
             (format!("auth_secret_file = {short:?}\n"), "auth_secret_file"),
             ("auth_secret_file = \"/nonexistent/secret\"\n".to_string(), "auth_secret_file"),
