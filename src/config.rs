@@ -166,6 +166,30 @@ pub struct Config {
     pub publish_max_bytes: usize,
     /// Published messages per second one connection may send (its burst is as many).
     pub publish_rate: u32,
+    /// Token auth: a file with the HMAC secret that signs clients' JWTs (HS256), at least 32 bytes; one trailing
+    /// line break is not part of it. Setting it (or `auth_public_key_file`) turns token authentication on
+    /// (`docs/client-protocol.md`, "Authentication").
+    pub auth_secret_file: Option<PathBuf>,
+    /// Token auth: a PEM file with the RSA (RS256) or EC P-256 (ES256) public key that verifies clients' JWTs.
+    /// Not together with `auth_secret_file`.
+    pub auth_public_key_file: Option<PathBuf>,
+    /// Token auth: the JWT algorithms accepted, all of the key's family (e.g. `RS256`, `PS256`); empty: HS256,
+    /// RS256 or ES256 by the key. `none` is never accepted.
+    pub auth_algorithms: Vec<String>,
+    /// Token auth: accepted `aud` values, one of which a token must carry; empty: tokens must carry no `aud`.
+    pub auth_audience: Vec<String>,
+    /// Token auth: the `iss` a token must carry; unset: any or none.
+    pub auth_issuer: Option<String>,
+    /// Token auth: clock skew allowed on `exp` and `nbf` (a connection is closed at `exp` plus this).
+    #[serde(with = "millis")]
+    pub auth_leeway: Duration,
+    /// Token auth: let clients without a token in, with what every client gets (any offered topic, no
+    /// publishing); a token that is sent must still be valid.
+    pub auth_optional: bool,
+    /// Token auth: the claim that lists the topics and patterns a token's bearer may subscribe to.
+    pub auth_topics_claim: String,
+    /// Token auth: the claim that lists the topics and patterns a token's bearer may publish on.
+    pub auth_publish_claim: String,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -294,6 +318,15 @@ impl Default for Config {
             publish_topics: Vec::new(),
             publish_max_bytes: 4096,
             publish_rate: 20,
+            auth_secret_file: None,
+            auth_public_key_file: None,
+            auth_algorithms: Vec::new(),
+            auth_audience: Vec::new(),
+            auth_issuer: None,
+            auth_leeway: Duration::from_secs(30),
+            auth_optional: false,
+            auth_topics_claim: "topics".into(),
+            auth_publish_claim: "publish".into(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             backlog: 4096,
@@ -494,7 +527,59 @@ impl Config {
         if self.shed_memory_bytes != 0 && self.shed_memory_bytes < self.overload_memory_bytes {
             return bad("shed_memory_bytes must be at least overload_memory_bytes (shedding is the stronger measure)");
         }
+        self.auth()?;
         Ok(())
+    }
+
+    /// Token authentication as configured (`auth_*`): `None` when no key is set. Reads the key file; the error
+    /// names the setting at fault.
+    pub fn auth(&self) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
+        use crate::auth::{AuthConfig, AuthOptions, KeyMaterial};
+        let bad = |m: String| ConfigError::Invalid(m);
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| bad(format!("{key}: cannot read {}: {e}", path.display())))
+        };
+        let material = match (&self.auth_secret_file, &self.auth_public_key_file) {
+            (None, None) => {
+                let set = [
+                    ("auth_algorithms", !self.auth_algorithms.is_empty()),
+                    ("auth_audience", !self.auth_audience.is_empty()),
+                    ("auth_issuer", self.auth_issuer.is_some()),
+                    ("auth_optional", self.auth_optional),
+                ];
+                if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                    return Err(bad(format!(
+                        "{key} is set but token auth is off: set auth_secret_file or auth_public_key_file"
+                    )));
+                }
+                return Ok(None);
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad("auth_secret_file and auth_public_key_file: set one, not both".into()));
+            }
+            (Some(path), None) => {
+                let mut secret = read("auth_secret_file", path)?;
+                // `echo secret > file` adds a line break that is not part of the secret.
+                if secret.ends_with(b"\n") {
+                    secret.pop();
+                    if secret.ends_with(b"\r") {
+                        secret.pop();
+                    }
+                }
+                KeyMaterial::Secret(secret)
+            }
+            (None, Some(path)) => KeyMaterial::PublicKeyPem(read("auth_public_key_file", path)?),
+        };
+        let options = AuthOptions {
+            algorithms: self.auth_algorithms.clone(),
+            audience: self.auth_audience.clone(),
+            issuer: self.auth_issuer.clone(),
+            leeway: self.auth_leeway,
+            optional: self.auth_optional,
+            topics_claim: self.auth_topics_claim.clone(),
+            publish_claim: self.auth_publish_claim.clone(),
+        };
+        AuthConfig::new(material, options).map(Some).map_err(bad)
     }
 
     /// The io_uring backend's settings.
@@ -560,6 +645,40 @@ mod tests {
         assert_eq!(cfg.handshake_timeout, Duration::from_millis(2500));
         let cfg = load(&["--config", &path, "--echo=false"]).unwrap();
         assert!(!cfg.echo, "a flag can turn off what the file turned on");
+    }
+
+    #[test]
+    fn auth_settings_are_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("wsgate-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "0123456789abcdef0123456789abcde\n").unwrap();
+        let public = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth/rsa_public.pem");
+        let with = |toml: &str| -> Result<Config, ConfigError> {
+            let path = dir.join("auth.toml");
+            std::fs::write(&path, toml).unwrap();
+            load(&["--config", path.to_str().unwrap()])
+        };
+        let cfg = with(&format!("auth_secret_file = {secret:?}\nauth_leeway = 5000\n")).unwrap();
+        let auth = cfg.auth().unwrap().expect("on");
+        assert_eq!(auth.algorithms(), &[jsonwebtoken::Algorithm::HS256]);
+        assert!(with("").unwrap().auth().unwrap().is_none(), "off by default");
+        let by_flags = load(&["--auth-public-key-file", public, "--auth-audience", "wsgate"]).unwrap();
+        assert_eq!(by_flags.auth().unwrap().expect("on").algorithms(), &[jsonwebtoken::Algorithm::RS256]);
+        for (toml, key) in [
+            (format!("auth_secret_file = {short:?}\n"), "auth_secret_file"),
+            ("auth_secret_file = \"/nonexistent/secret\"\n".to_string(), "auth_secret_file"),
+            (format!("auth_secret_file = {secret:?}\nauth_public_key_file = {public:?}\n"), "set one"),
+            (format!("auth_public_key_file = {public:?}\nauth_algorithms = [\"HS256\"]\n"), "auth_algorithms"),
+            (format!("auth_public_key_file = {public:?}\nauth_algorithms = [\"none\"]\n"), "auth_algorithms"),
+            ("auth_audience = [\"x\"]\n".to_string(), "auth_audience is set but token auth is off"),
+            ("auth_optional = true\n".to_string(), "auth_optional is set but token auth is off"),
+        ] {
+            let err = with(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! - [`fanout`]: the broadcast log and subscriber sets; frames are opaque bytes.
 //! - [`metrics`]: Prometheus text exposition and the stats-declaring macro; knows no other module.
 //! - [`upstream`]: the feed (upstream client, publisher ingest, demo), on its own thread.
+//! - [`auth`]: token (JWT) validation, sans-IO: a token, the time and the key in, what its bearer may do out.
 //! - [`shard`]: the loop threads, wiring all of the above.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;

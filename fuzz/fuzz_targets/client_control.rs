@@ -25,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(wsgate::upstream::topic::check(topic.as_bytes()).is_ok());
                     assert!(!payload.is_empty());
                 }
+                Control::Refresh { token, .. } => {
+                    assert!(!token.0.is_empty());
+                    assert_eq!(format!("{:?}", token), "<redacted>");
+                }
             }
         }
         Err(e) => {

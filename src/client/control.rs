@@ -32,15 +32,31 @@ pub enum Control {
         topic: String,
         payload: String,
     },
+    /// Replace the connection's token (token auth) before it expires.
+    Refresh {
+        id: Option<String>,
+        token: Secret,
+    },
+}
+
+/// A credential from a client: shown as `<redacted>` by `Debug`, so that a logged request never carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Control {
     /// The request id as its JSON text (a string with its quotes, or a number), to echo in the reply.
     pub fn id(&self) -> Option<&str> {
         match self {
-            Control::Subscribe { id, .. } | Control::Unsubscribe { id, .. } | Control::Publish { id, .. } => {
-                id.as_deref()
-            }
+            Control::Subscribe { id, .. }
+            | Control::Unsubscribe { id, .. }
+            | Control::Publish { id, .. }
+            | Control::Refresh { id, .. } => id.as_deref(),
         }
     }
 }
@@ -58,6 +74,12 @@ pub enum ErrorCode {
     PublishDenied,
     TooLarge,
     RateLimited,
+    /// Token auth: the token of a `refresh` was refused (invalid, expired, or for another subject).
+    Unauthorized,
+    /// Token auth: the connection's token does not allow this topic (subscribe or publish).
+    Forbidden,
+    /// Token auth: the token expired; the event stream ends (SSE; a WebSocket is closed with 4001 instead).
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -73,6 +95,9 @@ impl ErrorCode {
             ErrorCode::PublishDenied => "publish_denied",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -115,8 +140,9 @@ pub fn parse(msg: &[u8], max_topics: usize) -> Result<Control, ControlError> {
         "subscribe" => &["op", "id", "topics", "since", "snapshot"],
         "unsubscribe" => &["op", "id", "topics"],
         "publish" => &["op", "id", "topic", "data"],
+        "refresh" => &["op", "id", "token"],
         other => {
-            let message = format!("unknown op {}: use subscribe, unsubscribe or publish", shown(other));
+            let message = format!("unknown op {}: use subscribe, unsubscribe, publish or refresh", shown(other));
             return Err(fail(&id, ErrorCode::UnknownOp, message));
         }
     };
@@ -136,6 +162,10 @@ pub fn parse(msg: &[u8], max_topics: usize) -> Result<Control, ControlError> {
                 Control::Subscribe { id: None, patterns, since, snapshot }
             }
             "unsubscribe" => Control::Unsubscribe { id: None, patterns: patterns(&obj, max_topics)? },
+            "refresh" => match obj.get("token") {
+                Some(Value::String(t)) if !t.is_empty() => Control::Refresh { id: None, token: Secret(t.clone()) },
+                _ => return Err(bad(ErrorCode::BadRequest, "refresh needs a token (a non-empty string)")),
+            },
             _ => {
                 let topic = match obj.get("topic") {
                     Some(Value::String(t)) => topic::check(t.as_bytes())
@@ -174,6 +204,7 @@ fn with_id(control: Control, new_id: Option<String>) -> Control {
         }
         Control::Unsubscribe { patterns, .. } => Control::Unsubscribe { id: new_id, patterns },
         Control::Publish { topic, payload, .. } => Control::Publish { id: new_id, topic, payload },
+        Control::Refresh { token, .. } => Control::Refresh { id: new_id, token },
     }
 }
 
@@ -279,6 +310,9 @@ mod tests {
         };
         assert_eq!(payload, r#"{"answer":[1,2]}"#, "non-string data travels as its JSON text");
         assert_eq!(ok(r#"{"op":"subscribe","id":"x","topics":["a"]}"#).id(), Some("\"x\""));
+        let refresh = ok(r#"{"op":"refresh","id":1,"token":"aaa.bbb.ccc"}"#);
+        assert_eq!(refresh, Control::Refresh { id: Some("1".into()), token: Secret("aaa.bbb.ccc".into()) });
+        assert!(!format!("{refresh:?}").contains("aaa"), "a token never shows in a log line");
     }
 
     #[test]
@@ -319,6 +353,10 @@ mod tests {
             (r#"{"op":"publish","id":"q","topic":"a"}"#, BadRequest),
             (r#"{"op":"publish","id":"q","data":"x"}"#, BadRequest),
             (r#"{"op":"publish","id":"q","topic":"a","data":""}"#, BadRequest),
+            (r#"{"op":"refresh","id":"q"}"#, BadRequest),
+            (r#"{"op":"refresh","id":"q","token":""}"#, BadRequest),
+            (r#"{"op":"refresh","id":"q","token":5}"#, BadRequest),
+            (r#"{"op":"refresh","id":"q","token":"a","topics":["x"]}"#, BadRequest),
         ] {
             assert_eq!(err(msg), (code, id.clone()), "{msg}");
         }
@@ -333,7 +371,7 @@ mod tests {
         let huge = format!(r#"{{"op":"{}"}}"#, "x".repeat(10_000));
         let e = parse(huge.as_bytes(), 4).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownOp);
-        assert!(e.message.len() < 120, "{}", e.message);
+        assert!(e.message.len() < 128, "{}", e.message);
         // Found by fuzzing: characters that escape long (DEL is \u{7f}) must not stretch the message.
         let dels = format!("{{\"op\":\"unsubscribe\",\"topics\":[\"{}\"]}}", "\u{7f}".repeat(60));
         let e = parse(dels.as_bytes(), 4).unwrap_err();

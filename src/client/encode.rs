@@ -87,6 +87,13 @@ fn reply_with_positions(kind: &str, id: RequestId<'_>, topics: &[(&str, Position
     out.extend_from_slice(b"]}");
 }
 
+/// `{"wsgate":"refreshed","id":..,"exp":E}`: the connection now runs on the new token, which expires at `E`
+/// (its `exp`, seconds since the Unix epoch).
+pub fn refreshed(id: RequestId<'_>, exp: u64, out: &mut Vec<u8>) {
+    reply_head("refreshed", id, out);
+    let _ = write!(out, ",\"exp\":{exp}}}");
+}
+
 /// `{"wsgate":"error","id":..,"code":C,"message":M}`: `code` is machine-readable, `message` for people.
 pub fn error(id: RequestId<'_>, code: &str, message: &str, out: &mut Vec<u8>) {
     reply_head("error", id, out);
@@ -235,6 +242,9 @@ mod tests {
             parse(&out),
             json!({"wsgate":"unsubscribed","id":7,"topics":[{"topic":"a","position":at},{"topic":"b*","position":at}]})
         );
+        out.clear();
+        refreshed(Some("\"t\""), 1_796_428_860, &mut out);
+        assert_eq!(parse(&out), json!({"wsgate":"refreshed","id":"t","exp":1_796_428_860u64}));
         out.clear();
         error(None, "bad_topic", "topic \"a b\" has a space", &mut out);
         assert_eq!(parse(&out), json!({"wsgate":"error","code":"bad_topic","message":"topic \"a b\" has a space"}));

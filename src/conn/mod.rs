@@ -106,6 +106,18 @@ pub struct Conn {
     /// Its charge on its client address in the loop threads' shared table (`shard::admission`), released when
     /// it is freed; [`NO_SLOT`] when the per-address limits are off or it was refused.
     pub client_slot: Slot,
+    /// The token it came in with (or last refreshed to), when token auth is on and it sent one (boxed: most
+    /// gateways run without auth, and `Conn` stays in its budget).
+    pub auth: Option<Box<Authenticated>>,
+}
+
+/// What a connection's token allows, and when the connection must end unless the token is refreshed.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub grant: crate::auth::Grant,
+    /// `grant.valid_until` on this process's monotonic clock. INVARIANT: the loop's token-expiry queue holds an
+    /// entry at this instant for the connection (it may hold stale ones too).
+    pub deadline: std::time::Instant,
 }
 
 /// `Conn::keepalive`: a ping was sent and no pong has come since.
@@ -153,6 +165,7 @@ impl Conn {
             pending_controls: 0,
             keepalive: 0,
             client_slot: NO_SLOT,
+            auth: None,
         }
     }
 

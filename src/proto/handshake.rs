@@ -48,8 +48,9 @@ impl Default for HandshakeConfig {
     }
 }
 
-/// An owned copy of a parsed request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An owned copy of a parsed request head. Its `Debug` form leaves out credentials ([`redact_target`],
+/// [`SECRET_HEADERS`]), so a head may be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: String,
     /// Request target as sent, including any `?query`.
@@ -70,6 +71,52 @@ pub struct RequestHead {
     pub origin: Option<String>,
     /// Every header as (name, value), in order. Values that are not UTF-8 are converted lossily.
     pub headers: Vec<(String, String)>,
+}
+
+/// Query parameters whose values never appear in a log line (a bearer token may ride in the query:
+/// `auth::TOKEN_PARAM`).
+pub const SECRET_PARAMS: &[&str] = &["token", "access_token"];
+/// Headers whose values never appear in a log line.
+pub const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// `target` with the value of each [`SECRET_PARAMS`] parameter replaced by `<redacted>`: a request target as it
+/// may appear in a log line.
+pub fn redact_target(target: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = target.split_once('?') else { return target.into() };
+    let secret = |pair: &str| SECRET_PARAMS.contains(&pair.split_once('=').map_or(pair, |(k, _)| k));
+    if !query.split('&').any(secret) {
+        return target.into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(pair) => format!("{k}=<redacted>"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&")).into()
+}
+
+impl std::fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let secret = SECRET_HEADERS.iter().any(|s| n.eq_ignore_ascii_case(s));
+                (n.as_str(), if secret { "<redacted>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("RequestHead")
+            .field("method", &self.method)
+            .field("path", &redact_target(&self.path))
+            .field("minor_version", &self.minor_version)
+            .field("host", &self.host)
+            .field("origin", &self.origin)
+            .field("protocols", &self.protocols)
+            .field("headers", &headers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestHead {
@@ -114,11 +161,13 @@ impl Rejection {
     }
 
     /// Complete HTTP/1.1 response: status line, `Content-Type: text/plain`, `Content-Length`,
-    /// `Connection: close`, `Allow: GET` (405) or `Upgrade` + `Sec-WebSocket-Version: 13` (426),
+    /// `Connection: close`, `WWW-Authenticate: Bearer` (401), `Allow: GET` (405) or `Upgrade` + `Sec-WebSocket-Version: 13` (426),
     /// body = reason + "\n".
     pub fn to_response(&self) -> Vec<u8> {
         let mut extra = String::new();
         match self.status {
+            // RFC 7235 §3.1: a 401 names the scheme; nothing more (no reason that would help an attacker).
+            401 => extra.push_str("WWW-Authenticate: Bearer realm=\"wsgate\"\r\n"),
             405 => extra.push_str("Allow: GET\r\n"),
             426 => extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
             _ => {}
@@ -137,6 +186,7 @@ pub fn status_text(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

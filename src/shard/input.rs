@@ -5,17 +5,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use super::access;
 use super::admission;
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
 use super::publishing;
 use super::stats::{GapKind, ShardStats, Shared, Transport};
-use super::timers::DeadlineQueue;
+use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
 use crate::client::{encode, sse, Format, Pattern, Position};
-use crate::conn::{BufPool, Conn, ConnKey, Phase, TokenBucket};
+use crate::conn::{Authenticated, BufPool, Conn, ConnKey, Phase, TokenBucket};
 use crate::fanout::{Pins, Stream, StreamId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
@@ -49,6 +50,8 @@ pub struct InputCx<'a> {
     pub keepalive: &'a mut Keepalive,
     /// Rate limits of the control messages and pings of the WebSocket clients that sent some.
     pub message_rate: &'a mut MessageRate,
+    /// Token auth: when each connection's token expires (`shard::access`).
+    pub auth_expiries: &'a mut ExpiryQueue,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -187,8 +190,15 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
     }
     match head.path_only() {
         "/ws" => {
+            // Origin and token first (403, 401): a foreign page learns nothing about a token.
+            let auth = match access::origin(head, true, cx.settings, cx.stats)
+                .and_then(|_| access::admit(key, head, cx.settings, cx.stats))
+            {
+                Ok(auth) => auth,
+                Err(rejection) => return refuse(conn, key, &rejection, cx),
+            };
             // Subscriptions at connect are checked before upgrading: a bad one is a 400.
-            let at_connect = match subscription_at_connect(head, cx.settings) {
+            let at_connect = match subscription_at_connect(head, cx.settings, auth.as_deref(), cx.stats) {
                 Ok(request) => request,
                 Err(rejection) => return refuse(conn, key, &rejection, cx),
             };
@@ -198,6 +208,9 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
                     conn.upgraded = true;
                     cx.keepalive.on_open(key, Opened::WebSocket, Instant::now());
                     let stream = stream_for(Format::from_subprotocol(accepted.subprotocol.as_deref()));
+                    // A token that does not cover every topic opens with nothing to read until it subscribes.
+                    let whole_feed = access::may_read_everything(auth.as_deref());
+                    access::attach(conn, key, auth, cx.auth_expiries);
                     match at_connect {
                         Some(request) => {
                             // Its topics are subscribed once the request is applied, right after this wait: it
@@ -207,7 +220,7 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
                             cx.stats.opened(Transport::Ws);
                             queue_control(conn, key, request, cx);
                         }
-                        None if cx.settings.require_subscription => {
+                        None if cx.settings.require_subscription || !whole_feed => {
                             conn.phase = Phase::Open;
                             conn.stream_id = stream;
                             cx.stats.opened(Transport::Ws);
@@ -220,6 +233,10 @@ fn route(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut 
             }
         }
         "/sse" if head.method == "GET" => start_sse(conn, key, head, cx),
+        "/sse" | "/poll" if head.method == "OPTIONS" => match access::preflight(head, cx.settings, cx.stats) {
+            Ok(response) => respond(conn, key, &response, cx),
+            Err(rejection) => refuse(conn, key, &rejection, cx),
+        },
         "/sse" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
         "/poll" if head.method == "GET" => start_poll(conn, key, head, cx),
         "/poll" => refuse(conn, key, &Rejection { status: 405, reason: "method not allowed: use GET" }, cx),
@@ -275,22 +292,24 @@ pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &
 /// topic's), with a `gap` event where the history does not reach back; a position from another epoch gets its
 /// `gap` and the stream from now.
 fn start_sse(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    let (allow_origin, auth) = match admit_plain(key, head, cx) {
+        Ok(admitted) => admitted,
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
+    };
     let since = match sse::resume_point(&head.path, head.header("last-event-id")) {
         Ok(since) => since,
         Err(_) => return refuse(conn, key, &bad_request("bad Last-Event-ID or since: a position is EPOCH:SEQ"), cx),
     };
-    let patterns = match requested_patterns(head, cx.settings) {
+    let patterns = match requested_patterns(head, cx.settings, auth.as_deref(), true, cx.stats) {
         Ok(patterns) => patterns,
-        Err(rejection) => return refuse(conn, key, &rejection, cx),
-    };
-    let allow_origin = match cors_origin(head, cx.settings) {
-        Ok(origin) => origin,
         Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let out = private(&mut conn.outbuf, cx.pool);
     sse::response_head(allow_origin, cx.settings.sse_retry_ms, out);
     conn.sse = true;
     cx.keepalive.on_open(key, Opened::EventStream, Instant::now());
+    access::attach(conn, key, auth, cx.auth_expiries);
+    let out = private(&mut conn.outbuf, cx.pool);
     let now = cx.position;
     // A position of this epoch other than this loop's: behind (replay from history) or a little ahead (another
     // loop served it; the request waits until this loop has pulled that far). Either way exactly once.
@@ -332,9 +351,39 @@ fn subscribe_topics(
     queue_control(conn, key, Control::Subscribe { id: None, patterns, since, snapshot: false }, cx);
 }
 
+/// An event stream's or long-poll's Origin (the `Access-Control-Allow-Origin` to answer with), then its token.
+fn admit_plain<'h>(
+    key: ConnKey,
+    head: &'h handshake::RequestHead,
+    cx: &InputCx<'_>,
+) -> Result<(Option<&'h str>, Option<Box<Authenticated>>), Rejection> {
+    let allow_origin = access::origin(head, false, cx.settings, cx.stats)?;
+    Ok((allow_origin, access::admit(key, head, cx.settings, cx.stats)?))
+}
+
 /// The `topics=` of a request: `None` without it. Refused with 400 when malformed or over `max_subscriptions`,
-/// 403 when outside `allowed_topics`.
-fn requested_patterns(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Vec<Pattern>>, Rejection> {
+/// 403 when outside `allowed_topics` or outside what the token allows (`auth`; for an event stream or poll,
+/// where no `topics=` is the whole feed, `none_is_everything`, the claim must then cover `*`).
+fn requested_patterns(
+    head: &handshake::RequestHead,
+    settings: &Settings,
+    auth: Option<&Authenticated>,
+    none_is_everything: bool,
+    stats: &ShardStats,
+) -> Result<Option<Vec<Pattern>>, Rejection> {
+    let patterns = requested_topics(head, settings)?;
+    let allowed = match &patterns {
+        None => !none_is_everything || access::may_read_everything(auth),
+        Some(patterns) => patterns.iter().all(|p| access::may_subscribe(auth, p)),
+    };
+    if !allowed {
+        ShardStats::add(&stats.auth_forbidden, 1);
+        return Err(access::FORBIDDEN);
+    }
+    Ok(patterns)
+}
+
+fn requested_topics(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Vec<Pattern>>, Rejection> {
     let Some(topics) = crate::client::query::param(&head.path, "topics") else {
         return Ok(None);
     };
@@ -362,17 +411,6 @@ fn bad_request(reason: &'static str) -> Rejection {
     Rejection { status: 400, reason }
 }
 
-/// The `Access-Control-Allow-Origin` value for a plain-HTTP stream or poll: any origin when `allowed_origins` is
-/// empty, the request's origin when it is on the list, none for a request without `Origin`; `403` otherwise.
-fn cors_origin<'h>(head: &'h handshake::RequestHead, settings: &Settings) -> Result<Option<&'h str>, Rejection> {
-    match (settings.handshake.allowed_origins.as_ref(), head.origin.as_deref()) {
-        (None, _) => Ok(Some("*")),
-        (Some(list), Some(origin)) if list.iter().any(|o| o == origin) => Ok(Some(origin)),
-        (Some(_), Some(_)) => Err(Rejection { status: 403, reason: "origin not allowed" }),
-        (Some(_), None) => Ok(None), // not a cross-origin browser request
-    }
-}
-
 /// A long-poll request waiting for a message newer than `since_seq`.
 #[derive(Debug)]
 pub struct HeldPoll {
@@ -388,6 +426,10 @@ pub struct HeldPoll {
 /// position (messages, or a gap where it no longer reaches back), else held until a message newer than it
 /// arrives in those topics or `poll_timeout` passes (`docs/client-protocol.md`).
 fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: &mut InputCx<'_>) {
+    let (cors, auth) = match admit_plain(key, head, cx) {
+        Ok((origin, auth)) => (origin.map(Box::<str>::from), auth),
+        Err(rejection) => return refuse(conn, key, &rejection, cx),
+    };
     let since = match crate::client::query::param(&head.path, "since") {
         None => None,
         Some(Ok(s)) => match s.parse::<Position>() {
@@ -396,12 +438,8 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
         },
         Some(Err(())) => return refuse(conn, key, &bad_request("bad since: a position is EPOCH:SEQ"), cx),
     };
-    let patterns = match requested_patterns(head, cx.settings) {
+    let patterns = match requested_patterns(head, cx.settings, auth.as_deref(), true, cx.stats) {
         Ok(patterns) => patterns.filter(|p| !is_every_topic(p)),
-        Err(rejection) => return refuse(conn, key, &rejection, cx),
-    };
-    let cors = match cors_origin(head, cx.settings) {
-        Ok(origin) => origin.map(Box::from),
         Err(rejection) => return refuse(conn, key, &rejection, cx),
     };
     let now = cx.position;
@@ -418,6 +456,7 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
     conn.phase = Phase::Open;
     conn.held_poll = true;
     cx.stats.opened(Transport::Poll); // closed by its answer, or by the reap phase while held
+    access::attach(conn, key, auth, cx.auth_expiries); // answered (empty) early if the token expires first
     let since_seq = since.map_or(now.seq, |s| s.seq);
     cx.held.push(HeldPoll { key, since_seq, patterns: patterns.map(Vec::into_boxed_slice), cors });
     cx.poll_deadlines.push(std::time::Instant::now(), key);
@@ -551,8 +590,13 @@ pub fn reply_error(conn: &mut Conn, key: ConnKey, e: &ControlError, cx: &mut Inp
 
 /// `/ws?topics=A,B-*[&since=E:S][&snapshot=true]`: the subscription a client asks for at connect, as a
 /// `subscribe` request (no id); `None` without `topics=`.
-fn subscription_at_connect(head: &handshake::RequestHead, settings: &Settings) -> Result<Option<Control>, Rejection> {
-    let Some(patterns) = requested_patterns(head, settings)? else {
+fn subscription_at_connect(
+    head: &handshake::RequestHead,
+    settings: &Settings,
+    auth: Option<&Authenticated>,
+    stats: &ShardStats,
+) -> Result<Option<Control>, Rejection> {
+    let Some(patterns) = requested_patterns(head, settings, auth, false, stats)? else {
         return Ok(None);
     };
     let since = match crate::client::query::param(&head.path, "since") {

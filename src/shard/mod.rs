@@ -5,6 +5,7 @@
 //! loop thread per core. [`Gateway::shutdown`] stops accepting, closes every client with 1001 and waits (bounded)
 //! for them.
 
+mod access;
 mod admin;
 mod admission;
 mod dispatch;
@@ -34,6 +35,7 @@ use std::sync::mpsc;
 pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
 pub use stats::{HealthStatus, ShardStats, Shared};
 
+use crate::auth::AuthConfig;
 use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
 use crate::fanout::{HistoryLimits, Retention, TopicLimits};
@@ -81,6 +83,8 @@ pub struct Settings {
     pub client_message_rate: u32,
     /// The loop is behind the feed (refuses new upgrades) from this many queued bytes or batches on.
     pub behind: Option<admission::Behind>,
+    /// Token authentication (`shard::access`); `None`: off.
+    pub auth: Option<AuthConfig>,
 }
 
 impl Settings {
@@ -133,6 +137,7 @@ impl Settings {
             keepalive: keepalive::KeepaliveSettings::from_config(cfg),
             client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
             behind: admission::Behind::from_config(cfg),
+            auth: None, // read from its files by `Gateway::start`, which fails if they cannot be
         }
     }
 }
@@ -154,6 +159,8 @@ impl Gateway {
     /// each loop thread when it ends (for whatever reason), so the caller can notice a thread that died.
     pub fn start(cfg: &Config, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         let threads = cfg.thread_count();
+        // Token auth fails closed: a key that cannot be read now stops the start (`Config::load` checked it too).
+        let auth = cfg.auth().map_err(io::Error::other)?;
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
         let backend = choose_backend(cfg)?;
         let nonblocking = backend == IoBackend::Epoll;
@@ -202,7 +209,7 @@ impl Gateway {
             admission: admission::Admission::from_config(cfg),
         });
 
-        let settings = Arc::new(Settings::from_config(cfg));
+        let settings = Arc::new(Settings { auth, ..Settings::from_config(cfg) });
         let per_thread_max = cfg.max_connections.div_ceil(threads);
         let uring_cfg = cfg.uring();
         let cores = core_affinity::get_core_ids().unwrap_or_default();

@@ -67,6 +67,22 @@ declare_stats! {
         pub gauge lag_max_bytes: AtomicU64,
         /// Subscribers behind the head at the last trim (blocked on a full socket, or with a send in flight).
         pub gauge lagging_subscribers: AtomicU64,
+        /// Requests refused with `403` because their `Origin` is not in `allowed_origins` (any transport).
+        pub counter origin_refused: AtomicU64,
+        /// Token auth: requests refused with `401` (no token, or one that is malformed, badly signed, of an
+        /// algorithm not allowed, expired, not yet valid, or for another audience or issuer). The debug log line
+        /// of each gives the reason category.
+        pub counter auth_refused: AtomicU64,
+        /// Token auth: requests refused with `403`, and `subscribe`/`publish` requests answered `forbidden`,
+        /// because the token's claims do not allow the topic.
+        pub counter auth_forbidden: AtomicU64,
+        /// Token auth: connections ended because their token expired (WebSocket closed with 4001, event stream
+        /// ended, held long-poll answered).
+        pub counter auth_expired: AtomicU64,
+        /// Token auth: `refresh` requests accepted.
+        pub counter auth_refreshed: AtomicU64,
+        /// Token auth: `refresh` requests refused (answered `unauthorized` or `forbidden`).
+        pub counter auth_refresh_refused: AtomicU64,
         /// Requests refused with `503` for load before any upgrade (also counted in `http_refused`), by reason:
         /// `max_connections`; the client address already had `max_connections_per_ip` open (`per_ip`); it opened
         /// more than `connection_rate_per_ip` per second (`ip_rate`); the table of addresses was full

@@ -399,3 +399,22 @@ proptest! {
         prop_assert_eq!(parse_request_chunked(&bytes, &chunks, &cfg), parse_request(&bytes, &cfg));
     }
 }
+
+#[test]
+fn credentials_never_reach_a_log_line() {
+    assert_eq!(redact_target("/ws?topics=a&token=s3cr3t&x=1"), "/ws?topics=a&token=<redacted>&x=1");
+    assert_eq!(redact_target("/ws?access_token=s3cr3t"), "/ws?access_token=<redacted>");
+    assert_eq!(redact_target("/ws?topics=a"), "/ws?topics=a");
+    assert_eq!(redact_target("/ws"), "/ws");
+    let bytes =
+        b"GET /ws?token=s3cr3t HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr3t2\r\nCookie: id=s3cr3t3\r\n\r\n";
+    let head = head_of(bytes);
+    let shown = format!("{head:?}");
+    assert!(!shown.contains("s3cr3t") && shown.contains("<redacted>") && shown.contains("/ws?token="), "{shown}");
+    let refused = String::from_utf8(Rejection { status: 401, reason: "unauthorized" }.to_response()).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{refused}");
+    assert!(
+        refused.contains("\r\nWWW-Authenticate: Bearer realm=\"wsgate\"\r\n")
+            && refused.ends_with("\r\n\r\nunauthorized\n")
+    );
+}

@@ -19,7 +19,7 @@ use super::message_rate::MessageRate;
 use super::output::{self, Flushed};
 use super::poll_history;
 use super::stats::{ShardStats, Shared, Transport};
-use super::timers::DeadlineQueue;
+use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::topic_output;
 use super::Settings;
 use crate::client::control::Control;
@@ -67,11 +67,13 @@ macro_rules! input_cx {
             publish_buckets: &mut $shard.publish_buckets,
             keepalive: &mut $shard.keepalive,
             message_rate: &mut $shard.message_rate,
+            auth_expiries: &mut $shard.auth_expiries,
         }
     };
 }
 
 mod subscriptions;
+mod tokens;
 
 /// While shedding load, one loop closes 1/SHED_FRACTION of its connections every SHED_EVERY.
 const SHED_EVERY: Duration = Duration::from_millis(100);
@@ -158,6 +160,8 @@ pub struct Shard<R: Reactor> {
     to_attach: Vec<ConnKey>,
     handshake_deadlines: DeadlineQueue,
     linger_deadlines: DeadlineQueue,
+    /// Token auth: when each authenticated connection's token expires (`tokens`).
+    auth_expiries: ExpiryQueue,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     max_connections: usize,
@@ -215,6 +219,7 @@ impl<R: Reactor> Shard<R> {
             to_attach: Vec::new(),
             handshake_deadlines: DeadlineQueue::new(settings.handshake_timeout),
             linger_deadlines: DeadlineQueue::new(LINGER),
+            auth_expiries: ExpiryQueue::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
             max_connections,
@@ -276,6 +281,7 @@ impl<R: Reactor> Shard<R> {
             self.poll_deadlines.next_deadline(),
             self.handshake_deadlines.next_deadline(),
             self.linger_deadlines.next_deadline(),
+            self.auth_expiries.next_deadline(),
             (!self.topics.is_empty()).then_some(self.next_topic_sweep),
             self.accept_paused_until,
             self.shutdown_deadline,
@@ -825,6 +831,7 @@ impl<R: Reactor> Shard<R> {
             let mut cx = input_cx!(self);
             input::answer_poll(conn, key, PollBody::new().finish(next), h.cors.as_deref(), &mut cx);
         }
+        self.expire_tokens(now);
         if now >= self.next_heartbeat {
             // One comment chunk shared by every event stream (its clients and the proxies between stay alive).
             self.next_heartbeat = now + self.settings.sse_heartbeat;

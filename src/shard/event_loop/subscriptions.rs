@@ -13,6 +13,7 @@ use crate::conn::{ConnKey, Phase, Sub, TopicSubs, NOT_SUBSCRIBED};
 use crate::fanout::{Encoding, Entry, Resume, TopicId};
 use crate::proto::frame::{encode_frame_into, FrameHeader, OpCode};
 use crate::reactor::Reactor;
+use crate::shard::access;
 use crate::shard::input::{self, InputCx, JSON_ALL, SSE_ALL};
 use crate::shard::stats::{GapKind, ShardStats};
 use crate::upstream::PayloadKind;
@@ -52,13 +53,14 @@ impl<R: Reactor> Shard<R> {
                     self.subscribe(key, id.as_deref(), &patterns, since, snapshot, feed_seq)
                 }
                 Control::Unsubscribe { id, patterns } => self.unsubscribe(key, id.as_deref(), &patterns),
+                Control::Refresh { id, token } => self.refresh(key, id.as_deref(), &token.0),
                 // Handled on input (`shard::publishing`): never queued.
                 Control::Publish { .. } => debug_assert!(false, "a publish request was queued"),
             }
         }
     }
 
-    fn reply_error(&mut self, key: ConnKey, id: Option<&str>, code: ErrorCode, message: &str) {
+    pub(super) fn reply_error(&mut self, key: ConnKey, id: Option<&str>, code: ErrorCode, message: &str) {
         let mut json = Vec::new();
         encode::error(id, code.as_str(), message, &mut json);
         self.reply(key, &json, Notice::Error);
@@ -66,7 +68,7 @@ impl<R: Reactor> Shard<R> {
 
     /// Queues a reply or notice (JSON) for `key`, framed for its transport. An event stream gets no replies (it
     /// sends no requests); an error ends it, since it cannot ask again (it reconnects after its `retry:` time).
-    fn reply(&mut self, key: ConnKey, json: &[u8], kind: Notice) {
+    pub(super) fn reply(&mut self, key: ConnKey, json: &[u8], kind: Notice) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.outbuf.capacity() == 0 {
             conn.outbuf = self.pool.take();
@@ -100,6 +102,12 @@ impl<R: Reactor> Shard<R> {
         if let Some(p) = patterns.iter().find(|p| !p.within(&self.settings.allowed_topics)) {
             let message = format!("{} is not offered by this gateway", p.as_written());
             return self.reply_error(key, id, ErrorCode::UnknownTopic, &message);
+        }
+        let auth = self.conns.get(key).and_then(|c| c.auth.as_deref());
+        if let Some(p) = patterns.iter().find(|p| !access::may_subscribe(auth, p)) {
+            ShardStats::add(&self.shared.shards[self.id].auth_forbidden, 1);
+            let message = format!("{} is not allowed by this connection's token", p.as_written());
+            return self.reply_error(key, id, ErrorCode::Forbidden, &message);
         }
         if let Some(p) = since.filter(|p| p.epoch == self.epoch && p.seq > feed_seq) {
             let message = format!("since {p} is ahead of the feed (at {}:{feed_seq})", self.epoch);
@@ -211,7 +219,7 @@ impl<R: Reactor> Shard<R> {
         }
     }
 
-    fn unsubscribe(&mut self, key: ConnKey, id: Option<&str>, patterns: &[Pattern]) {
+    pub(super) fn unsubscribe(&mut self, key: ConnKey, id: Option<&str>, patterns: &[Pattern]) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let mut dropped: Vec<TopicId> = Vec::new();
         if let Some(subs) = conn.topics.as_deref_mut() {
@@ -243,7 +251,7 @@ impl<R: Reactor> Shard<R> {
     /// Moves a connection from the whole-feed stream (or from nothing, when it subscribed at connect) to topic
     /// subscriptions in its format's encoding. The rest of a whole-feed chunk it stands inside of is pinned, so
     /// it finishes that frame first. Returns false when it could not (it is closed).
-    fn enter_topic_mode(&mut self, key: ConnKey) -> bool {
+    pub(super) fn enter_topic_mode(&mut self, key: ConnKey) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         let encoding = match conn.stream_id {
             JSON_ALL => Encoding::Json,
@@ -378,7 +386,7 @@ impl<R: Reactor> Shard<R> {
 
 /// What a message from the gateway to one client is, for transports that frame them differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Notice {
+pub(super) enum Notice {
     /// The answer to a request (`subscribed`, `unsubscribed`).
     Reply,
     Gap,
