@@ -97,6 +97,12 @@ pub struct Conn {
     pub topics: Option<Box<TopicSubs>>,
     /// Control messages of this connection waiting in the loop's queue.
     pub pending_controls: u8,
+    /// Found past its backlog limits while a send was in flight, with a policy that may skip for it: its send
+    /// was cancelled, and the policy is applied before its next send (`fanout::lag_policy`).
+    pub lag_relief_due: bool,
+    /// Bytes of `outbuf` still to write when the loop last counted them in its private-bytes total
+    /// (`max_loop_private_bytes`).
+    pub private_counted: u32,
 }
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
@@ -135,6 +141,8 @@ impl Conn {
             pinned: None,
             topics: None,
             pending_controls: 0,
+            lag_relief_due: false,
+            private_counted: 0,
         }
     }
 

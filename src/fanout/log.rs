@@ -8,13 +8,17 @@ pub type Cursor = u64;
 
 /// Append-only stream of batches of complete frames, trimmed from the front once nobody needs them.
 ///
-/// INVARIANT: `starts.len() == chunks.len()`, `starts` is strictly increasing, `starts[i] + chunks[i].len()
+/// INVARIANT: `starts.len() == chunks.len() == tags.len()`, `starts` is strictly increasing, `starts[i] + chunks[i].len()
 /// == starts[i + 1]`, and `head == starts.back() + chunks.back().len()` (or `head == tail` when empty).
 /// Every chunk ends on a frame boundary, so a subscriber that has finished a chunk stands between frames.
 #[derive(Debug, Default)]
 pub struct FrameLog {
     chunks: VecDeque<Arc<[u8]>>,
     starts: VecDeque<Cursor>,
+    /// Per chunk, a number its owner gave it ([`FrameLog::push_tagged`]): the whole-feed streams store the `seq`
+    /// of the first message at or after the chunk's start, which tells a lagging subscriber's message backlog and
+    /// the range a skip makes it miss. Same length as `chunks`.
+    tags: VecDeque<u64>,
     tail: Cursor,
     head: Cursor,
 }
@@ -26,6 +30,10 @@ pub struct Pinned {
     pub chunk: Arc<[u8]>,
     /// Stream position of the chunk's first byte.
     pub start: Cursor,
+    /// Set when an open whole-feed connection skips to live once this chunk is written (the slow-consumer
+    /// policy `drop`, `fanout::lag_policy`): the `seq` of the chunk's last message, the last it receives before
+    /// the skip.
+    pub then_skip: Option<u64>,
 }
 
 impl Pinned {
@@ -59,9 +67,15 @@ impl FrameLog {
 
     /// Appends a batch of complete frames. Empty batches are ignored.
     pub fn push(&mut self, chunk: Arc<[u8]>) {
+        self.push_tagged(chunk, 0);
+    }
+
+    /// Appends a batch of complete frames with a tag (see `tags`). Empty batches are ignored.
+    pub fn push_tagged(&mut self, chunk: Arc<[u8]>, tag: u64) {
         if chunk.is_empty() {
             return;
         }
+        self.tags.push_back(tag);
         self.starts.push_back(self.head);
         self.head += chunk.len() as u64;
         self.chunks.push_back(chunk);
@@ -90,6 +104,11 @@ impl FrameLog {
         self.chunks.len()
     }
 
+    /// The tag chunk `index` was pushed with.
+    pub fn tag(&self, index: usize) -> u64 {
+        self.tags[index]
+    }
+
     #[inline]
     pub fn locate(&self, cursor: Cursor) -> Located {
         if cursor >= self.head {
@@ -110,7 +129,7 @@ impl FrameLog {
     pub fn pin(&self, cursor: Cursor) -> Option<Pinned> {
         match self.locate(cursor) {
             Located::At { index, offset } if offset > 0 => {
-                Some(Pinned { chunk: self.chunks[index].clone(), start: self.starts[index] })
+                Some(Pinned { chunk: self.chunks[index].clone(), start: self.starts[index], then_skip: None })
             }
             _ => None,
         }
@@ -133,6 +152,7 @@ impl FrameLog {
             }
             self.starts.pop_front();
             self.chunks.pop_front();
+            self.tags.pop_front();
             self.tail = end;
         }
         if self.chunks.is_empty() {
@@ -155,8 +175,9 @@ mod tests {
         assert_eq!(log.locate(0), Located::Head);
         log.push(chunk(10));
         log.push(chunk(5));
-        log.push(chunk(0));
+        log.push_tagged(chunk(0), 9);
         assert_eq!(log.head(), 15);
+        assert_eq!((log.tag(0), log.tag(1)), (0, 0), "an empty chunk is not kept, nor its tag");
         assert_eq!(log.chunk_count(), 2);
         assert_eq!(log.locate(0), Located::At { index: 0, offset: 0 });
         assert_eq!(log.locate(9), Located::At { index: 0, offset: 9 });

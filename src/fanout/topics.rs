@@ -428,6 +428,17 @@ impl Topics {
         gone
     }
 
+    /// The loop missed the feed's messages up to `seq` (batches dropped for it): every history forgets what it
+    /// had and everything up to there (`History::forget_through`), and topics made later know nothing before it.
+    pub fn forget_history_through(&mut self, seq: u64) {
+        for topic in self.slots.iter_mut().flatten() {
+            for log in topic.logs.iter_mut().flatten() {
+                self.history_bytes -= log.history.forget_through(seq);
+            }
+        }
+        self.forget_up_to(seq);
+    }
+
     /// Raises the position before which topics made from now on know nothing (the loop took a message of a
     /// topic it had no room for: its history is not complete).
     pub fn forget_up_to(&mut self, seq: u64) {

@@ -42,6 +42,20 @@ pub struct ShardStats {
     pub pinned_bytes: AtomicU64,
     /// Sends cancelled because their connection fell more than `max_lag_bytes` behind (io_uring), ever.
     pub lagging_sends_cancelled: AtomicU64,
+    /// Slow consumers relieved by skipping (policy `drop`): each skip to live sends a `gap` notice, ever.
+    pub lag_skips: AtomicU64,
+    /// Subscriptions of slow consumers cut to their topic's newest message (policy `conflate`), ever.
+    pub lag_conflations: AtomicU64,
+    /// Messages slow consumers did not receive because of those skips, ever (whole-feed skips counted from the
+    /// skipped chunks' first message).
+    pub lag_messages_skipped: AtomicU64,
+    /// Holes in this thread's feed (batches the feed thread dropped for it, `feed_overflow = drop`), each
+    /// announced to its clients with a `gap` notice, ever.
+    pub feed_holes: AtomicU64,
+    /// Bytes queued for connections alone (pongs, echoes, replies, notices) on this thread, as last counted.
+    pub loop_private_bytes: AtomicU64,
+    /// Connections closed (1008) because this thread's private bytes were past `max_loop_private_bytes`, ever.
+    pub private_budget_closes: AtomicU64,
     /// Closing connections cut without their close frame, because the loop already kept `max_lag_bytes` of
     /// batches for other closing connections, ever.
     pub closing_cut: AtomicU64,
@@ -101,7 +115,8 @@ impl Shared {
             "{{\"status\":\"{status}\",\"connections\":{},\"threads\":{},\"upstream\":\"{upstream}\",\
              \"feed_messages\":{published},\"epoch\":{epoch},\"feed_seq\":{feed_seq},\"topics\":{topics},\
              \"topics_expired\":{topics_expired},\"feed_dropped\":{{{dropped}}},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
-             \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
+             \"slow_consumers\":{},\"lag_skips\":{},\"lag_conflations\":{},\"lag_messages_skipped\":{},\
+             \"feed_holes\":{},\"loop_private_bytes\":{},\"private_budget_closes\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
              \"feed_queue_bytes\":{},\"log_bytes\":{},\"topic_log_bytes\":{},\"history_bytes\":{},\
              \"loop_topics\":{},\"pinned_bytes\":{},\
              \"rss_bytes\":{},\"heap_live_bytes\":{},\"heap_free_bytes\":{},\
@@ -110,6 +125,12 @@ impl Shared {
             self.shards.len(),
             self.total(|s| &s.feed_batches_dropped),
             self.total(|s| &s.slow_consumers),
+            self.total(|s| &s.lag_skips),
+            self.total(|s| &s.lag_conflations),
+            self.total(|s| &s.lag_messages_skipped),
+            self.total(|s| &s.feed_holes),
+            self.total(|s| &s.loop_private_bytes),
+            self.total(|s| &s.private_budget_closes),
             self.total(|s| &s.lagging_sends_cancelled),
             self.total(|s| &s.closing_cut),
             self.started.elapsed().as_secs(),
