@@ -332,7 +332,7 @@ impl Config {
                 crate::client::Pattern::Topic(name) => (name, false),
                 crate::client::Pattern::Prefix(prefix) => (prefix, true),
             };
-            rules.push(crate::fanout::LagRule { name: name.into(), prefix, policy });
+            rules.push(crate::fanout::LagRule { name, prefix, policy });
         }
         Ok(crate::fanout::LagPolicies { rules, default: self.lag_policy.policy() })
     }

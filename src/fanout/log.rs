@@ -30,23 +30,42 @@ pub struct Pinned {
     pub chunk: Arc<[u8]>,
     /// Stream position of the chunk's first byte.
     pub start: Cursor,
-    /// Set when an open whole-feed connection skips to live once this chunk is written (the slow-consumer
-    /// policy `drop`, `fanout::lag_policy`): the `seq` of the chunk's last message, the last it receives before
-    /// the skip.
-    pub then_skip: Option<u64>,
+    /// Set when an open whole-feed connection skips ahead once this chunk is written (the slow-consumer policy
+    /// `drop`, `fanout::lag_policy`).
+    pub then_skip: Option<Skip>,
+    /// Bytes of the chunk the connection still receives (the whole chunk, unless it only finishes the message
+    /// it stands inside of and skips the rest: [`Pinned::cut_at`]).
+    /// INVARIANT: `keep <= chunk.len()`, and `start + keep` is a frame boundary.
+    keep: usize,
 }
 
 impl Pinned {
-    /// Stream position just after the chunk.
+    /// Stream position just after what the connection receives of the chunk.
     pub fn end(&self) -> Cursor {
-        self.start + self.chunk.len() as u64
+        self.start + self.keep as u64
     }
 
     /// The chunk's bytes from `cursor` on (empty once `cursor` is at or past its end).
     pub fn rest(&self, cursor: Cursor) -> &[u8] {
-        let offset = cursor.saturating_sub(self.start).min(self.chunk.len() as u64) as usize;
-        &self.chunk[offset..]
+        let offset = cursor.saturating_sub(self.start).min(self.keep as u64) as usize;
+        &self.chunk[offset..self.keep]
     }
+
+    /// The connection receives the chunk only up to stream position `end` (a frame boundary within it): the end
+    /// of the message it stands inside of, when the rest of the chunk is skipped.
+    pub fn cut_at(&mut self, end: Cursor) {
+        debug_assert!(end >= self.start && end <= self.start + self.chunk.len() as u64);
+        self.keep = end.saturating_sub(self.start).min(self.chunk.len() as u64) as usize;
+    }
+}
+
+/// Where a whole-feed connection that finishes a pinned chunk goes next: to `at` in its stream, having missed
+/// the messages after `from_seq` (the chunk's last) and before `to_seq` (the first at `at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub from_seq: u64,
+    pub at: Cursor,
+    pub to_seq: u64,
 }
 
 /// Where a cursor falls in the log.
@@ -129,7 +148,8 @@ impl FrameLog {
     pub fn pin(&self, cursor: Cursor) -> Option<Pinned> {
         match self.locate(cursor) {
             Located::At { index, offset } if offset > 0 => {
-                Some(Pinned { chunk: self.chunks[index].clone(), start: self.starts[index], then_skip: None })
+                let chunk = self.chunks[index].clone();
+                Some(Pinned { keep: chunk.len(), chunk, start: self.starts[index], then_skip: None })
             }
             _ => None,
         }
@@ -209,6 +229,12 @@ mod tests {
         assert_eq!(log.retained_bytes(), 0);
         assert_eq!(pin.rest(6), b"gh");
         assert_eq!(pin.rest(8), b"");
+        let mut fresh = FrameLog::new();
+        fresh.push(Arc::from(&b"abcd"[..]));
+        let mut pin = fresh.pin(1).unwrap();
+        pin.cut_at(3); // only the frame it stands in: "bc"
+        assert_eq!((pin.rest(1), pin.end()), (&b"bc"[..], 3));
+        assert_eq!(pin.rest(3), b"");
         assert!(log.pin(2).is_none(), "trimmed positions cannot be pinned");
     }
 

@@ -18,7 +18,7 @@ mod topics;
 pub use gather::{advance, plan, Plan, Trimmed, MAX_PARTS};
 pub use history::{Entry, History, HistoryLimits, Resume};
 pub use lag_policy::{decide, Backlog, Decision, LagLimits, LagPolicies, LagPolicy, LagRule, Relief, SubBacklog};
-pub use log::{Cursor, FrameLog, Located, Pinned};
+pub use log::{Cursor, FrameLog, Located, Pinned, Skip};
 pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
 pub use stream::{Stream, StreamId};

@@ -75,30 +75,31 @@ fn whole_feed_messages(stream: &Stream, cursor: u64, last_seq: u64) -> u64 {
 
 /// An open whole-feed connection that has written the chunk it was finishing before a skip (`drop`) skips now:
 /// to its stream's head, with a `gap` notice (topic `*`) for what arrived after that chunk. Otherwise, as
-/// [`input::unpin_if_written`]. Never with a send in flight.
+/// [`input::unpin_if_written`]. Never with a send in flight. Returns whether the pin was let go (what comes after
+/// it may be pending: the connection must be flushed again).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn finish_whole_feed_skip(
     conn: &mut Conn,
-    streams: &[Stream],
     pins: &mut Pins,
     pool: &mut BufPool,
     stats: &ShardStats,
     epoch: u64,
-    last_seq: u64,
-) {
-    let Some(pin) = conn.pinned.as_deref() else { return };
-    let Some(from) = pin.then_skip.filter(|_| conn.phase == Phase::Open && conn.topics.is_none()) else {
-        return input::unpin_if_written(conn, pins, stats);
+) -> bool {
+    let Some(pin) = conn.pinned.as_deref() else { return false };
+    let Some(skip) = pin.then_skip.filter(|_| conn.phase == Phase::Open && conn.topics.is_none()) else {
+        input::unpin_if_written(conn, pins, stats);
+        return conn.pinned.is_none();
     };
     if conn.send_in_flight || conn.cursor < pin.end() {
-        return;
+        return false;
     }
     input::unpin(conn, pins, stats);
-    conn.cursor = streams[usize::from(conn.stream_id)].log.head();
-    if last_seq > from {
-        gap(conn, pool, "*", epoch, from, last_seq + 1, GapReason::Skipped);
-        ShardStats::add(&stats.lag_messages_skipped, last_seq - from);
+    conn.cursor = skip.at;
+    if skip.to_seq > skip.from_seq + 1 {
+        gap(conn, pool, "*", epoch, skip.from_seq, skip.to_seq, GapReason::Skipped);
+        ShardStats::add(&stats.lag_messages_skipped, skip.to_seq - skip.from_seq - 1);
     }
+    true
 }
 
 impl<R: Reactor> Shard<R> {
@@ -160,17 +161,19 @@ impl<R: Reactor> Shard<R> {
         }
     }
 
-    /// A whole-feed connection finishing a chunk before its skip: it holds no log (its pin keeps the chunk); one
-    /// that has not finished it while the feed moved `max_lag_bytes` on is stalled, and closed. Returns false
-    /// (it never holds the log).
+    /// A whole-feed connection finishing a chunk before its skip: its pin keeps that chunk (counted in the loop's
+    /// pinned-chunk budget, `pinned_bytes`; once that is spent, further slow consumers standing inside a chunk
+    /// are closed instead), and it holds its stream from where it will go next. If that falls too far behind in
+    /// turn, it will go further (the same skip, one notice). Returns whether it holds the stream.
     pub(super) fn judge_skipping(&mut self, key: ConnKey) -> bool {
-        let Some(conn) = self.conns.get(key) else { return false };
-        let Some(pin) = conn.pinned.as_deref() else { return false };
-        let behind = self.streams[usize::from(conn.stream_id)].log.head().saturating_sub(pin.end());
-        if behind > self.settings.lag_limits.max_bytes {
-            self.close_slow(key, behind, "slow consumer: too far behind the feed");
+        let last_seq = self.last_seq;
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let head = self.streams[usize::from(conn.stream_id)].log.head();
+        let Some(skip) = conn.pinned.as_mut().and_then(|p| p.then_skip.as_mut()) else { return false };
+        if head - skip.at > self.settings.lag_limits.max_bytes {
+            *skip = crate::fanout::Skip { at: head, to_seq: last_seq + 1, ..*skip };
         }
-        false
+        skip.at < head
     }
 
     /// Closes `key` as a slow consumer (1008, counted, logged at most once a second).
@@ -192,6 +195,12 @@ impl<R: Reactor> Shard<R> {
         let Some(conn) = self.conns.get(key) else { return false };
         debug_assert!(!conn.send_in_flight, "cursors cannot move under a send");
         if conn.phase != Phase::Open || conn.send_in_flight {
+            return false;
+        }
+        if conn.private_pending().len() > self.settings.max_private_bytes {
+            // Skipped again and again without reading its notices: they are bounded like every reply.
+            let lag = conn.private_pending().len() as u64;
+            self.close_slow(key, lag, "slow consumer: replies not read");
             return false;
         }
         if conn.topics.is_some() {
@@ -226,12 +235,14 @@ impl<R: Reactor> Shard<R> {
                 }
             }
             crate::fanout::Located::At { index, .. } => {
-                // Inside a chunk: finish it from a pin, then skip (`finish_whole_feed_skip`).
+                // Inside a chunk: finish it from a pin, then skip to what is the head now
+                // (`finish_whole_feed_skip`).
                 let last_in_chunk =
                     if index + 1 < stream.log.chunk_count() { stream.log.tag(index + 1) - 1 } else { self.last_seq };
                 match self.pins.pin(&stream.log, conn.cursor) {
                     Ok(Some(mut pin)) => {
-                        pin.then_skip = Some(last_in_chunk);
+                        let skip = crate::fanout::Skip { from_seq: last_in_chunk, at: head, to_seq: self.last_seq + 1 };
+                        pin.then_skip = Some(skip);
                         conn.pinned = Some(Box::new(pin));
                         stats.pinned_bytes.store(self.pins.bytes(), Relaxed);
                     }
@@ -330,9 +341,11 @@ impl<R: Reactor> Shard<R> {
                 continue; // nothing to skip
             }
             if spot.inside {
-                // Finish the message it stands inside of from a pin (its private bytes, the notice, follow it).
+                // Finish the message it stands inside of (only that one) from a pin; its private bytes, the
+                // notice among them, follow it.
                 match self.pins.pin(&log.log, sub.cursor) {
-                    Ok(Some(pin)) => {
+                    Ok(Some(mut pin)) => {
+                        pin.cut_at(log.message(spot.first - 1).1);
                         conn.pinned = Some(Box::new(pin));
                         conn.cursor = sub.cursor;
                         stats.pinned_bytes.store(self.pins.bytes(), Relaxed);
@@ -347,8 +360,13 @@ impl<R: Reactor> Shard<R> {
             if subs.partial == Some(sub.topic) {
                 subs.partial = None;
             }
+            // Exact: `from` + 1 is the first message skipped; `to` is the newest (conflate: delivered next), or
+            // one past the last skipped (drop: what comes next is newer).
             let from = log.message(spot.first).0.seq - 1;
-            let to = log.message(last_skipped - 1).0.seq + 1;
+            let to = match relief {
+                Relief::ToNewest => log.message(spot.end - 1).0.seq,
+                _ => log.message(last_skipped - 1).0.seq + 1,
+            };
             subs.subs[i].cursor = target;
             let skipped = (last_skipped - spot.first) as u64;
             skipped_total += skipped;

@@ -627,15 +627,7 @@ impl<R: Reactor> Shard<R> {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let stats = &self.shared.shards[self.id];
         // io_uring: the completion that wrote its pinned chunk came since.
-        lag::finish_whole_feed_skip(
-            conn,
-            &self.streams,
-            &mut self.pins,
-            &mut self.pool,
-            stats,
-            self.epoch,
-            self.last_seq,
-        );
+        let _ = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
         let flushed = if let Some(subs) = conn.topics.as_deref_mut() {
             subs.offered_gen = self.pull_gen;
             topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut self.io)
@@ -644,20 +636,14 @@ impl<R: Reactor> Shard<R> {
             output::flush(conn, key, log, &mut self.pool, &mut self.io)
         };
         // epoll: written just now (a whole-feed skip that was waiting for it goes on at the next flush).
-        lag::finish_whole_feed_skip(
-            conn,
-            &self.streams,
-            &mut self.pins,
-            &mut self.pool,
-            stats,
-            self.epoch,
-            self.last_seq,
-        );
+        let unpinned = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
         self.private_bytes = private::recount(conn, self.private_bytes);
         match flushed {
-            Flushed::Done if conn.phase == Phase::Open && !conn.private_pending().is_empty() => {
-                // A whole-feed skip queued its notice after the flush: it goes out next pass.
+            Flushed::Done if conn.phase == Phase::Open && unpinned => {
+                // It finished a pinned chunk: what follows it (a skip's notice, its logs, perhaps behind what the
+                // fan-out offered everyone: held until then) goes out next pass.
                 input::mark_dirty(conn, key, &mut self.dirty);
+                self.hold(key);
             }
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {
@@ -923,8 +909,10 @@ impl<R: Reactor> Shard<R> {
                         }
                     }
                     None => {
+                        // One finishing a chunk before a skip holds its stream from where it goes next.
+                        let skip = conn.pinned.as_ref().and_then(|p| p.then_skip);
                         let stream = &mut self.streams[usize::from(conn.stream_id)];
-                        stream.keep_from = stream.keep_from.min(conn.cursor);
+                        stream.keep_from = stream.keep_from.min(skip.map_or(conn.cursor, |s| s.at));
                     }
                 }
             } else {
