@@ -381,3 +381,82 @@ fn raw_clients_get_the_gap_as_a_json_notice() {
     raw.get_mut().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let _ = raw.get_mut().read_to_end(&mut rest);
 }
+
+/// A loop thread that cannot keep up with the feed (`feed_overflow = drop`, a tiny queue, a burst of tiny
+/// messages that the loop encodes as envelopes and topic logs: more work per message than the feed thread's):
+/// the batches dropped for it are counted, and its client gets a `gap` notice (topic `*`, reason `overload`)
+/// whose range is exactly the messages it missed — never a silent hole.
+#[test]
+fn a_loop_that_misses_feed_batches_tells_its_clients() {
+    let gw = Gateway::start_with_config(
+        "feed_overflow = \"drop\"\nfeed_queue_bytes = 262144\nfeed_queue_batches = 8\nmax_lag_bytes = 67108864\n",
+        &["--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let mut ws = client(&gw, "/ws", None);
+    let mut topic_ws = client(&gw, "/ws?topics=t0", None);
+    gw.wait_connections("2 clients", Duration::from_secs(5), |n| n >= 2);
+    std::thread::sleep(Duration::from_millis(100)); // the subscription is applied
+    let mut publisher = gw.publisher();
+    let mut sent = 0u64;
+    let (mut items, mut topic_items) = (Vec::new(), Vec::new());
+    let started = std::time::Instant::now();
+    // Bursts of 100,000 tiny lines until the loop has missed some (bounded: a machine fast enough to never drop
+    // fails here, loudly).
+    let dropped = loop {
+        let burst: String =
+            (sent + 1..=sent + 100_000).map(|n| format!("{{\"topic\":\"t{}\",\"n\":{n}}}\n", n % 7)).collect();
+        sent += 100_000;
+        common::write_all(&mut publisher, burst.as_bytes());
+        // Then, once the queue has drained, one more line (the burst's last ones may have been dropped).
+        std::thread::sleep(Duration::from_millis(300));
+        sent += 1;
+        common::write_all(&mut publisher, format!("{{\"topic\":\"t0\",\"n\":{sent}}}\n").as_bytes());
+        assert_eq!(read_all(&mut ws, sent, Duration::ZERO, &mut items), End::Last, "the line after the burst");
+        assert_eq!(read_all(&mut topic_ws, sent, Duration::ZERO, &mut topic_items), End::Last, "topic t0");
+        let h = gw.health();
+        let n = |k: &str| h.get(k).and_then(Value::as_u64).unwrap_or(0);
+        if n("feed_batches_dropped") > 0 {
+            assert!(n("feed_holes") > 0, "batches dropped without a hole noticed: {h:?}");
+            break n("feed_batches_dropped");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no feed batch was ever dropped: {h:?}");
+    };
+    let (mut last, mut gaps, mut pending_to) = (0u64, 0, None::<u64>);
+    for it in &items {
+        match it {
+            Item::Gap { topic, from, to, reason } => {
+                assert_eq!((topic.as_str(), reason.as_str()), ("*", "overload"), "{it:?}");
+                assert_eq!(*from, last, "the gap starts right after the last message received: {it:?}");
+                gaps += 1;
+                pending_to = Some(*to);
+            }
+            Item::Msg { seq, .. } => {
+                match pending_to.take() {
+                    Some(to) => assert_eq!(*seq, to, "after the gap, the first message is `to`"),
+                    None if last > 0 => assert_eq!(*seq, last + 1, "a message missing without a gap"),
+                    None => {}
+                }
+                last = *seq;
+            }
+        }
+    }
+    assert!(gaps > 0, "{dropped} batches dropped but no gap notice");
+    // The topic reader: its topic's notices, in order; a message whose `prev` it did not receive comes after one.
+    let (mut last, mut gap_since, mut topic_gaps) = (0u64, false, 0);
+    for it in &topic_items {
+        match it {
+            Item::Gap { topic, from, to, reason } => {
+                assert_eq!((topic.as_str(), reason.as_str()), ("t0", "overload"), "{it:?}");
+                assert!(*from >= last && to > from, "{it:?} after {last}");
+                gap_since = true;
+                topic_gaps += 1;
+            }
+            Item::Msg { topic, seq, prev } => {
+                assert_eq!(topic, "t0");
+                assert!(last == 0 || *prev == last || gap_since, "seq {seq} (prev {prev}) after {last} without a gap");
+                (last, gap_since) = (*seq, false);
+            }
+        }
+    }
+    assert!(topic_gaps > 0, "the topic reader got no gap notice");
+}

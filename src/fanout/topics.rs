@@ -128,6 +128,15 @@ impl TopicLog {
         self.history.bytes() as i64 - before as i64
     }
 
+    /// Appends a notice frame (written by `write`) at feed position `seq` — between the messages before and after
+    /// it, so that a subscriber receives it in order — without recording it in the history (a resume learns of
+    /// the same thing from the history itself).
+    pub fn append_notice(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.next_at();
+        write(&mut self.open);
+        self.marks.push_back(Mark { seq, at });
+    }
+
     /// Bytes waiting in the open chunk.
     pub fn open_len(&self) -> usize {
         self.open.len()

@@ -31,15 +31,7 @@ use crate::shard::input::{self, InputCx};
 use crate::shard::stats::ShardStats;
 use crate::shard::topic_output;
 
-/// Queues `json` (a notice) for `conn`, framed for its transport: a text frame, or an `event: gap` of an event
-/// stream.
-pub(super) fn push_notice(conn: &mut Conn, pool: &mut BufPool, json: &[u8]) {
-    if conn.outbuf.capacity() == 0 {
-        conn.outbuf = pool.take();
-    }
-    frame_notice(conn.sse, json, &mut conn.outbuf);
-}
-
+/// `json` (a notice) framed for a transport: a text frame, or an `event: gap` of an event stream.
 fn frame_notice(sse: bool, json: &[u8], out: &mut Vec<u8>) {
     if sse {
         sse::event(None, Some("gap"), json, out);
@@ -131,9 +123,10 @@ impl<R: Reactor> Shard<R> {
     }
 
     /// Feed positions after `last` and before `first` never reached this loop (the feed thread dropped batches
-    /// for it: `feed_overflow = drop`). Counted and logged; every open client of the loop gets a `gap` notice
-    /// (topic `*`, reason `overload`) before the messages after the hole, and the topics' histories forget what
-    /// came before it, so that a resume from there is a gap too.
+    /// for it: `feed_overflow = drop`). Counted and logged; every reader of the loop gets a `gap` notice (reason
+    /// `overload`; topic `*` on the whole feed, each of its topics otherwise) between the messages before the hole
+    /// and those after it, and the topics' histories forget what came before it, so that a resume from there
+    /// is a gap too.
     pub(super) fn feed_hole(&mut self, last: u64, first: u64) {
         let stats = &self.shared.shards[self.id];
         ShardStats::add(&stats.feed_holes, 1);
@@ -146,18 +139,35 @@ impl<R: Reactor> Shard<R> {
             );
         }
         self.topics.forget_history_through(first - 1);
-        let mut json = Vec::with_capacity(160);
+        // The notice goes into the logs, at the hole: every reader gets it in order, after what came before it
+        // (a reader that is behind has not received that yet), encoded once per log.
         let (from, to) = (Position { epoch: self.epoch, seq: last }, Position { epoch: self.epoch, seq: first });
+        let mut json = Vec::with_capacity(160);
         encode::gap("*", from, to, GapReason::Overload, &mut json);
-        let keys: Vec<ConnKey> = self.conns.keys().collect();
-        for key in keys {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
-            // Whole-feed and topic readers; not a held long-poll (it answers from history or the next batch).
-            if conn.phase != Phase::Open || conn.log_released || !(conn.is_subscribed() || conn.topics.is_some()) {
+        for (sid, stream) in self.streams.iter_mut().enumerate() {
+            if stream.subscribers.is_empty() {
                 continue;
             }
-            push_notice(conn, &mut self.pool, &json);
-            input::mark_dirty(conn, key, &mut self.dirty);
+            let mut chunk = Vec::with_capacity(json.len() + 16);
+            frame_notice(sid == usize::from(input::SSE_ALL), &json, &mut chunk);
+            stream.log.push_tagged(chunk.into(), first);
+        }
+        // Topic readers: a notice per subscribed topic, in each of its logs that has subscribers (sealed with the
+        // batch's messages, after them in the log, but merged by position: before them).
+        let ids: Vec<crate::fanout::TopicId> =
+            self.topics.iter().filter(|(_, t)| t.has_subscribers()).map(|(id, _)| id).collect();
+        for id in ids {
+            let Some(topic) = self.topics.get_mut(id) else { continue };
+            json.clear();
+            encode::gap(&topic.name, from, to, GapReason::Overload, &mut json);
+            for (e, log) in topic.logs.iter_mut().enumerate() {
+                let Some(log) = log.as_deref_mut().filter(|l| !l.subscribers.is_empty()) else { continue };
+                log.append_notice(first - 1, |out| frame_notice(e == crate::fanout::Encoding::Sse.index(), &json, out));
+            }
+            if !topic.grown {
+                topic.grown = true;
+                self.grown.push(id);
+            }
         }
     }
 
