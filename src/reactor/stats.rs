@@ -14,6 +14,9 @@ pub struct IoStats {
     pub recv_enobufs: AtomicU64,
     /// Sends put off to the next pass for lack of send slots or queue room.
     pub sends_deferred: AtomicU64,
+    /// 1 once the backend was dropped without proof that the kernel is done with the memory of its operations
+    /// (io_uring: the synchronous cancel timed out or is unsupported); that memory was leaked, not freed.
+    pub teardown_unclean: AtomicU64,
 }
 
 impl IoStats {

@@ -72,6 +72,7 @@ macro_rules! input_cx {
 mod lag;
 mod private;
 mod subscriptions;
+mod teardown;
 
 /// How often idle topics are looked for and every topic log is trimmed (history ages out).
 const TOPIC_SWEEP: Duration = Duration::from_secs(1);
@@ -88,7 +89,8 @@ fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>, u64) + '_ {
 /// One loop thread over I/O backend `R` (monomorphised per backend; the phases do not know which one runs).
 pub struct Shard<R: Reactor> {
     id: usize,
-    io: R,
+    /// Dropped first, by hand (`teardown`): what the loop then frees depends on whether it ended cleanly.
+    io: std::mem::ManuallyDrop<R>,
     conns: GenSlab<Conn>,
     /// The encoded streams, by `StreamId` (`input::RAW_ALL`, `input::JSON_ALL`).
     streams: Vec<Stream>,
@@ -175,7 +177,7 @@ impl<R: Reactor> Shard<R> {
     ) -> Self {
         Self {
             id,
-            io,
+            io: std::mem::ManuallyDrop::new(io),
             conns: GenSlab::new(),
             streams: (0..input::STREAMS).map(|_| Stream::default()).collect(),
             pins: Pins::new(settings.retention.pull_budget()),
@@ -630,10 +632,10 @@ impl<R: Reactor> Shard<R> {
         let _ = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
         let flushed = if let Some(subs) = conn.topics.as_deref_mut() {
             subs.offered_gen = self.pull_gen;
-            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut self.io)
+            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut *self.io)
         } else {
             let log = &self.streams[usize::from(conn.stream_id)].log;
-            output::flush(conn, key, log, &mut self.pool, &mut self.io)
+            output::flush(conn, key, log, &mut self.pool, &mut *self.io)
         };
         // epoll: written just now (a whole-feed skip that was waiting for it goes on at the next flush).
         let unpinned = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
