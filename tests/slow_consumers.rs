@@ -460,3 +460,57 @@ fn a_loop_that_misses_feed_batches_tells_its_clients() {
     }
     assert!(topic_gaps > 0, "the topic reader got no gap notice");
 }
+
+/// Clients that ping and never read the pongs: each stays under `max_private_bytes`, but together they pass
+/// `max_loop_private_bytes`, and the loop closes those holding the most (1008, counted) — the per-connection
+/// limit is not multiplied by the number of such clients. A well-behaved client keeps being served.
+#[test]
+fn the_loops_private_bytes_are_capped_over_all_connections() {
+    let gw = Gateway::start_with_config(
+        "max_private_bytes = 4194304\nmax_loop_private_bytes = 4194304\n",
+        &["--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let mut witness = client(&gw, "/ws", None);
+    let flooders: Vec<_> = (0..6)
+        .map(|_| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&gw.ws_addr.into()).unwrap();
+            let stream: TcpStream = socket.into();
+            stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut ws = common::raw::RawWs::from_parts(stream, Vec::new());
+            let key = "dGhlIHNhbXBsZSBub25jZQ==";
+            let req = format!(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            );
+            ws.send_raw(req.as_bytes()).unwrap();
+            std::thread::spawn(move || {
+                // About 16 MB of pings each (more than the kernel buffers take), never reading a pong; one pass of
+                // the loop reads at most 256 KiB of them per connection, far below `max_private_bytes`.
+                let ping = common::raw::client_frame(0x9, &[7u8; 125]);
+                let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 512).collect();
+                for _ in 0..256 {
+                    if ws.send_raw(&burst).is_err() {
+                        break; // closed by the gateway
+                    }
+                }
+            })
+        })
+        .collect();
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let closed = common::poll_until(Duration::from_secs(10), || {
+        gw.health().get("private_budget_closes").and_then(Value::as_u64).unwrap_or(0) > 0
+    });
+    let h = gw.health();
+    assert!(closed, "no connection closed for the loop's private-bytes budget: {h:?}");
+    let private = h.get("loop_private_bytes").and_then(Value::as_u64).unwrap();
+    assert!(private <= 4194304 + 6 * 300_000, "loop_private_bytes {private}");
+    // The witness is still served.
+    let mut publisher = gw.publisher();
+    common::write_all(&mut publisher, b"{\"topic\":\"w\",\"n\":1}\n");
+    let mut items = Vec::new();
+    assert_eq!(read_all(&mut witness, 1, Duration::ZERO, &mut items), End::Last);
+}
