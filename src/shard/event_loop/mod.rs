@@ -987,12 +987,15 @@ impl<R: Reactor> Shard<R> {
                 continue;
             }
             let stats = &self.shared.shards[self.id];
-            tracing::warn!(
-                shard = self.id,
-                ?key,
-                lag_bytes = lag,
-                "topic backlog full: closing the laggiest with 1008"
-            );
+            if let Some(suppressed) = self.slow_log.allow(Instant::now()) {
+                tracing::warn!(
+                    shard = self.id,
+                    ?key,
+                    lag_bytes = lag,
+                    suppressed,
+                    "topic backlog full: closing the laggiest with 1008"
+                );
+            }
             ShardStats::add(&stats.slow_consumers, 1);
             let mut cx = input_cx!(self);
             let Some(conn) = self.conns.get_mut(key) else { continue };
