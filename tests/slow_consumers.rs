@@ -514,3 +514,35 @@ fn the_loops_private_bytes_are_capped_over_all_connections() {
     let mut items = Vec::new();
     assert_eq!(read_all(&mut witness, 1, Duration::ZERO, &mut items), End::Last);
 }
+
+/// The backlog is bounded in messages too: tiny messages, far below `max_lag_bytes`, still close a client that
+/// stops reading once it is `max_lag_messages` behind (policy `disconnect`), while a reader that keeps up gets all.
+#[test]
+fn the_backlog_is_bounded_in_messages_too() {
+    let gw = Gateway::start_with_config(
+        "max_lag_bytes = 268435456\nmax_lag_messages = 5000\n",
+        &["--ingest", "127.0.0.1:0", "--threads", "1"],
+    );
+    let mut reader = client(&gw, "/ws?topics=t", None);
+    let _stalled = client(&gw, "/ws?topics=t", Some(4096));
+    gw.wait_connections("2 clients", Duration::from_secs(5), |n| n >= 2);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut publisher = gw.publisher();
+    let lines = 150_000u64; // ~15 MB of envelopes: more than the kernel buffers take
+    let writer = std::thread::spawn(move || {
+        for chunk in (1..=lines).collect::<Vec<_>>().chunks(100) {
+            let text: String = chunk.iter().map(|n| format!("{{\"topic\":\"t\",\"n\":{n}}}\n")).collect();
+            common::write_all(&mut publisher, text.as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        publisher
+    });
+    let mut items = Vec::new();
+    assert_eq!(read_all(&mut reader, lines, Duration::ZERO, &mut items), End::Last);
+    let _publisher = writer.join().unwrap();
+    assert_eq!(items.len() as u64, lines, "the reader that keeps up lost messages");
+    let closed = common::poll_until(Duration::from_secs(5), || {
+        gw.health().get("slow_consumers").and_then(Value::as_u64) == Some(1)
+    });
+    assert!(closed, "the stalled client was not closed for its message backlog: {:?}", gw.health());
+}
