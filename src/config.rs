@@ -30,6 +30,38 @@ pub enum FeedOverflow {
     Drop,
 }
 
+/// What happens to a connection past `max_lag_bytes` / `max_lag_messages` (`docs/client-protocol.md`, "Slow
+/// consumers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LagPolicyName {
+    /// Close it with 1008 (slow consumer).
+    Disconnect,
+    /// Skip it to live and send it a `gap` notice with the range it missed.
+    Drop,
+    /// Keep only the newest message per topic for it (a `gap` notice shows the jump); whole-feed: as `drop`.
+    Conflate,
+}
+
+impl LagPolicyName {
+    pub fn policy(self) -> crate::fanout::LagPolicy {
+        match self {
+            LagPolicyName::Disconnect => crate::fanout::LagPolicy::Disconnect,
+            LagPolicyName::Drop => crate::fanout::LagPolicy::Drop,
+            LagPolicyName::Conflate => crate::fanout::LagPolicy::Conflate,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "disconnect" => Some(LagPolicyName::Disconnect),
+            "drop" => Some(LagPolicyName::Drop),
+            "conflate" => Some(LagPolicyName::Conflate),
+            _ => None,
+        }
+    }
+}
+
 /// Which I/O backend drives the loop threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,8 +134,20 @@ pub struct Config {
     /// with `1008` and loses its claim on the broadcast log, so that it can never hold memory for the others.
     /// Also bounds each loop thread's log (see `docs/architecture.md`, "What bounds memory").
     pub max_lag_bytes: u64,
+    /// Most messages a connection may be behind (0: no bound but `max_lag_bytes`); past it, as past
+    /// `max_lag_bytes`, its slow-consumer policy applies (`lag_policy`, `lag_policies`).
+    pub max_lag_messages: u64,
+    /// What happens to a connection past `max_lag_bytes` or `max_lag_messages`: `disconnect` (close 1008),
+    /// `drop` (skip to live, with a `gap` notice) or `conflate` (newest message per topic, with a `gap` notice).
+    pub lag_policy: LagPolicyName,
+    /// Slow-consumer policy per topic, as `PATTERN=POLICY` (`BTC-*=conflate`, `news=drop`); the first match
+    /// wins, other topics get `lag_policy`.
+    pub lag_policies: Vec<String>,
     /// Most bytes queued for one connection alone (pongs, echoes, close); over it → close `1008`.
     pub max_private_bytes: usize,
+    /// Most bytes queued for connections alone (pongs, echoes, replies) over one loop thread; past it the
+    /// connections holding the most are closed with `1008` until it is met again.
+    pub max_loop_private_bytes: u64,
     /// Capacity, in batches, of each loop thread's queue from the feed thread.
     pub feed_queue_batches: usize,
     /// Capacity, in bytes, of each loop thread's queue from the feed thread (a queue may pass it by the batches
@@ -291,7 +335,11 @@ impl Default for Config {
             subprotocols: Vec::new(),
             allowed_origins: Vec::new(),
             max_lag_bytes: 4 << 20,
+            max_lag_messages: 0,
+            lag_policy: LagPolicyName::Disconnect,
+            lag_policies: Vec::new(),
             max_private_bytes: 2 << 20,
+            max_loop_private_bytes: 64 << 20,
             feed_queue_batches: 4096,
             feed_queue_bytes: 16 << 20,
             feed_overflow: FeedOverflow::Backpressure,
@@ -387,6 +435,23 @@ impl Config {
         self.max_topic_backlog_bytes.unwrap_or_else(|| self.max_lag_bytes.saturating_mul(4).max(16 << 20))
     }
 
+    /// The slow-consumer policies (`lag_policy`, `lag_policies`), or what is wrong with a rule.
+    pub fn lag_rules(&self) -> Result<crate::fanout::LagPolicies, String> {
+        let mut rules = Vec::new();
+        for rule in &self.lag_policies {
+            let bad = || format!("lag_policies: {rule:?} is not PATTERN=POLICY (POLICY: disconnect, drop or conflate)");
+            let (pattern, policy) = rule.rsplit_once('=').ok_or_else(bad)?;
+            let policy = LagPolicyName::parse(policy.trim()).ok_or_else(bad)?.policy();
+            let pattern = pattern.trim();
+            let (name, prefix) = match crate::client::Pattern::parse(pattern).map_err(|_| bad())? {
+                crate::client::Pattern::Topic(name) => (name, false),
+                crate::client::Pattern::Prefix(prefix) => (prefix, true),
+            };
+            rules.push(crate::fanout::LagRule { name, prefix, policy });
+        }
+        Ok(crate::fanout::LagPolicies { rules, default: self.lag_policy.policy() })
+    }
+
     /// Defaults, then the file named by `--config`, then the flags; then every value is checked.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let mut table = match &args.config {
@@ -465,6 +530,12 @@ impl Config {
         }
         if self.max_private_bytes < 4096 {
             return bad("max_private_bytes must be at least 4096");
+        }
+        if self.max_loop_private_bytes < self.max_private_bytes as u64 {
+            return bad("max_loop_private_bytes must be at least max_private_bytes (one connection may hold that)");
+        }
+        if let Err(e) = self.lag_rules() {
+            return Err(ConfigError::Invalid(e));
         }
         if let Err(e) = crate::upstream::topic::check(self.default_topic.as_bytes()) {
             return Err(ConfigError::Invalid(format!("default_topic {:?}: {e}", self.default_topic)));
@@ -679,6 +750,28 @@ mod tests {
             let err = with(&toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn lag_policies_are_pattern_equals_policy() {
+        let cfg = Config {
+            lag_policy: LagPolicyName::Drop,
+            lag_policies: vec!["BTC-*=conflate".into(), " news = disconnect ".into()],
+            ..Config::default()
+        };
+        let p = cfg.lag_rules().unwrap();
+        use crate::fanout::LagPolicy;
+        assert_eq!(
+            (p.for_topic("BTC-USD"), p.for_topic("news"), p.for_topic("ETH")),
+            (LagPolicy::Conflate, LagPolicy::Disconnect, LagPolicy::Drop)
+        );
+        for bad in ["BTC-*", "BTC-*=slow", "B*C=drop", "=drop"] {
+            let cfg = Config { lag_policies: vec![bad.into()], ..Config::default() };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("lag_policies"), "{bad}: {err}");
+        }
+        let cfg = Config { max_loop_private_bytes: 4096, ..Config::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("max_loop_private_bytes"));
     }
 
     #[test]

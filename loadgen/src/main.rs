@@ -4,6 +4,7 @@
 //! - `subscribe`: N WebSocket subscribers over P processes; loss, order and latency (HdrHistogram). With
 //!   `--topics K --per-conn M`, the market shape: M of K topics each, checked per topic, with churn or a storm.
 //! - `echo`: N connections sending masked messages at a rate against `wsgate --echo`; round-trip latency.
+//! - `laggard`: connections that stop reading or read slowly (what slow consumers cost the others).
 //! - `chart`: render `.hgrm` percentile distributions to SVG, several runs side by side.
 
 mod addrs;
@@ -15,6 +16,7 @@ mod echo;
 mod envelope;
 mod feed;
 mod hist;
+mod laggard;
 mod msg;
 mod procstat;
 mod recorder;
@@ -51,6 +53,8 @@ enum Command {
     Subscribe(subscribe::Args),
     /// N connections sending paced masked messages against `wsgate --echo`; round-trip latency.
     Echo(echo::Args),
+    /// Slow consumers on purpose: connections that stop reading, or read slowly (`scripts/bench-slow.sh`).
+    Laggard(laggard::Args),
     /// Internal: one worker process of `subscribe`/`echo` (started by the parent, speaks JSON lines).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Chart(args) => chart::run(args),
         Command::Subscribe(args) => subscribe::main(args),
         Command::Echo(args) => echo::main(args),
+        Command::Laggard(args) => laggard::run(args),
         Command::Worker(args) => worker::main(args),
     }
 }

@@ -123,8 +123,12 @@ pub enum GapReason {
     History,
     /// The requested position belongs to another epoch (another process, e.g. before a restart).
     Epoch,
-    /// The client fell behind and messages were skipped for it.
+    /// The client fell behind and messages were skipped for it (slow-consumer policy `drop`).
     Skipped,
+    /// The client fell behind and got only its topic's newest message (slow-consumer policy `conflate`).
+    Conflated,
+    /// The gateway's loop thread could not keep up with the feed and missed messages (`feed_overflow = drop`).
+    Overload,
 }
 
 impl GapReason {
@@ -133,6 +137,8 @@ impl GapReason {
             GapReason::History => "history",
             GapReason::Epoch => "epoch",
             GapReason::Skipped => "skipped",
+            GapReason::Conflated => "conflated",
+            GapReason::Overload => "overload",
         }
     }
 }

@@ -48,6 +48,7 @@ flag_kinds! {
     Vec<String> => Kind::List,
     super::IoBackend => Kind::Choice(&["auto", "epoll", "uring"]),
     super::FeedOverflow => Kind::Choice(&["backpressure", "drop"]),
+    super::LagPolicyName => Kind::Choice(&["disconnect", "drop", "conflate"]),
     crate::upstream::Framing => Kind::Choice(&["auto", "tab", "binary"]),
 }
 

@@ -109,6 +109,12 @@ pub struct Conn {
     /// The token it came in with (or last refreshed to), when token auth is on and it sent one (boxed: most
     /// gateways run without auth, and `Conn` stays in its budget).
     pub auth: Option<Box<Authenticated>>,
+    /// Found past its backlog limits while a send was in flight, with a policy that may skip for it: its send
+    /// was cancelled, and the policy is applied before its next send (`fanout::lag_policy`).
+    pub lag_relief_due: bool,
+    /// Bytes of `outbuf` still to write when the loop last counted them in its private-bytes total
+    /// (`max_loop_private_bytes`).
+    pub private_counted: u32,
 }
 
 /// What a connection's token allows, and when the connection must end unless the token is refreshed.
@@ -129,8 +135,10 @@ pub const NO_SLOT: Slot = Slot::MAX;
 
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
 
-// Budget: 100k idle connections must fit in well under 512 bytes each, slab entry included.
-const _: () = assert!(std::mem::size_of::<Conn>() <= 160);
+// Budget: 100k idle connections must fit in well under 512 bytes each, slab entry included. 168 since keepalive,
+// per-address admission, token auth and the private-bytes budget each took their few bytes; anything larger goes
+// behind a box like `pinned`, `topics` and `auth`.
+const _: () = assert!(std::mem::size_of::<Conn>() <= 168);
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Self {
@@ -166,6 +174,8 @@ impl Conn {
             keepalive: 0,
             client_slot: NO_SLOT,
             auth: None,
+            lag_relief_due: false,
+            private_counted: 0,
         }
     }
 

@@ -73,6 +73,11 @@ impl<T> GenSlab<T> {
     pub fn keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
         self.slots.iter().map(|(i, e)| ConnKey::new(i, e.generation))
     }
+
+    /// Every live entry with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnKey, &T)> + '_ {
+        self.slots.iter().map(|(i, e)| (ConnKey::new(i, e.generation), &e.value))
+    }
 }
 
 impl<T> Default for GenSlab<T> {

@@ -119,6 +119,16 @@ impl History {
         self.oldest().map(|e| e.at)
     }
 
+    /// Forgets every entry and everything up to feed position `seq`: the loop missed messages up to there (a
+    /// hole in its feed), so a resume from before it must get a gap, never a silent hole. Returns the bytes freed.
+    pub fn forget_through(&mut self, seq: u64) -> u64 {
+        let freed = self.bytes;
+        self.entries.clear();
+        self.bytes = 0;
+        self.known_from = self.known_from.max(seq);
+        freed
+    }
+
     /// Drops the oldest entry (the owner's cap over all topics); returns it.
     pub fn evict_oldest(&mut self) -> Option<Entry> {
         let old = self.entries.pop_front()?;
@@ -212,6 +222,20 @@ mod tests {
         assert_eq!(h.resume(1, head, 9), Resume::Gap { from_seq: 1, to_seq: 5, at: 10 }, "seq 2 is gone");
         assert_eq!(h.resume(0, head, 9), Resume::Gap { from_seq: 0, to_seq: 5, at: 10 });
         assert_eq!(h.resume(10, head, 9), Resume::Ahead);
+    }
+
+    #[test]
+    fn a_hole_in_the_feed_makes_every_older_resume_a_gap() {
+        let t = Instant::now();
+        let mut h = History::new(limits(10, 1000));
+        h.push(entry(10, 0, 0, t), t);
+        // Feed seq 20..=30 never reached this loop (one of them was this topic's): it forgets through 30.
+        assert_eq!(h.forget_through(30), 10);
+        assert!(matches!(h.resume(12, 10, 31), Resume::Gap { from_seq: 12, .. }), "seq 25 may be missing");
+        assert_eq!(h.resume(30, 10, 31), Resume::From { at: 10 });
+        h.push(entry(40, 25, 10, t), t);
+        assert!(matches!(h.resume(12, 20, 40), Resume::Gap { from_seq: 12, to_seq: 40, .. }));
+        assert_eq!(h.resume(26, 20, 40), Resume::From { at: 10 });
     }
 
     #[test]

@@ -8,13 +8,17 @@ pub type Cursor = u64;
 
 /// Append-only stream of batches of complete frames, trimmed from the front once nobody needs them.
 ///
-/// INVARIANT: `starts.len() == chunks.len()`, `starts` is strictly increasing, `starts[i] + chunks[i].len()
+/// INVARIANT: `starts.len() == chunks.len() == tags.len()`, `starts` is strictly increasing, `starts[i] + chunks[i].len()
 /// == starts[i + 1]`, and `head == starts.back() + chunks.back().len()` (or `head == tail` when empty).
 /// Every chunk ends on a frame boundary, so a subscriber that has finished a chunk stands between frames.
 #[derive(Debug, Default)]
 pub struct FrameLog {
     chunks: VecDeque<Arc<[u8]>>,
     starts: VecDeque<Cursor>,
+    /// Per chunk, a number its owner gave it ([`FrameLog::push_tagged`]): the whole-feed streams store the `seq`
+    /// of the first message at or after the chunk's start, which tells a lagging subscriber's message backlog and
+    /// the range a skip makes it miss. Same length as `chunks`.
+    tags: VecDeque<u64>,
     tail: Cursor,
     head: Cursor,
 }
@@ -26,19 +30,42 @@ pub struct Pinned {
     pub chunk: Arc<[u8]>,
     /// Stream position of the chunk's first byte.
     pub start: Cursor,
+    /// Set when an open whole-feed connection skips ahead once this chunk is written (the slow-consumer policy
+    /// `drop`, `fanout::lag_policy`).
+    pub then_skip: Option<Skip>,
+    /// Bytes of the chunk the connection still receives (the whole chunk, unless it only finishes the message
+    /// it stands inside of and skips the rest: [`Pinned::cut_at`]).
+    /// INVARIANT: `keep <= chunk.len()`, and `start + keep` is a frame boundary.
+    keep: usize,
 }
 
 impl Pinned {
-    /// Stream position just after the chunk.
+    /// Stream position just after what the connection receives of the chunk.
     pub fn end(&self) -> Cursor {
-        self.start + self.chunk.len() as u64
+        self.start + self.keep as u64
     }
 
     /// The chunk's bytes from `cursor` on (empty once `cursor` is at or past its end).
     pub fn rest(&self, cursor: Cursor) -> &[u8] {
-        let offset = cursor.saturating_sub(self.start).min(self.chunk.len() as u64) as usize;
-        &self.chunk[offset..]
+        let offset = cursor.saturating_sub(self.start).min(self.keep as u64) as usize;
+        &self.chunk[offset..self.keep]
     }
+
+    /// The connection receives the chunk only up to stream position `end` (a frame boundary within it): the end
+    /// of the message it stands inside of, when the rest of the chunk is skipped.
+    pub fn cut_at(&mut self, end: Cursor) {
+        debug_assert!(end >= self.start && end <= self.start + self.chunk.len() as u64);
+        self.keep = end.saturating_sub(self.start).min(self.chunk.len() as u64) as usize;
+    }
+}
+
+/// Where a whole-feed connection that finishes a pinned chunk goes next: to `at` in its stream, having missed
+/// the messages after `from_seq` (the chunk's last) and before `to_seq` (the first at `at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub from_seq: u64,
+    pub at: Cursor,
+    pub to_seq: u64,
 }
 
 /// Where a cursor falls in the log.
@@ -59,9 +86,15 @@ impl FrameLog {
 
     /// Appends a batch of complete frames. Empty batches are ignored.
     pub fn push(&mut self, chunk: Arc<[u8]>) {
+        self.push_tagged(chunk, 0);
+    }
+
+    /// Appends a batch of complete frames with a tag (see `tags`). Empty batches are ignored.
+    pub fn push_tagged(&mut self, chunk: Arc<[u8]>, tag: u64) {
         if chunk.is_empty() {
             return;
         }
+        self.tags.push_back(tag);
         self.starts.push_back(self.head);
         self.head += chunk.len() as u64;
         self.chunks.push_back(chunk);
@@ -90,6 +123,11 @@ impl FrameLog {
         self.chunks.len()
     }
 
+    /// The tag chunk `index` was pushed with.
+    pub fn tag(&self, index: usize) -> u64 {
+        self.tags[index]
+    }
+
     #[inline]
     pub fn locate(&self, cursor: Cursor) -> Located {
         if cursor >= self.head {
@@ -110,7 +148,8 @@ impl FrameLog {
     pub fn pin(&self, cursor: Cursor) -> Option<Pinned> {
         match self.locate(cursor) {
             Located::At { index, offset } if offset > 0 => {
-                Some(Pinned { chunk: self.chunks[index].clone(), start: self.starts[index] })
+                let chunk = self.chunks[index].clone();
+                Some(Pinned { keep: chunk.len(), chunk, start: self.starts[index], then_skip: None })
             }
             _ => None,
         }
@@ -133,6 +172,7 @@ impl FrameLog {
             }
             self.starts.pop_front();
             self.chunks.pop_front();
+            self.tags.pop_front();
             self.tail = end;
         }
         if self.chunks.is_empty() {
@@ -155,8 +195,9 @@ mod tests {
         assert_eq!(log.locate(0), Located::Head);
         log.push(chunk(10));
         log.push(chunk(5));
-        log.push(chunk(0));
+        log.push_tagged(chunk(0), 9);
         assert_eq!(log.head(), 15);
+        assert_eq!((log.tag(0), log.tag(1)), (0, 0), "an empty chunk is not kept, nor its tag");
         assert_eq!(log.chunk_count(), 2);
         assert_eq!(log.locate(0), Located::At { index: 0, offset: 0 });
         assert_eq!(log.locate(9), Located::At { index: 0, offset: 9 });
@@ -188,6 +229,12 @@ mod tests {
         assert_eq!(log.retained_bytes(), 0);
         assert_eq!(pin.rest(6), b"gh");
         assert_eq!(pin.rest(8), b"");
+        let mut fresh = FrameLog::new();
+        fresh.push(Arc::from(&b"abcd"[..]));
+        let mut pin = fresh.pin(1).unwrap();
+        pin.cut_at(3); // only the frame it stands in: "bc"
+        assert_eq!((pin.rest(1), pin.end()), (&b"bc"[..], 3));
+        assert_eq!(pin.rest(3), b"");
         assert!(log.pin(2).is_none(), "trimmed positions cannot be pinned");
     }
 

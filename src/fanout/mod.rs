@@ -7,6 +7,7 @@
 
 mod gather;
 mod history;
+mod lag_policy;
 mod log;
 mod pins;
 mod retention;
@@ -16,7 +17,8 @@ mod topics;
 
 pub use gather::{advance, plan, Plan, Trimmed, MAX_PARTS};
 pub use history::{Entry, History, HistoryLimits, Resume};
-pub use log::{Cursor, FrameLog, Located, Pinned};
+pub use lag_policy::{decide, Backlog, Decision, LagLimits, LagPolicies, LagPolicy, LagRule, Relief, SubBacklog};
+pub use log::{Cursor, FrameLog, Located, Pinned, Skip};
 pub use pins::{OverBudget, Pins};
 pub use retention::{Holder, Retention, Verdict};
 pub use stream::{Stream, StreamId};

@@ -71,14 +71,19 @@ impl Retention {
 
     /// The rules in the module docs, for one holder when the log's head is at `head`.
     pub fn judge(&self, holder: Holder, head: Cursor) -> Verdict {
-        let late = self.too_far_behind(head.saturating_sub(holder.cursor));
+        self.judge_late(holder, self.too_far_behind(head.saturating_sub(holder.cursor)), holder.cursor < head)
+    }
+
+    /// The same, with whether the holder is past its backlog limits (`late`: in bytes, as [`Retention::judge`],
+    /// or in messages too, `fanout::LagLimits`) and whether anything is pending for it decided by the caller.
+    pub fn judge_late(&self, holder: Holder, late: bool, pending: bool) -> Verdict {
         if holder.sending {
             return Verdict { hold: true, close: late && holder.open, cancel_send: late && !holder.cancel_sent };
         }
         if !holder.open {
             return Verdict { hold: false, close: false, cancel_send: false };
         }
-        Verdict { hold: !late && holder.cursor < head, close: late, cancel_send: false }
+        Verdict { hold: !late && pending, close: late, cancel_send: false }
     }
 }
 

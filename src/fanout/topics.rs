@@ -128,6 +128,15 @@ impl TopicLog {
         self.history.bytes() as i64 - before as i64
     }
 
+    /// Appends a notice frame (written by `write`) at feed position `seq` — between the messages before and after
+    /// it, so that a subscriber receives it in order — without recording it in the history (a resume learns of
+    /// the same thing from the history itself).
+    pub fn append_notice(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.next_at();
+        write(&mut self.open);
+        self.marks.push_back(Mark { seq, at });
+    }
+
     /// Bytes waiting in the open chunk.
     pub fn open_len(&self) -> usize {
         self.open.len()
@@ -426,6 +435,17 @@ impl Topics {
         }
         self.expired += gone.len() as u64;
         gone
+    }
+
+    /// The loop missed the feed's messages up to `seq` (batches dropped for it): every history forgets what it
+    /// had and everything up to there (`History::forget_through`), and topics made later know nothing before it.
+    pub fn forget_history_through(&mut self, seq: u64) {
+        for topic in self.slots.iter_mut().flatten() {
+            for log in topic.logs.iter_mut().flatten() {
+                self.history_bytes -= log.history.forget_through(seq);
+            }
+        }
+        self.forget_up_to(seq);
     }
 
     /// Raises the position before which topics made from now on know nothing (the loop took a message of a

@@ -24,6 +24,10 @@ declare_stats! {
         pub counter received_bytes: AtomicU64,
         /// Bytes written to client sockets.
         pub counter sent_bytes: AtomicU64,
+        /// 1 once the backend was dropped without proof that the kernel is done with the memory of its
+        /// operations (io_uring: the synchronous cancel timed out or is unsupported); that memory was leaked, not
+        /// freed.
+        pub gauge teardown_unclean: AtomicU64,
     }
 }
 

@@ -55,27 +55,31 @@ pub fn max_envelope_chunk(max_line_bytes: usize) -> usize {
 
 /// Encodes, for every record of `batch`, its JSON envelope (`client::encode::envelope`; `epoch` is the feed's)
 /// wrapped by `wrap` (a WebSocket text frame, an SSE event) into `out`, handing `out` to `chunk` (which takes
-/// and clears it) each time it reaches `BATCH_MAX_BYTES` and at the end; `envelope` is scratch.
+/// and clears it) each time it reaches `BATCH_MAX_BYTES` and at the end, with the `seq` of its first message;
+/// `envelope` is scratch.
 fn encode_envelopes(
     batch: &Batch,
     epoch: u64,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
     wrap: impl Fn(Position, &str, &[u8], &mut Vec<u8>),
-    mut chunk: impl FnMut(&mut Vec<u8>),
+    mut chunk: impl FnMut(&mut Vec<u8>, u64),
 ) {
+    let mut first = None;
     for msg in Records::new(&batch.records) {
         envelope.clear();
+        let first_seq = *first.get_or_insert(msg.stamp.seq);
         let position = Position { epoch, seq: msg.stamp.seq };
         let m = FeedMessage { topic: msg.topic, payload: msg.payload, kind: msg.kind, position, prev: msg.stamp.prev };
         encode::envelope(&m, envelope);
         wrap(position, msg.topic, envelope, out);
         if out.len() >= BATCH_MAX_BYTES {
-            chunk(out);
+            chunk(out, first_seq);
+            first = None;
         }
     }
     if !out.is_empty() {
-        chunk(out);
+        chunk(out, first.unwrap_or(0));
     }
 }
 
@@ -86,7 +90,7 @@ pub fn encode_json_frames(
     epoch: u64,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    chunk: impl FnMut(&mut Vec<u8>),
+    chunk: impl FnMut(&mut Vec<u8>, u64),
 ) {
     let wrap = |_, _: &str, env: &[u8], out: &mut Vec<u8>| encode_frame_into(out, OpCode::Text, env);
     encode_envelopes(batch, epoch, envelope, out, wrap, chunk);
@@ -100,7 +104,7 @@ pub fn encode_sse_events(
     named: bool,
     envelope: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    chunk: impl FnMut(&mut Vec<u8>),
+    chunk: impl FnMut(&mut Vec<u8>, u64),
 ) {
     let wrap = |position, topic: &str, env: &[u8], out: &mut Vec<u8>| {
         sse::event(Some(position), named.then_some(topic), env, out)
@@ -326,12 +330,18 @@ mod tests {
         }
         sink.flush();
         let (mut envelope, mut out, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+        let mut firsts = Vec::new();
         while let Some(batch) = rx[0].try_recv() {
-            encode_sse_events(&batch, 7, false, &mut envelope, &mut out, |buf| chunks.push(std::mem::take(buf)));
+            encode_sse_events(&batch, 7, false, &mut envelope, &mut out, |buf, first| {
+                chunks.push(std::mem::take(buf));
+                firsts.push(first);
+            });
         }
         assert!(chunks.len() > 10, "{} chunks", chunks.len());
         let mut events = 0;
-        for c in &chunks {
+        for (c, &first) in chunks.iter().zip(&firsts) {
+            // Each chunk is tagged with the seq of its first event.
+            assert_eq!(first, events as u64 + 1);
             assert!(c.len() <= max_envelope_chunk(64 * 1024), "{}", c.len());
             assert!(c.ends_with(b"\n\n"), "a chunk ends with a whole event");
             events += c.windows(4).filter(|w| w == b"id: ").count();

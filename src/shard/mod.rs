@@ -13,6 +13,7 @@ mod event_loop;
 mod feed_queue;
 mod input;
 mod keepalive;
+mod log_limit;
 mod memory;
 mod message_rate;
 mod metrics;
@@ -38,7 +39,7 @@ pub use stats::{HealthStatus, ShardStats, Shared};
 use crate::auth::AuthConfig;
 use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
-use crate::fanout::{HistoryLimits, Retention, TopicLimits};
+use crate::fanout::{HistoryLimits, LagLimits, LagPolicies, LagPolicy, Retention, TopicLimits};
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
 use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
@@ -52,7 +53,15 @@ pub struct Settings {
     pub echo: bool,
     /// The slow-consumer rule and the log's pull budget (`max_lag_bytes`).
     pub retention: Retention,
+    /// How far behind a connection may be (`max_lag_bytes`, `max_lag_messages`) and what happens past it, per
+    /// topic (`fanout::lag_policy`).
+    pub lag_limits: LagLimits,
+    pub lag_policies: LagPolicies,
+    /// Some policy may skip messages for a slow connection (not every one is `disconnect`).
+    pub lag_relief: bool,
     pub max_private_bytes: usize,
+    /// Most private bytes pending over every connection of a loop.
+    pub max_loop_private_bytes: u64,
     /// Server-Sent Events: the `retry:` hint and the heartbeat interval.
     pub sse_retry_ms: u32,
     pub sse_heartbeat: Duration,
@@ -108,7 +117,14 @@ impl Settings {
                 // of their own, which is the larger.
                 max_chunk: feed_queue::max_envelope_chunk(cfg.max_line_bytes) as u64,
             },
+            lag_limits: LagLimits { max_bytes: cfg.max_lag_bytes, max_messages: cfg.max_lag_messages },
+            lag_relief: {
+                let p = cfg.lag_rules().unwrap_or_default();
+                p.default != LagPolicy::Disconnect || p.rules.iter().any(|r| r.policy != LagPolicy::Disconnect)
+            },
+            lag_policies: cfg.lag_rules().unwrap_or_default(),
             max_private_bytes: cfg.max_private_bytes,
+            max_loop_private_bytes: cfg.max_loop_private_bytes,
             sse_retry_ms: u32::try_from(cfg.sse_retry.as_millis()).unwrap_or(u32::MAX),
             sse_heartbeat: cfg.sse_heartbeat,
             sse_event_names: cfg.sse_event_names,

@@ -67,6 +67,22 @@ declare_stats! {
         pub gauge lag_max_bytes: AtomicU64,
         /// Subscribers behind the head at the last trim (blocked on a full socket, or with a send in flight).
         pub gauge lagging_subscribers: AtomicU64,
+        /// Slow consumers relieved by skipping (lag policy `drop`, or `conflate` where a topic's newest message
+        /// follows): each skip sends `gap` notices.
+        pub counter lag_skips: AtomicU64,
+        /// Subscriptions of slow consumers cut to their topic's newest message (lag policy `conflate`).
+        pub counter lag_conflations: AtomicU64,
+        /// Messages slow consumers did not receive because of those skips (whole-feed skips counted from the
+        /// skipped chunks' first message).
+        pub counter lag_messages_skipped: AtomicU64,
+        /// Holes in this loop thread's feed (batches the feed thread dropped for it, `feed_overflow = "drop"`),
+        /// each announced to its clients with a `gap` notice (`reason: "overload"`).
+        pub counter feed_holes: AtomicU64,
+        /// Bytes queued for connections alone (pongs, echoes, replies, notices) on this loop thread, as last
+        /// counted (bounded by `max_loop_private_bytes`).
+        pub gauge loop_private_bytes: AtomicU64,
+        /// Connections closed (1008) because this loop thread's private bytes were past `max_loop_private_bytes`.
+        pub counter private_budget_closes: AtomicU64,
         /// Requests refused with `403` because their `Origin` is not in `allowed_origins` (any transport).
         pub counter origin_refused: AtomicU64,
         /// Token auth: requests refused with `401` (no token, or one that is malformed, badly signed, of an
@@ -295,7 +311,8 @@ impl Shared {
              \"upstream_seq_resets\":{resets},\
              \"feed_messages\":{published},\"epoch\":{epoch},\"feed_seq\":{feed_seq},\"topics\":{topics},\
              \"topics_expired\":{topics_expired},\"feed_dropped\":{{{dropped}}},\"feed_batches_dropped\":{},\"feed_backpressure_pauses\":{pauses},\
-             \"slow_consumers\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
+             \"slow_consumers\":{},\"lag_skips\":{},\"lag_conflations\":{},\"lag_messages_skipped\":{},\
+             \"feed_holes\":{},\"loop_private_bytes\":{},\"private_budget_closes\":{},\"lagging_sends_cancelled\":{},\"closing_cut\":{},\"uptime_s\":{},\
              \"feed_queue_bytes\":{},\"log_bytes\":{},\"topic_log_bytes\":{},\"history_bytes\":{},\
              \"loop_topics\":{},\"pinned_bytes\":{},\
              \"rss_bytes\":{},\"heap_live_bytes\":{},\"heap_free_bytes\":{},\
@@ -304,6 +321,12 @@ impl Shared {
             self.shards.len(),
             self.total(|s| &s.feed_batches_dropped),
             self.total(|s| &s.slow_consumers),
+            self.total(|s| &s.lag_skips),
+            self.total(|s| &s.lag_conflations),
+            self.total(|s| &s.lag_messages_skipped),
+            self.total(|s| &s.feed_holes),
+            self.total(|s| &s.loop_private_bytes),
+            self.total(|s| &s.private_budget_closes),
             self.total(|s| &s.lagging_sends_cancelled),
             self.total(|s| &s.closing_cut),
             self.started.elapsed().as_secs(),

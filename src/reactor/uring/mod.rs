@@ -18,6 +18,7 @@
 
 mod bufring;
 mod probe;
+mod teardown;
 mod token;
 
 use std::collections::VecDeque;
@@ -464,13 +465,32 @@ impl Drop for UringReactor {
     /// flight that point into memory freed right after the reactor (broadcast chunks, slots' private bytes,
     /// scratch headers), and closing the ring only starts the kernel's teardown. So cancel everything
     /// synchronously first (the kernel returns once every matched operation has ended, or at the timeout).
+    /// If that cannot be confirmed (`teardown::clean`), the memory the kernel may still read is leaked, not
+    /// freed: the slots' private bytes and the scratch headers here, the loop's broadcast chunks by the loop
+    /// (told through `IoStats::teardown_unclean`).
     fn drop(&mut self) {
         let timeout = Timespec::new().sec(DROP_CANCEL_TIMEOUT_SECS);
-        match self.ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::any()) {
-            Ok(()) => tracing::debug!("reactor dropped: operations still armed were cancelled"),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // nothing was in flight
-            Err(e) => tracing::warn!(error = %e, "could not cancel the operations still in flight at exit"),
+        let result = self.ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::any());
+        if let Err(e) = &result {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!(error = %e, "could not cancel the operations still in flight at exit");
+            }
         }
+        if teardown::clean(result.map_err(|e| e.raw_os_error())) {
+            tracing::debug!("reactor dropped: nothing in flight");
+            return;
+        }
+        let slots = std::mem::take(&mut self.slots);
+        let scratch = std::mem::take(&mut self.scratch);
+        let bytes: usize = slots.iter().map(|s| s.private.capacity()).sum::<usize>()
+            + scratch.len() * std::mem::size_of::<MsgScratch>();
+        tracing::warn!(
+            leaked_bytes = bytes,
+            "io_uring operations may still be in flight: their buffers are leaked rather than freed"
+        );
+        self.stats.teardown_unclean.store(1, std::sync::atomic::Ordering::Relaxed);
+        std::mem::forget(slots);
+        std::mem::forget(scratch);
     }
 }
 

@@ -15,6 +15,7 @@ use super::dispatch::Dispatch;
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
 use super::keepalive::{self, Keepalive};
+use super::log_limit::LogLimit;
 use super::message_rate::MessageRate;
 use super::output::{self, Flushed};
 use super::poll_history;
@@ -27,7 +28,7 @@ use crate::client::encode::{self, FeedMessage};
 use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
 use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase, TokenBucket, NO_SLOT};
-use crate::fanout::{Encoding, FrameLog, Holder, Pins, Stream, TopicId, Topics};
+use crate::fanout::{Encoding, FrameLog, Holder, Pins, Relief, Stream, SubBacklog, TopicId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::{self, Reactor};
 use crate::upstream::batch::Records;
@@ -72,6 +73,8 @@ macro_rules! input_cx {
     };
 }
 
+mod lag;
+mod private;
 mod subscriptions;
 mod tokens;
 
@@ -79,13 +82,16 @@ mod tokens;
 const SHED_EVERY: Duration = Duration::from_millis(100);
 const SHED_FRACTION: usize = 64;
 
+mod teardown;
+
 /// How often idle topics are looked for and every topic log is trimmed (history ages out).
 const TOPIC_SWEEP: Duration = Duration::from_secs(1);
 
-/// Appends what an encoder hands over as one chunk of `log`, and clears it for the next.
-fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>) + '_ {
-    move |buf: &mut Vec<u8>| {
-        log.push(Arc::from(&buf[..]));
+/// Appends what an encoder hands over as one chunk of `log` (tagged with the seq of its first message), and
+/// clears it for the next.
+fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>, u64) + '_ {
+    move |buf: &mut Vec<u8>, first_seq: u64| {
+        log.push_tagged(Arc::from(&buf[..]), first_seq);
         buf.clear();
     }
 }
@@ -93,7 +99,8 @@ fn chunk_into(log: &mut FrameLog) -> impl FnMut(&mut Vec<u8>) + '_ {
 /// One loop thread over I/O backend `R` (monomorphised per backend; the phases do not know which one runs).
 pub struct Shard<R: Reactor> {
     id: usize,
-    io: R,
+    /// Dropped first, by hand (`teardown`): what the loop then frees depends on whether it ended cleanly.
+    io: std::mem::ManuallyDrop<R>,
     conns: GenSlab<Conn>,
     /// The encoded streams, by `StreamId` (`input::RAW_ALL`, `input::JSON_ALL`).
     streams: Vec<Stream>,
@@ -117,8 +124,18 @@ pub struct Shard<R: Reactor> {
     /// When idle topics are next looked for and every topic trimmed.
     next_topic_sweep: Instant,
     full_trim: bool,
-    /// When a message for a topic the table has no room for was last logged.
-    table_full_logged: Option<Instant>,
+    /// Log sites of the loop thread, each at most once a second: a topic the table has no room for, slow
+    /// consumers, holes in the feed, the private-bytes budget.
+    table_full_log: LogLimit,
+    slow_log: LogLimit,
+    hole_log: LogLimit,
+    private_log: LogLimit,
+    /// Scratch for judging a slow topic connection (`lag`).
+    lag_backlogs: Vec<SubBacklog>,
+    lag_spots: Vec<lag::Spot>,
+    lag_reliefs: Vec<Relief>,
+    /// Private bytes pending over every connection, as last counted (`Conn::private_counted`).
+    private_bytes: u64,
     /// Run the fan-out phase even if nothing new arrived: a subscriber it skipped (send in flight) is free again.
     refan: bool,
     feed: FeedReceiver,
@@ -180,7 +197,7 @@ impl<R: Reactor> Shard<R> {
     ) -> Self {
         Self {
             id,
-            io,
+            io: std::mem::ManuallyDrop::new(io),
             conns: GenSlab::new(),
             streams: (0..input::STREAMS).map(|_| Stream::default()).collect(),
             pins: Pins::new(settings.retention.pull_budget()),
@@ -194,7 +211,14 @@ impl<R: Reactor> Shard<R> {
             pattern_conns: Vec::new(),
             next_topic_sweep: Instant::now() + TOPIC_SWEEP,
             full_trim: false,
-            table_full_logged: None,
+            table_full_log: LogLimit::per_second(),
+            slow_log: LogLimit::per_second(),
+            hole_log: LogLimit::per_second(),
+            private_log: LogLimit::per_second(),
+            lag_backlogs: Vec::new(),
+            lag_spots: Vec::new(),
+            lag_reliefs: Vec::new(),
+            private_bytes: 0,
             refan: false,
             feed,
             epoch: shared.feed.as_ref().map_or(0, |f| f.epoch()),
@@ -336,13 +360,17 @@ impl<R: Reactor> Shard<R> {
             }
             let Some(batch) = self.feed.try_recv() else { break };
             messages += u64::from(batch.messages);
+            let first = Records::new(&batch.records).next().map_or(0, |m| m.stamp.seq);
+            if self.last_seq > 0 && first > self.last_seq + 1 {
+                self.feed_hole(self.last_seq, first); // batches dropped for this loop (`feed_overflow = drop`)
+            }
             self.pulled_at.push(batch.received);
             let readers: usize = self.streams.iter().map(|s| s.subscribers.len()).sum();
             deliveries += u64::from(batch.messages) * readers as u64;
             self.frames.clear();
             let last = feed_queue::encode_raw_frames(&batch, &mut self.frames);
             self.last_seq = self.last_seq.max(last);
-            self.streams[usize::from(input::RAW_ALL)].log.push(Arc::from(&self.frames[..]));
+            self.streams[usize::from(input::RAW_ALL)].log.push_tagged(Arc::from(&self.frames[..]), first);
             // Envelopes and events only while someone reads them: their clients start at the head.
             // Envelopes can be far larger than the raw bytes: they are cut into chunks the retention bound covers.
             let json = &mut self.streams[usize::from(input::JSON_ALL)];
@@ -383,11 +411,11 @@ impl<R: Reactor> Shard<R> {
                     // Its subscribers (none on this loop: a subscribed topic is never forgotten) lose nothing;
                     // a topic made later must not claim to know what came before.
                     self.topics.forget_up_to(msg.stamp.seq);
-                    if self.table_full_logged.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
-                        self.table_full_logged = Some(now);
+                    if let Some(suppressed) = self.table_full_log.allow(now) {
                         tracing::warn!(
                             shard = self.id,
                             topic = msg.topic,
+                            suppressed,
                             "topic table full: message kept out of topic logs"
                         );
                     }
@@ -630,20 +658,38 @@ impl<R: Reactor> Shard<R> {
 
     fn flush_one(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        self.private_bytes = private::recount(conn, self.private_bytes);
         if conn.phase == Phase::Dead || conn.write_blocked || conn.write_shut {
             return;
         }
+        if conn.lag_relief_due {
+            // Found past its limits while its send was in flight (cancelled since): the policy applies now.
+            conn.lag_relief_due = false;
+            if conn.phase == Phase::Open && !self.relieve(key, self.settings.lag_limits) {
+                // Closed, or nothing pending: continue with what is queued.
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
         let stats = &self.shared.shards[self.id];
-        input::unpin_if_written(conn, &mut self.pins, stats); // io_uring: the completion that wrote it came since
+        // io_uring: the completion that wrote its pinned chunk came since.
+        let _ = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
         let flushed = if let Some(subs) = conn.topics.as_deref_mut() {
             subs.offered_gen = self.pull_gen;
-            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut self.io)
+            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut *self.io)
         } else {
             let log = &self.streams[usize::from(conn.stream_id)].log;
-            output::flush(conn, key, log, &mut self.pool, &mut self.io)
+            output::flush(conn, key, log, &mut self.pool, &mut *self.io)
         };
-        input::unpin_if_written(conn, &mut self.pins, stats); // epoll: written just now
+        // epoll: written just now (a whole-feed skip that was waiting for it goes on at the next flush).
+        let unpinned = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
+        self.private_bytes = private::recount(conn, self.private_bytes);
         match flushed {
+            Flushed::Done if conn.phase == Phase::Open && unpinned => {
+                // It finished a pinned chunk: what follows it (a skip's notice, its logs, perhaps behind what the
+                // fan-out offered everyone: held until then) goes out next pass.
+                input::mark_dirty(conn, key, &mut self.dirty);
+                self.hold(key);
+            }
             Flushed::Done => {
                 if conn.phase == Phase::Closing && conn.peer_closed {
                     kill(conn, key, &mut self.dead); // Both closes are through.
@@ -678,6 +724,8 @@ impl<R: Reactor> Shard<R> {
                 if let Some(conn) = self.conns.get_mut(key) {
                     input::mark_dirty(conn, key, &mut self.dirty);
                 }
+                // Deferred sends are as subject to the lag policy as any other.
+                self.judge_holder(key);
             }
             Flushed::Failed => kill(conn, key, &mut self.dead),
         }
@@ -689,6 +737,9 @@ impl<R: Reactor> Shard<R> {
     /// completion comes. Returns whether the connection still holds the log from its cursor on.
     fn judge_holder(&mut self, key: ConnKey) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
+        if conn.phase == Phase::Open && conn.pinned.as_ref().is_some_and(|p| p.then_skip.is_some()) {
+            return self.judge_skipping(key); // finishing a chunk before a skip: its pin holds what it needs
+        }
         let sending = conn.send_in_flight && conn.reads_log();
         if !sending && conn.reads_log() && conn.phase != Phase::Open {
             // Closing (or dead) with nothing in flight: it needs at most the chunk it is in the middle of.
@@ -706,19 +757,27 @@ impl<R: Reactor> Shard<R> {
             sending,
             cancel_sent: conn.lag_cancel_sent || conn.cancel_sent,
         };
-        let verdict = self.settings.retention.judge(holder, head);
+        let lag = head.saturating_sub(cursor);
+        let late = self.is_late(key, lag);
+        let verdict = self.settings.retention.judge_late(holder, late, cursor < head);
+        let Some(conn) = self.conns.get_mut(key) else { return false };
         let stats = &self.shared.shards[self.id];
         if verdict.cancel_send {
-            tracing::debug!(shard = self.id, ?key, lag_bytes = head - cursor, "cancelling a send that fell behind");
+            tracing::debug!(shard = self.id, ?key, lag_bytes = lag, "cancelling a send that fell behind");
             ShardStats::add(&stats.lagging_sends_cancelled, 1);
             conn.lag_cancel_sent = true;
             self.io.cancel(key, conn.stream.as_raw_fd(), false, Some(conn.send_token));
         }
+        if verdict.close && self.settings.lag_relief {
+            // A policy may skip for it rather than close it: applied now, or once its send is back.
+            if sending {
+                conn.lag_relief_due = true;
+                return verdict.hold;
+            }
+            return self.relieve(key, self.settings.lag_limits);
+        }
         if verdict.close {
-            tracing::warn!(shard = self.id, ?key, lag_bytes = head - cursor, "slow consumer: closing with 1008");
-            ShardStats::add(&stats.slow_consumers, 1);
-            let mut cx = input_cx!(self);
-            input::queue_close(conn, key, 1008, "slow consumer: too far behind the feed", &mut cx);
+            self.close_slow(key, lag, "slow consumer: too far behind the feed");
         }
         verdict.hold
     }
@@ -763,6 +822,7 @@ impl<R: Reactor> Shard<R> {
             }
             self.io.detach(key, fd);
             let Some(mut conn) = self.conns.remove(key) else { continue };
+            self.uncount_private(&conn);
             if conn.is_subscribed() {
                 if let Some(moved) = self.streams[usize::from(conn.stream_id)].subscribers.remove(conn.sub_index) {
                     if let Some(other) = self.conns.get_mut(ConnKey(moved)) {
@@ -837,7 +897,8 @@ impl<R: Reactor> Shard<R> {
             self.next_heartbeat = now + self.settings.sse_heartbeat;
             let sse = &mut self.streams[usize::from(input::SSE_ALL)];
             if !sse.subscribers.is_empty() {
-                sse.log.push(Arc::from(sse::HEARTBEAT));
+                sse.log.push_tagged(Arc::from(sse::HEARTBEAT), self.last_seq + 1);
+                // no message: the next one's
             }
             // Topic streams have no shared log to carry it: a comment in each one's private bytes (a few bytes
             // per stream every `sse_heartbeat`; they go out at a message boundary, as all private bytes do).
@@ -940,8 +1001,10 @@ impl<R: Reactor> Shard<R> {
                         }
                     }
                     None => {
+                        // One finishing a chunk before a skip holds its stream from where it goes next.
+                        let skip = conn.pinned.as_ref().and_then(|p| p.then_skip);
                         let stream = &mut self.streams[usize::from(conn.stream_id)];
-                        stream.keep_from = stream.keep_from.min(conn.cursor);
+                        stream.keep_from = stream.keep_from.min(skip.map_or(conn.cursor, |s| s.at));
                     }
                 }
             } else {
@@ -971,6 +1034,7 @@ impl<R: Reactor> Shard<R> {
         }
         to_trim.clear();
         self.to_trim = to_trim;
+        self.enforce_private_budget();
         let stats = &self.shared.shards[self.id];
         stats.log_bytes.store(retained, Relaxed);
         stats.lag_max_bytes.store(lag_max, Relaxed);
@@ -1006,13 +1070,24 @@ impl<R: Reactor> Shard<R> {
                 break;
             }
             left = left.saturating_sub(lag);
+            let idle = self.conns.get(key).is_some_and(|c| !c.send_in_flight);
+            if self.settings.lag_relief && lag > 0 && idle {
+                // Its topics' policies may skip for it instead (judged as if its limit were just under its lag;
+                // all `disconnect` closes it). One with a send in flight is closed as before.
+                let limits = crate::fanout::LagLimits { max_bytes: lag - 1, max_messages: 0 };
+                let _ = self.relieve(key, limits);
+                continue;
+            }
             let stats = &self.shared.shards[self.id];
-            tracing::warn!(
-                shard = self.id,
-                ?key,
-                lag_bytes = lag,
-                "topic backlog full: closing the laggiest with 1008"
-            );
+            if let Some(suppressed) = self.slow_log.allow(Instant::now()) {
+                tracing::warn!(
+                    shard = self.id,
+                    ?key,
+                    lag_bytes = lag,
+                    suppressed,
+                    "topic backlog full: closing the laggiest with 1008"
+                );
+            }
             ShardStats::add(&stats.slow_consumers, 1);
             let mut cx = input_cx!(self);
             let Some(conn) = self.conns.get_mut(key) else { continue };
