@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod handoff;
 pub mod proto;
 pub mod reactor;
 pub mod shard;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dispatch::Dispatch;
+use super::drain::{Drain, StopMode};
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
 use super::output::{self, Flushed};
@@ -145,6 +146,8 @@ pub struct Shard<R: Reactor> {
     linger_deadlines: DeadlineQueue,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
+    /// The shutdown or restart drain, once it started: who is closed next, and when.
+    drain: Option<Drain<ConnKey>>,
     max_connections: usize,
     settings: Arc<Settings>,
     shared: Arc<Shared>,
@@ -198,6 +201,7 @@ impl<R: Reactor> Shard<R> {
             linger_deadlines: DeadlineQueue::new(LINGER),
             accept_paused_until: None,
             shutdown_deadline: None,
+            drain: None,
             max_connections,
             settings,
             shared,
@@ -253,6 +257,7 @@ impl<R: Reactor> Shard<R> {
             (!self.topics.is_empty()).then_some(self.next_topic_sweep),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.drain.as_ref().and_then(Drain::next_due),
             grace,
         ]
         .into_iter()
@@ -278,6 +283,10 @@ impl<R: Reactor> Shard<R> {
         self.io.wait(timeout, &mut dispatch)?;
         for key in std::mem::take(&mut self.to_attach) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
+            if let Some(drain) = &mut self.drain {
+                // Accepted after the drain started (an accept that raced the stop): closed at the window's end.
+                drain.push_late(key);
+            }
             match self.io.attach(key, conn.stream.as_raw_fd()) {
                 Ok(()) if !R::INLINE => conn.inflight += 1, // the receive
                 Ok(()) => {}
@@ -938,20 +947,66 @@ impl<R: Reactor> Shard<R> {
 
     // ---- shutdown --------------------------------------------------------------------------------------
 
+    /// Starts the drain once `Shared::shutdown` is set (stop accepting, plan the closes), then closes whoever
+    /// is due.
     fn check_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() || !self.shared.shutdown.load(Relaxed) {
-            return;
+        if self.drain.is_none() {
+            let Some(mode) = self.shared.stopping() else { return };
+            self.start_drain(mode);
         }
+        self.drain_due(Instant::now());
+    }
+
+    /// Stops accepting and queues every connection for its close, spread over `shutdown_spread`
+    /// (`shard::drain`); the loop ends when all are gone or at `shutdown_timeout`.
+    fn start_drain(&mut self, mode: StopMode) {
         let now = Instant::now();
         self.shutdown_deadline = Some(now + self.settings.shutdown_timeout);
         self.linger_deadlines = DeadlineQueue::new(self.settings.shutdown_timeout);
         self.io.accept(false);
-        let keys: Vec<ConnKey> = self.conns.keys().collect();
-        tracing::info!(shard = self.id, connections = keys.len(), "shutting down: closing clients with 1001");
-        for key in keys {
+        // Open connections first, in slab order; handshakes last: they just arrived and get the most time to
+        // finish (a connection cut mid-handshake sees a reset, the one thing a restart must not cause).
+        let mut keys = Vec::with_capacity(self.conns.len());
+        let mut handshakes = Vec::new();
+        for key in self.conns.keys() {
+            match self.conns.get(key).map(|c| c.phase) {
+                Some(Phase::Open) => keys.push(key),
+                Some(Phase::Handshake) => handshakes.push(key),
+                _ => {}
+            }
+        }
+        keys.extend(handshakes);
+        tracing::info!(
+            shard = self.id,
+            connections = keys.len(),
+            code = mode.close_code(),
+            spread_ms = self.settings.shutdown_spread.as_millis() as u64,
+            "draining: closing clients over the spread window"
+        );
+        let seed = (self.shared.started.elapsed().as_nanos() as u64) ^ ((self.id as u64) << 48);
+        self.drain = Some(Drain::new(mode, now, self.settings.shutdown_spread, keys, seed));
+    }
+
+    /// Closes the connections whose turn has come: a held long-poll gets its (empty) answer, anything else its
+    /// close with a reconnect hint ([`input::queue_drain_close`]). A handshake still under way waits for the
+    /// end of the window; one still under way then gets `503` and is dropped.
+    fn drain_due(&mut self, now: Instant) {
+        let Some(drain) = &mut self.drain else { return };
+        let mode = drain.mode;
+        while let Some((key, hint)) = drain.pop_due(now) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             match conn.phase {
-                Phase::Handshake => kill(conn, key, &mut self.dead),
+                Phase::Handshake if now < drain.end() => drain.push_late(key),
+                Phase::Handshake => {
+                    let refusal = crate::proto::handshake::http_response_with(
+                        503,
+                        "text/plain",
+                        &format!("Retry-After: {}\r\n", hint.div_ceil(1000)),
+                        format!("{}\n", mode.reason()).as_bytes(),
+                    );
+                    let _ = reactor::send_now(&conn.stream, &refusal);
+                    kill(conn, key, &mut self.dead);
+                }
                 Phase::Open if conn.held_poll => {
                     // A held long-poll gets its (empty) answer now, from where it stands.
                     let Some(i) = self.held.iter().position(|h| h.key == key) else { continue };
@@ -962,7 +1017,7 @@ impl<R: Reactor> Shard<R> {
                 }
                 Phase::Open => {
                     let mut cx = input_cx!(self);
-                    input::queue_close(conn, key, 1001, "server shutting down", &mut cx);
+                    input::queue_drain_close(conn, key, mode, hint, &mut cx);
                 }
                 Phase::Closing | Phase::Dead => {}
             }
