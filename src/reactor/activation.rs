@@ -22,6 +22,9 @@ pub struct Activation {
     pub ingest: Option<OwnedFd>,
 }
 
+/// Passed descriptors, each with its name (if named).
+pub type Passed = Vec<(RawFd, Option<String>)>;
+
 /// Which descriptors are meant for us: `Ok(None)` when the environment passes none to this process (no
 /// `LISTEN_FDS`, or a `LISTEN_PID` of another process); otherwise each descriptor with its name (if named).
 pub fn parse(
@@ -29,7 +32,7 @@ pub fn parse(
     listen_fds: Option<&str>,
     names: Option<&str>,
     our_pid: u32,
-) -> Result<Option<Vec<(RawFd, Option<String>)>>, String> {
+) -> Result<Option<Passed>, String> {
     let Some(fds) = listen_fds else { return Ok(None) };
     match listen_pid.map(|p| p.trim().parse::<u32>()) {
         Some(Ok(pid)) if pid == our_pid => {}

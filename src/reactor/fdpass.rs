@@ -131,9 +131,10 @@ mod tests {
         let got: Vec<TcpListener> = fds.into_iter().map(TcpListener::from).collect();
         assert_eq!(got[0].local_addr().unwrap(), l1.local_addr().unwrap());
         assert_eq!(got[1].local_addr().unwrap(), l2.local_addr().unwrap());
-        // The same socket: a connection queued on it is accepted through the received copy.
-        drop(l1);
+        // The same socket, queue included: a connection queued before the sender closed its copy is accepted
+        // through the received one (what makes a handoff lose nothing).
         let mut c = std::net::TcpStream::connect(got[0].local_addr().unwrap()).unwrap();
+        drop(l1);
         let (mut s, _) = got[0].accept().unwrap();
         c.write_all(b"x").unwrap();
         let mut one = [0u8; 1];

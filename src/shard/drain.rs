@@ -3,7 +3,9 @@
 //!
 //! Closing every client at once turns a restart into a reconnect storm: thousands of clients reconnect, resume
 //! and replay in the same few milliseconds. So the connections a loop holds when the drain starts are closed one
-//! by one over `shutdown_spread` (the `i`-th of `n` at `start + spread * i / n`), each close carrying a
+//! by one over `shutdown_spread` (the `i`-th of `n`, from 0, at `start + spread * (i + 1) / (n + 1)`: evenly,
+//! and none at the very moment of the stop, so a connection accepted just before it still gets served a moment),
+//! each close carrying a
 //! suggested reconnect delay (a per-connection random value in `0..=spread`). Every loop spreads its own
 //! connections over the same window, so the whole process closes at an even rate. Connections that arrive
 //! after the drain started (an accept that raced the stop) are closed at the end of the window, which gives
@@ -109,8 +111,8 @@ impl<K> Drain<K> {
         if i >= self.planned {
             return self.end();
         }
-        // i < planned, so the product is below window * planned: computed in u128 nanoseconds, no overflow.
-        let nanos = self.window.as_nanos() * i as u128 / self.planned as u128;
+        // i < planned, so the product is below window * (planned + 1): computed in u128 nanoseconds.
+        let nanos = self.window.as_nanos() * (i as u128 + 1) / (self.planned as u128 + 1);
         self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
@@ -157,12 +159,13 @@ mod tests {
     fn closes_spread_evenly_over_the_window() {
         let t0 = Instant::now();
         let mut d = Drain::new(StopMode::Restart, t0, ms(1000), (0..4).collect(), 7);
-        // The first is due at once, the others at 250 ms steps.
-        assert_eq!(d.pop_due(t0).map(|(k, _)| k), Some(0));
-        assert_eq!(d.pop_due(t0), None, "the second is not due yet");
-        assert_eq!(d.next_due(), Some(t0 + ms(250)));
-        assert_eq!(d.pop_due(t0 + ms(249)), None);
-        assert_eq!(d.pop_due(t0 + ms(250)).map(|(k, _)| k), Some(1));
+        // At 200 ms steps, none at the start or the end.
+        assert_eq!(d.pop_due(t0), None, "nobody is closed at the very moment of the stop");
+        assert_eq!(d.next_due(), Some(t0 + ms(200)));
+        assert_eq!(d.pop_due(t0 + ms(200)).map(|(k, _)| k), Some(0));
+        assert_eq!(d.pop_due(t0 + ms(200)), None, "the second is not due yet");
+        assert_eq!(d.pop_due(t0 + ms(399)), None);
+        assert_eq!(d.pop_due(t0 + ms(400)).map(|(k, _)| k), Some(1));
         // A late pass takes everything due by then, in order.
         let late: Vec<u32> = std::iter::from_fn(|| d.pop_due(t0 + ms(900))).map(|(k, _)| k).collect();
         assert_eq!(late, vec![2, 3]);
@@ -174,7 +177,7 @@ mod tests {
     fn late_arrivals_are_due_at_the_end_of_the_window() {
         let t0 = Instant::now();
         let mut d = Drain::new(StopMode::Shutdown, t0, ms(1000), vec![1u32], 1);
-        assert!(d.pop_due(t0).is_some());
+        assert!(d.pop_due(t0 + ms(500)).is_some());
         d.push_late(9);
         assert_eq!(d.next_due(), Some(t0 + ms(1000)));
         assert_eq!(d.pop_due(t0 + ms(999)), None);

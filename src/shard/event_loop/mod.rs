@@ -964,18 +964,22 @@ impl<R: Reactor> Shard<R> {
         self.shutdown_deadline = Some(now + self.settings.shutdown_timeout);
         self.linger_deadlines = DeadlineQueue::new(self.settings.shutdown_timeout);
         self.io.accept(false);
-        // Open connections first, in slab order; handshakes last: they just arrived and get the most time to
-        // finish (a connection cut mid-handshake sees a reset, the one thing a restart must not cause).
-        let mut keys = Vec::with_capacity(self.conns.len());
-        let mut handshakes = Vec::new();
-        for key in self.conns.keys() {
-            match self.conns.get(key).map(|c| c.phase) {
-                Some(Phase::Open) => keys.push(key),
-                Some(Phase::Handshake) => handshakes.push(key),
-                _ => {}
-            }
-        }
-        keys.extend(handshakes);
+        // Oldest first: the connections that have been served longest go first, the newest last (one accepted a
+        // moment ago has had nothing yet; one cut mid-handshake would see a reset, the one thing a restart must
+        // not cause). Those accepted within `handshake_timeout` are in the handshake queue, in accept order
+        // (every accept is queued there); the others are older, and taken in slab order.
+        let recent: Vec<ConnKey> = self
+            .handshake_deadlines
+            .keys()
+            .filter(|&k| self.conns.get(k).is_some_and(|c| matches!(c.phase, Phase::Open | Phase::Handshake)))
+            .collect();
+        let is_recent: std::collections::HashSet<ConnKey> = recent.iter().copied().collect();
+        let mut keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| !is_recent.contains(k) && self.conns.get(*k).is_some_and(|c| c.phase == Phase::Open))
+            .collect();
+        keys.extend(recent);
         tracing::info!(
             shard = self.id,
             connections = keys.len(),
