@@ -373,3 +373,21 @@ fn systemd_socket_activation_serves_the_passed_socket() {
     }
     assert!(gw.stderr().contains("socket activation"), "{}", gw.stderr());
 }
+
+#[test]
+fn handoff_passes_the_ingest_listener_and_publishers_reach_the_successor() {
+    let path = common::unique_temp_path("handoff-ingest.sock");
+    let toml = format!("handoff_socket = {:?}\nshutdown_spread = 500\n", path.to_str().unwrap());
+    let mut old = Gateway::start_with_config(&toml, &["--ingest", "127.0.0.1:0"]);
+    let ingest = old.ingest_addr.unwrap();
+    let new = Gateway::start_with_config(&toml, &["--ingest", "127.0.0.1:0"]);
+    assert_eq!(new.ingest_addr, Some(ingest), "the successor serves the handed-over ingest listener");
+    assert_eq!(new.ws_addr, old.ws_addr);
+    let status = old.wait_exit(Duration::from_secs(5)).expect("the old process exits");
+    assert!(status.success(), "{status:?}");
+    // A publisher connecting now reaches the successor's clients.
+    let mut ws = new.ws_connect();
+    let mut publisher = common::tcp_connect(ingest);
+    common::write_all(&mut publisher, b"after the switch\n");
+    assert_eq!(common::ws_read_text(&mut ws), "after the switch");
+}
