@@ -240,6 +240,15 @@ pub struct Config {
     /// Time to wait for clients' close frames at shutdown before dropping them.
     #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
+    /// Window over which shutdown and restart spread their client closes (0: all at once).
+    /// So that clients do not all reconnect at once; each close suggests a delay in this range. Must be below
+    /// `shutdown_timeout`.
+    #[serde(with = "millis")]
+    pub shutdown_spread: Duration,
+    /// Unix socket for zero-downtime restart: a new process with the same path takes over the listeners.
+    /// The process serving there hands over its listening sockets (and the ingest one), then drains (1012).
+    /// See docs/operations.md.
+    pub handoff_socket: Option<PathBuf>,
     /// Listen backlog of each loop thread's listener.
     pub backlog: u32,
     /// Serve `/metrics` and `/healthz` on this address (a small thread of its own) instead of on `listen`, where
@@ -377,6 +386,8 @@ impl Default for Config {
             auth_publish_claim: "publish".into(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            shutdown_spread: Duration::from_secs(2),
+            handoff_socket: None,
             backlog: 4096,
             admin_listen: None,
             upstream_silence: Duration::from_secs(30),
@@ -557,6 +568,12 @@ impl Config {
         }
         if self.sse_heartbeat < Duration::from_millis(10) || self.poll_timeout < Duration::from_millis(10) {
             return bad("sse_heartbeat and poll_timeout must be at least 10 ms");
+        }
+        if !self.shutdown_spread.is_zero() && self.shutdown_spread >= self.shutdown_timeout {
+            return bad("shutdown_spread must be below shutdown_timeout (the last clients closed need time to answer)");
+        }
+        if self.handoff_socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return bad("handoff_socket must be a path");
         }
         if self.topic_field.is_empty() || self.max_topics == 0 || self.topic_idle_expiry.is_zero() {
             return bad("topic_field must not be empty, max_topics and topic_idle_expiry must be positive");

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod handoff;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;

@@ -116,6 +116,16 @@ pub fn notice(code: &str, message: &str, close_in_ms: u64, out: &mut Vec<u8>) {
     let _ = write!(out, ",\"close_in_ms\":{close_in_ms}}}");
 }
 
+/// `{"wsgate":"closing","code":1012,"reason":R,"retry_after_ms":N}`: sent to `wsgate.v1.json` clients right
+/// before the close frame of a shutdown (1001) or restart (1012) drain; `retry_after_ms` is the suggested
+/// reconnect delay (the close reason carries it too).
+pub fn closing(code: u16, reason: &str, retry_after_ms: u64, out: &mut Vec<u8>) {
+    reply_head("closing", None, out);
+    out.extend_from_slice(format!(",\"code\":{code},\"reason\":").as_bytes());
+    json_str(reason, out);
+    out.extend_from_slice(format!(",\"retry_after_ms\":{retry_after_ms}}}").as_bytes());
+}
+
 /// Why messages may be missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {
@@ -227,6 +237,17 @@ mod tests {
         let v = env(&[0, 159, 255], PayloadKind::Binary);
         assert_eq!(v["b64"], json!("AJ//"));
         assert!(v.get(RESERVED_KEY).is_none(), "an envelope never has the reserved key");
+    }
+
+    #[test]
+    fn closing_notice() {
+        let mut out = Vec::new();
+        closing(1012, "server \"restarting\"", 1234, &mut out);
+        assert_eq!(
+            parse(&out),
+            json!({"wsgate":"closing","code":1012,"reason":"server \"restarting\"","retry_after_ms":1234})
+        );
+        assert!(out.starts_with(b"{\"wsgate\":\"closing\""));
     }
 
     #[test]

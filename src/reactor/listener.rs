@@ -3,7 +3,8 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -19,8 +20,41 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32, nonblocking: bool) -> io::
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
+    socket.set_read_timeout(Some(ACCEPT_WAIT_CAP))?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// The longest a blocking `accept` on one of our listeners may wait (`SO_RCVTIMEO`, which `accept` honours).
+///
+/// A listener handed to another process is the same socket, and its `O_NONBLOCK` flag belongs to the socket, not
+/// to the process: a successor on the io_uring backend makes it blocking while this process, on epoll, may still
+/// be accepting from it for a moment. Without a cap, a readiness event whose connection the other process took
+/// first would block this loop thread in `accept` until the next connection arrives; with it, such an `accept`
+/// ends with `EAGAIN` after this long. io_uring never blocks in `accept`, so it does not care.
+const ACCEPT_WAIT_CAP: Duration = Duration::from_millis(10);
+
+/// Takes over a listening TCP socket that another process created (systemd socket activation, or a handoff
+/// from the process this one replaces): checks that it is one, sets the mode the backend needs (see
+/// [`bind_reuseport`]; the flag is shared with every other holder of the socket) and close-on-exec.
+pub fn adopt_listener(fd: OwnedFd, nonblocking: bool) -> io::Result<TcpListener> {
+    let socket = Socket::from(fd);
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("inherited fd: {what}"));
+    if socket.r#type()? != Type::STREAM {
+        return Err(invalid("not a stream socket"));
+    }
+    let domain = socket.domain()?;
+    if domain != Domain::IPV4 && domain != Domain::IPV6 {
+        return Err(invalid("not a TCP/IP socket (a Unix socket?)"));
+    }
+    if !socket.is_listener()? {
+        return Err(invalid("not listening"));
+    }
+    socket.set_nonblocking(nonblocking)?;
+    socket.set_cloexec(true)?;
+    socket.set_read_timeout(Some(ACCEPT_WAIT_CAP))?;
+    socket.set_nodelay(true)?;
     Ok(socket.into())
 }
 
@@ -45,6 +79,30 @@ mod tests {
         let addr = a.local_addr().unwrap();
         let b = bind_reuseport(addr, 16, false).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn adopting_checks_the_socket_and_sets_its_mode() {
+        let bound = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let addr = bound.local_addr().unwrap();
+        let adopted = adopt_listener(OwnedFd::from(bound), false).unwrap();
+        assert_eq!(adopted.local_addr().unwrap(), addr);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // Blocking now: accept waits for the queued connection instead of failing with WouldBlock.
+        adopted.accept().unwrap();
+        // With nothing queued, the cap ends a blocking accept instead of hanging.
+        let t0 = std::time::Instant::now();
+        let err = adopted.accept().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+
+        let not_listening = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let err = adopt_listener(OwnedFd::from(not_listening), true).unwrap_err();
+        assert!(err.to_string().contains("not listening"), "{err}");
+        let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        assert!(adopt_listener(OwnedFd::from(udp), true).is_err());
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(adopt_listener(OwnedFd::from(unix), true).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! mid-pass. The loop is monomorphised per backend, and only reads the two associated constants to tell them
 //! apart.
 
+pub mod activation;
 mod epoll;
+pub mod fdpass;
 mod limits;
 mod listener;
 mod stats;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 pub use epoll::EpollReactor;
 pub use limits::raise_nofile_limit;
-pub use listener::{bind_reuseport, is_fd_exhaustion, send_now};
+pub use listener::{adopt_listener, bind_reuseport, is_fd_exhaustion, send_now};
 pub use stats::IoStats;
 pub use uring::UringReactor;
 pub use waker::Waker;

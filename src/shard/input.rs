@@ -2,11 +2,13 @@
 //! All protocol decisions come from `proto`; this file only applies them to the connection's state.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::access;
 use super::admission;
+use super::drain::{self, StopMode};
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
@@ -284,6 +286,23 @@ pub fn queue_close(conn: &mut Conn, key: ConnKey, code: u16, reason: &str, cx: &
         encode_close_frame_into(private(&mut conn.outbuf, cx.pool), Some(code), reason, None);
     }
     start_closing(conn, key, cx);
+}
+
+/// Closes an open connection for a shutdown or restart drain, telling it when to come back: a WebSocket gets
+/// close `mode.close_code()` with `"…: retry after N ms"` as its reason (a `wsgate.v1.json` client first gets a
+/// `closing` notice saying the same); an event stream gets `retry: N` (the browser's reconnect delay) and ends;
+/// any other HTTP connection (idle keep-alive) just ends. A held long-poll is answered by the caller.
+pub fn queue_drain_close(conn: &mut Conn, key: ConnKey, mode: StopMode, retry_after_ms: u64, cx: &mut InputCx<'_>) {
+    let reason = drain::close_reason(mode, retry_after_ms);
+    if conn.sse {
+        let _ = write!(private(&mut conn.outbuf, cx.pool), "retry: {retry_after_ms}\n\n");
+    } else if conn.upgraded && conn.stream_id == JSON_ALL {
+        let mut json = Vec::new();
+        encode::closing(mode.close_code(), mode.reason(), retry_after_ms, &mut json);
+        encode_frame_into(private(&mut conn.outbuf, cx.pool), OpCode::Text, &json);
+    }
+    ShardStats::add(&cx.stats.drain_closes, 1);
+    queue_close(conn, key, mode.close_code(), &reason, cx);
 }
 
 /// `GET /sse[?topics=A,B-*]`: Server-Sent Events (`docs/client-protocol.md`). With `topics=`, those topics

@@ -81,6 +81,7 @@ mod tests {
     fn shared(loops: usize) -> Shared {
         Shared {
             shutdown: AtomicBool::new(false),
+            stop_mode: std::sync::atomic::AtomicU8::new(0),
             shards: (0..loops).map(|_| ShardStats::default()).collect(),
             feed: None,
             publish: None,

@@ -9,6 +9,7 @@ mod access;
 mod admin;
 mod admission;
 mod dispatch;
+mod drain;
 mod event_loop;
 mod feed_queue;
 mod input;
@@ -25,14 +26,16 @@ mod timers;
 mod topic_output;
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::sync::mpsc;
 
+pub use drain::StopMode;
 pub use feed_queue::{Batch, BroadcastSink, QueueLimits, BATCH_MAX_BYTES};
 pub use stats::{HealthStatus, ShardStats, Shared};
 
@@ -72,6 +75,8 @@ pub struct Settings {
     pub poll_max_held: usize,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// The window over which a drain spreads its closes (`shard::drain`).
+    pub shutdown_spread: Duration,
     /// Topics, history and subscriptions.
     pub topics: TopicLimits,
     pub max_subscriptions: usize,
@@ -132,6 +137,7 @@ impl Settings {
             poll_max_held: cfg.poll_max_held,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
+            shutdown_spread: cfg.shutdown_spread,
             topics: TopicLimits {
                 max_topics: cfg.max_topics,
                 idle: cfg.topic_idle_expiry,
@@ -158,6 +164,29 @@ impl Settings {
     }
 }
 
+/// Where the listening sockets come from.
+#[derive(Debug, Default)]
+pub enum Listeners {
+    /// Bind `listen`: one `SO_REUSEPORT` socket per loop thread (and `ingest`, if set).
+    #[default]
+    Bind,
+    /// Sockets another process created, to serve instead of binding (`listen` is then not used). `ws`: at least
+    /// one. The process runs at least as many loop threads as `ws` has sockets, so that every one is served
+    /// (each has its own queue: one nobody accepts from would hold its connections until they time out).
+    Inherited { ws: Vec<OwnedFd>, ingest: Option<OwnedFd>, from: Origin },
+}
+
+/// Who passed the sockets, which decides what loop threads beyond their number do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A handoff from the process this one replaces: extra loop threads bind their own `SO_REUSEPORT` sockets
+    /// on the same address, like a fresh start (they are handed over in turn at the next restart).
+    Handoff,
+    /// systemd socket activation: extra loop threads share the passed sockets. A socket bound by the service
+    /// itself would die with it, resetting its queue, at every restart; the ones systemd holds do not.
+    Systemd,
+}
+
 /// A running gateway: loop threads plus the feed thread.
 pub struct Gateway {
     local_addr: SocketAddr,
@@ -168,25 +197,25 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// `/metrics` and `/healthz` on `admin_listen`; stopped last, so it answers `draining` to the end.
     admin: Option<admin::AdminServer>,
+    /// Copies of the distinct listening sockets (and the ingest one), kept only for a handoff
+    /// (`handoff_socket`); let go of when a drain starts, so that, when no successor holds them, the sockets
+    /// close with the loops' copies and new connections are refused instead of queued.
+    handoff_fds: Option<(Vec<OwnedFd>, Option<OwnedFd>)>,
 }
 
 impl Gateway {
     /// Binds, spawns every thread, and returns once the gateway accepts connections. `on_exit` is called from
     /// each loop thread when it ends (for whatever reason), so the caller can notice a thread that died.
-    pub fn start(cfg: &Config, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
-        let threads = cfg.thread_count();
+    pub fn start(cfg: &Config, source: Listeners, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         // Token auth fails closed: a key that cannot be read now stops the start (`Config::load` checked it too).
         let auth = cfg.auth().map_err(io::Error::other)?;
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
         let backend = choose_backend(cfg)?;
         let nonblocking = backend == IoBackend::Epoll;
 
-        let first = crate::reactor::bind_reuseport(cfg.listen, cfg.backlog, nonblocking)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..threads {
-            listeners.push(crate::reactor::bind_reuseport(local_addr, cfg.backlog, nonblocking)?);
-        }
+        let (listeners, distinct, inherited_ingest) = listeners(cfg, source, nonblocking)?;
+        let threads = listeners.len();
+        let local_addr = listeners[0].local_addr()?;
 
         let shard_stats: Arc<[ShardStats]> = (0..threads).map(|_| ShardStats::default()).collect();
         let io_stats: Box<[Arc<IoStats>]> = (0..threads).map(|_| Arc::new(IoStats::default())).collect();
@@ -203,7 +232,26 @@ impl Gateway {
         let limits =
             QueueLimits { batches: cfg.feed_queue_batches, bytes: cfg.feed_queue_bytes, overflow: cfg.feed_overflow };
 
-        let feed = match feed_config(cfg) {
+        // The ingest listener is handed over like the others: bound here (not by the feed thread) when a
+        // successor may want it, so that a copy can be kept.
+        let ingest_listener = match (inherited_ingest, cfg.ingest) {
+            (Some(l), Some(_)) => Some(l),
+            (Some(l), None) => {
+                tracing::warn!(addr = ?l.local_addr().ok(), "an ingest listener was passed but ingest is not set: closed");
+                None
+            }
+            (None, Some(addr)) if cfg.handoff_socket.is_some() => Some(TcpListener::bind(addr)?),
+            (None, _) => None,
+        };
+        let ingest_copy = match (&cfg.handoff_socket, &ingest_listener) {
+            (Some(_), Some(l)) => Some(l.as_fd().try_clone_to_owned()?),
+            _ => None,
+        };
+        let mut feed_cfg = feed_config(cfg);
+        if let Some(f) = &mut feed_cfg {
+            f.ingest_listener = ingest_listener.map(Arc::new);
+        }
+        let feed = match feed_cfg {
             Some(feed_cfg) => Some(upstream::spawn(feed_cfg, BroadcastSink::new(queues, shard_stats.clone(), limits))?),
             None => {
                 tracing::info!("no feed configured (--upstream, --ingest or --demo): clients receive no broadcasts");
@@ -216,6 +264,7 @@ impl Gateway {
         };
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
+            stop_mode: AtomicU8::new(0),
             shards: shard_stats,
             feed: feed.as_ref().map(|f| f.stats.clone()),
             publish: feed.as_ref().map(|f| f.inbox.clone()),
@@ -257,20 +306,19 @@ impl Gateway {
             loops.push(handle);
         }
         drop(ready_tx);
-        let admin = match cfg.admin_listen {
-            Some(addr) => match admin::AdminServer::spawn(addr, shared.clone()) {
-                Ok(server) => Some(server),
+        let handoff_fds = cfg.handoff_socket.as_ref().map(|_| (distinct, ingest_copy));
+        let ingest_addr = feed.as_ref().and_then(|f| f.ingest_addr);
+        let mut gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None, handoff_fds };
+        if let Some(addr) = cfg.admin_listen {
+            match admin::AdminServer::spawn(addr, gateway.shared.clone()) {
+                Ok(server) => gateway.admin = Some(server),
                 Err(e) => {
                     tracing::error!(%addr, error = %e, "cannot bind admin_listen");
-                    let ingest_addr = None;
-                    Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None }.shutdown();
+                    gateway.shutdown();
                     return Err(e);
                 }
-            },
-            None => None,
-        };
-        let ingest_addr = feed.as_ref().and_then(|f| f.ingest_addr);
-        let gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin };
+            }
+        }
         for _ in 0..threads {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -311,13 +359,31 @@ impl Gateway {
         &self.shared
     }
 
-    /// Stops accepting, closes every client with 1001, waits up to `shutdown_timeout` for their close frames,
-    /// then stops the feed.
-    pub fn shutdown(self) {
-        self.shared.shutdown.store(true, Relaxed);
+    /// Starts draining for `mode` and returns at once: every loop stops accepting and closes its clients
+    /// (1001 or 1012) spread over `shutdown_spread`; the feed stops accepting publishers. The first drain
+    /// started wins.
+    pub fn begin_stop(&mut self, mode: StopMode) {
+        self.handoff_fds = None;
+        self.shared.begin_stop(mode);
         for waker in &self.wakers {
             let _ = waker.wake();
         }
+        if let Some(feed) = &self.feed {
+            feed.stop_ingest();
+        }
+    }
+
+    /// The listening sockets to hand to a successor (`handoff_socket` set, no drain started): one per distinct
+    /// WebSocket listener, then the ingest listener.
+    pub fn handoff_fds(&self) -> Option<(Vec<RawFd>, Option<RawFd>)> {
+        let (ws, ingest) = self.handoff_fds.as_ref()?;
+        Some((ws.iter().map(AsRawFd::as_raw_fd).collect(), ingest.as_ref().map(AsRawFd::as_raw_fd)))
+    }
+
+    /// Drains (as a shutdown, unless a drain already started), waits for the loops — until every client is
+    /// gone, at most `shutdown_timeout` (+1 s for operations in flight) — then stops the feed.
+    pub fn shutdown(mut self) {
+        self.begin_stop(StopMode::Shutdown);
         for handle in self.loops {
             if handle.join().is_err() {
                 tracing::error!("a loop thread panicked");
@@ -331,6 +397,63 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
     }
+}
+
+/// One listener per loop thread, the distinct sockets among them (copies, for a handoff), and an inherited
+/// ingest listener. See [`Listeners`] for the rules.
+type Planned = (Vec<TcpListener>, Vec<OwnedFd>, Option<TcpListener>);
+
+fn listeners(cfg: &Config, source: Listeners, nonblocking: bool) -> io::Result<Planned> {
+    let threads = cfg.thread_count();
+    let bind = |addr| crate::reactor::bind_reuseport(addr, cfg.backlog, nonblocking);
+    let (mut listeners, ingest, origin) = match source {
+        Listeners::Bind => (vec![bind(cfg.listen)?], None, Origin::Handoff),
+        Listeners::Inherited { ws, ingest, from } => {
+            if ws.is_empty() {
+                return Err(io::Error::other("no WebSocket listener among the inherited sockets"));
+            }
+            let ws = ws
+                .into_iter()
+                .map(|fd| crate::reactor::adopt_listener(fd, nonblocking))
+                .collect::<Result<Vec<_>, _>>()?;
+            // The feed thread is a readiness loop: its copy is made non-blocking when it adopts it.
+            let ingest = match ingest {
+                Some(fd) => Some(crate::reactor::adopt_listener(fd, true)?),
+                None => None,
+            };
+            tracing::info!(
+                sockets = ws.len(),
+                ingest = ingest.is_some(),
+                from = ?from,
+                addr = %ws[0].local_addr()?,
+                "serving inherited listening sockets (listen is not used)"
+            );
+            if ws.len() > threads {
+                tracing::info!(
+                    threads,
+                    sockets = ws.len(),
+                    "more inherited sockets than threads: one loop thread each"
+                );
+            }
+            (ws, ingest, from)
+        }
+    };
+    let distinct = listeners.len();
+    let local_addr = listeners[0].local_addr()?;
+    for i in listeners.len()..threads.max(listeners.len()) {
+        let next = match origin {
+            Origin::Handoff => bind(local_addr)?,
+            Origin::Systemd => listeners[i % distinct].try_clone()?,
+        };
+        listeners.push(next);
+    }
+    let copies = match origin {
+        Origin::Handoff => listeners.iter().map(|l| l.as_fd().try_clone_to_owned()).collect::<Result<_, _>>()?,
+        Origin::Systemd => {
+            listeners[..distinct].iter().map(|l| l.as_fd().try_clone_to_owned()).collect::<Result<_, _>>()?
+        }
+    };
+    Ok((listeners, copies, ingest))
 }
 
 /// What a loop thread needs besides its backend.

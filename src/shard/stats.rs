@@ -1,7 +1,7 @@
 //! Counters. Each loop thread writes only its own [`ShardStats`] (relaxed atomics, one cache line apart);
 //! readers sum them. Nothing here is on a lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,6 +119,8 @@ declare_stats! {
         pub counter message_rate_closes: AtomicU64,
         /// Open clients closed with `1013` while shedding load (`shed_memory_bytes`).
         pub counter shed_closes: AtomicU64,
+        /// Connections closed by a shutdown (1001) or restart (1012) drain, with a reconnect hint.
+        pub counter drain_closes: AtomicU64,
         /// Time one loop pass takes, from the end of its wait to the end of its trim phase.
         pub histogram loop_pass_seconds: Histogram,
         /// Time from the feed thread receiving a batch of messages to the end of the fan-out phase that offered
@@ -233,7 +235,12 @@ impl LabelSet for GapKind {
 
 /// What the loop threads and the control thread share: read-mostly, never on the per-message path.
 pub struct Shared {
+    /// Set once, when the gateway starts draining (shutdown or restart): loops stop accepting and close their
+    /// clients; `/healthz` says so. `stop_mode` says which drain it is.
     pub shutdown: AtomicBool,
+    /// Why it drains: a `StopMode` as `StopMode::to_u8` (0 until set). Written before `shutdown`, with release
+    /// ordering on `shutdown`, so a loop that sees `shutdown` (acquire) sees the mode.
+    pub stop_mode: AtomicU8,
     pub shards: Arc<[ShardStats]>,
     pub feed: Option<Arc<FeedStats>>,
     /// Where client-published messages go to be sequenced with the feed (none without a feed).
@@ -248,6 +255,22 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts draining for `mode`, unless a drain already started (the first one wins: a SIGTERM during a
+    /// restart drain does not turn its 1012 closes into 1001).
+    pub fn begin_stop(&self, mode: super::drain::StopMode) {
+        let _ = self.stop_mode.compare_exchange(0, mode.to_u8(), Relaxed, Relaxed);
+        self.shutdown.store(true, Release);
+    }
+
+    /// The drain under way, if any.
+    pub fn stopping(&self) -> Option<super::drain::StopMode> {
+        if !self.shutdown.load(Acquire) {
+            return None;
+        }
+        // A `shutdown` set without a mode (by older code paths) is a plain shutdown.
+        Some(super::drain::StopMode::from_u8(self.stop_mode.load(Relaxed)).unwrap_or(super::drain::StopMode::Shutdown))
+    }
+
     /// Sum of one counter over all loop threads.
     pub fn total(&self, pick: impl Fn(&ShardStats) -> &AtomicU64) -> u64 {
         self.shards.iter().map(|s| pick(s).load(Relaxed)).sum()

@@ -27,6 +27,11 @@ impl DeadlineQueue {
         self.entries.front().map(|e| e.0)
     }
 
+    /// The keys queued, oldest first (may include connections gone since: their keys match no live slot).
+    pub fn keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.entries.iter().map(|&(_, key)| key)
+    }
+
     /// Pops the next entry whose deadline has passed.
     pub fn pop_expired(&mut self, now: Instant) -> Option<ConnKey> {
         match self.entries.front() {
@@ -94,6 +99,7 @@ mod tests {
         assert_eq!(q.pop_expired(t0 + Duration::from_millis(12)), Some(ConnKey(1 << 32)));
         assert_eq!(q.pop_expired(t0 + Duration::from_millis(12)), None);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(15)));
+        assert_eq!(q.keys().collect::<Vec<_>>(), vec![ConnKey(2 << 32)]);
     }
 
     #[test]

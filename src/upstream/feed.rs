@@ -39,10 +39,22 @@ pub struct FeedHandle {
     pub inbox: Arc<PublishInbox>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    /// Set to make the feed thread stop accepting publishers (a drain): it closes its copy of the ingest
+    /// listener and keeps reading the publishers it has.
+    stop_ingest: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FeedHandle {
+    /// Stops accepting publishers (the gateway drains: a successor, if any, holds the listener now). Publishers
+    /// already connected keep publishing until the feed stops.
+    pub fn stop_ingest(&self) {
+        self.stop_ingest.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            error!(error = %e, "could not wake the feed thread");
+        }
+    }
+
     /// Wakes the feed thread, which closes its sockets and returns, and joins it. If the thread panicked
     /// (e.g. in the sink), the panic is resumed here.
     pub fn shutdown(mut self) {
@@ -77,9 +89,13 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     validate(&cfg)?;
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
-    let ingest = match cfg.ingest {
-        Some(addr) => Some(Ingest::bind(addr, cfg.max_line_bytes, cfg.ingest_framing, poll.registry())?),
-        None => None,
+    let ingest = match (&cfg.ingest_listener, cfg.ingest) {
+        (Some(listener), _) => {
+            let listener = listener.try_clone()?;
+            Some(Ingest::adopt(listener, cfg.max_line_bytes, cfg.ingest_framing, poll.registry())?)
+        }
+        (None, Some(addr)) => Some(Ingest::bind(addr, cfg.max_line_bytes, cfg.ingest_framing, poll.registry())?),
+        (None, None) => None,
     };
     let ingest_addr = ingest.as_ref().map(Ingest::local_addr);
     let stats = Arc::new(FeedStats::default());
@@ -92,6 +108,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
     stats.set_sequencer(&sequencer);
     let stop = Arc::new(AtomicBool::new(false));
     let cfg_silence = cfg.silence;
+    let stop_ingest = Arc::new(AtomicBool::new(false));
     let inbox = Arc::new(PublishInbox::new(INBOX_BYTES, waker.clone()));
     let feed = Feed {
         inbox: inbox.clone(),
@@ -105,13 +122,14 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         sink,
         stats: stats.clone(),
         stop: stop.clone(),
+        stop_ingest: stop_ingest.clone(),
         sequencer,
         scratch: String::new(),
         next_expiry_sweep: Instant::now(),
         watchdog: Watchdog::new(cfg_silence, Instant::now()),
     };
     let thread = std::thread::Builder::new().name("wsgate-feed".into()).spawn(move || feed.run())?;
-    Ok(FeedHandle { stats, ingest_addr, inbox, waker, stop, thread: Some(thread) })
+    Ok(FeedHandle { stats, ingest_addr, inbox, waker, stop, stop_ingest, thread: Some(thread) })
 }
 
 fn validate(cfg: &FeedConfig) -> io::Result<()> {
@@ -158,6 +176,7 @@ struct Feed<S> {
     sink: S,
     stats: Arc<FeedStats>,
     stop: Arc<AtomicBool>,
+    stop_ingest: Arc<AtomicBool>,
     /// Assigns every message its position; owns the table of topics.
     sequencer: Sequencer,
     /// Reused for topics that had to be unescaped.
@@ -226,6 +245,11 @@ impl<S: Sink> Feed<S> {
                 }
                 error!(error = %e, "feed poll failed; stopping the feed thread");
                 break;
+            }
+            if self.stop_ingest.load(Ordering::Acquire) {
+                if let Some(ingest) = &mut self.ingest {
+                    ingest.stop_accepting(self.poll.registry());
+                }
             }
             self.dispatch(&events, Instant::now());
             self.read_ready(Instant::now());

@@ -30,7 +30,8 @@ struct Publisher {
 /// The listener and its publishers.
 #[derive(Debug)]
 pub(super) struct Ingest {
-    listener: TcpListener,
+    /// `None` once it stopped accepting (a drain).
+    listener: Option<TcpListener>,
     local_addr: SocketAddr,
     /// Slot `i` has token `FIRST_PUBLISHER_TOKEN + i`. A slot is reused after its publisher closed; a stale
     /// readiness event for the old publisher only makes the new one try a read that returns `WouldBlock`.
@@ -48,11 +49,31 @@ impl Ingest {
         framing: Framing,
         registry: &Registry,
     ) -> io::Result<Self> {
-        let mut listener = TcpListener::bind(addr)?;
+        Self::adopt(std::net::TcpListener::bind(addr)?, max_line_bytes, framing, registry)
+    }
+
+    /// Registers a listener bound elsewhere (taken over from another process, or bound by `bind`). It is made
+    /// non-blocking: the feed thread is a readiness loop.
+    pub(super) fn adopt(
+        listener: std::net::TcpListener,
+        max_line_bytes: usize,
+        framing: Framing,
+        registry: &Registry,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
         info!(%local_addr, "ingest listening for publishers");
-        Ok(Ingest { listener, local_addr, publishers: Vec::new(), open: 0, max_line_bytes, framing })
+        Ok(Ingest { listener: Some(listener), local_addr, publishers: Vec::new(), open: 0, max_line_bytes, framing })
+    }
+
+    /// Stops accepting publishers: closes this copy of the listener (a successor process may hold another).
+    pub(super) fn stop_accepting(&mut self, registry: &Registry) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = registry.deregister(&mut listener);
+            info!(local_addr = %self.local_addr, "ingest: no longer accepting publishers");
+        }
     }
 
     pub(super) fn local_addr(&self) -> SocketAddr {
@@ -109,15 +130,16 @@ impl Ingest {
         for mut p in self.publishers.drain(..).flatten() {
             let _ = registry.deregister(&mut p.stream);
         }
-        let _ = registry.deregister(&mut self.listener);
+        self.stop_accepting(registry);
         self.open = 0;
         stats.set_ingest_publishers(0);
     }
 
     /// Accepts until `WouldBlock` (the listener is edge-triggered).
     fn accept_all(&mut self, registry: &Registry, stats: &FeedStats, now: Instant) {
+        let Some(listener) = &self.listener else { return };
         loop {
-            let (mut stream, peer) = match self.listener.accept() {
+            let (mut stream, peer) = match listener.accept() {
                 Ok(conn) => conn,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,

@@ -9,6 +9,7 @@
 //! `stats` (counters other threads read), `rng` (jitter and random walk).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod batch;
@@ -94,6 +95,9 @@ pub struct FeedConfig {
     pub upstream: Option<String>,
     /// Address to listen on for publisher connections (port 0 allowed; see [`FeedHandle::ingest_addr`]).
     pub ingest: Option<SocketAddr>,
+    /// An ingest listener taken over from another process (zero-downtime restart, socket activation): used
+    /// instead of binding `ingest`. Must be a listening TCP socket; it is made non-blocking.
+    pub ingest_listener: Option<Arc<std::net::TcpListener>>,
     /// Built-in simulated market feed.
     pub demo: Option<DemoConfig>,
     /// Longest line payload (or binary payload) delivered; longer ones are dropped and counted. Must be > 0.
@@ -123,6 +127,7 @@ impl Default for FeedConfig {
         FeedConfig {
             upstream: None,
             ingest: None,
+            ingest_listener: None,
             demo: None,
             max_line_bytes: 64 * 1024,
             upstream_framing: Framing::Auto,

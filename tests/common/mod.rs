@@ -56,21 +56,32 @@ impl Gateway {
     /// Starts `wsgate` with `args` plus `--listen 127.0.0.1:0` (unless given), `--threads 2` (unless given) and
     /// `--io $WSGATE_TEST_IO` (when set). Waits for the listening line(s) on stdout.
     pub fn start(args: &[&str]) -> Gateway {
-        Self::launch(None, &[], args)
+        Self::launch(None, &[], args, None)
+    }
+
+    /// Like [`Gateway::start`], with the command built by `make` from the binary's path (a wrapper, a
+    /// `pre_exec` hook: e.g. systemd socket activation), then given the usual arguments.
+    pub fn start_with_command(make: &mut dyn FnMut(&str) -> Command, args: &[&str]) -> Gateway {
+        Self::launch(None, &[], args, Some(make))
     }
 
     /// Like [`Gateway::start`], with the process's open-files limit (soft and hard) set to `limit` first.
     pub fn start_with_open_files_limit(limit: Option<u32>, args: &[&str]) -> Gateway {
-        Self::launch(limit, &[], args)
+        Self::launch(limit, &[], args, None)
     }
 
     /// Like [`Gateway::start`], with `env` added to the process's environment (e.g. `WSGATE_IO_FORCE_FALLBACK`).
     pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Gateway {
-        Self::launch(None, env, args)
+        Self::launch(None, env, args, None)
     }
 
     /// Spawns the gateway (see [`Gateway::start`]) and waits for its listening line(s).
-    fn launch(limit: Option<u32>, env: &[(&str, &str)], args: &[&str]) -> Gateway {
+    fn launch(
+        limit: Option<u32>,
+        env: &[(&str, &str)],
+        args: &[&str],
+        make: Option<&mut dyn FnMut(&str) -> Command>,
+    ) -> Gateway {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !full.iter().any(|a| a == "--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -87,9 +98,10 @@ impl Gateway {
 
         let stderr_path = unique_temp_path("stderr.log");
         let stderr = File::create(&stderr_path).expect("create the gateway's stderr file");
-        let mut command = match limit {
-            None => Command::new(env!("CARGO_BIN_EXE_wsgate")),
-            Some(n) => {
+        let mut command = match (limit, make) {
+            (_, Some(make)) => make(env!("CARGO_BIN_EXE_wsgate")),
+            (None, None) => Command::new(env!("CARGO_BIN_EXE_wsgate")),
+            (Some(n), None) => {
                 let mut sh = Command::new("sh");
                 sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_wsgate")]);
                 sh

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dispatch::Dispatch;
+use super::drain::{Drain, StopMode};
 use super::feed_queue::{self, FeedReceiver};
 use super::input::{self, kill, HeldPoll, InputCx};
 use super::keepalive::{self, Keepalive};
@@ -181,6 +182,8 @@ pub struct Shard<R: Reactor> {
     auth_expiries: ExpiryQueue,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
+    /// The shutdown or restart drain, once it started: who is closed next, and when.
+    drain: Option<Drain<ConnKey>>,
     max_connections: usize,
     settings: Arc<Settings>,
     shared: Arc<Shared>,
@@ -246,6 +249,7 @@ impl<R: Reactor> Shard<R> {
             auth_expiries: ExpiryQueue::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
+            drain: None,
             max_connections,
             settings,
             shared,
@@ -309,6 +313,7 @@ impl<R: Reactor> Shard<R> {
             (!self.topics.is_empty()).then_some(self.next_topic_sweep),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.drain.as_ref().and_then(Drain::next_due),
             grace,
         ]
         .into_iter()
@@ -334,6 +339,10 @@ impl<R: Reactor> Shard<R> {
         self.io.wait(timeout, &mut dispatch)?;
         for key in std::mem::take(&mut self.to_attach) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
+            if let Some(drain) = &mut self.drain {
+                // Accepted after the drain started (an accept that raced the stop): closed at the window's end.
+                drain.push_late(key);
+            }
             match self.io.attach(key, conn.stream.as_raw_fd()) {
                 Ok(()) if !R::INLINE => conn.inflight += 1, // the receive
                 Ok(()) => {}
@@ -1128,20 +1137,70 @@ impl<R: Reactor> Shard<R> {
 
     // ---- shutdown --------------------------------------------------------------------------------------
 
+    /// Starts the drain once `Shared::shutdown` is set (stop accepting, plan the closes), then closes whoever
+    /// is due.
     fn check_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() || !self.shared.shutdown.load(Relaxed) {
-            return;
+        if self.drain.is_none() {
+            let Some(mode) = self.shared.stopping() else { return };
+            self.start_drain(mode);
         }
+        self.drain_due(Instant::now());
+    }
+
+    /// Stops accepting and queues every connection for its close, spread over `shutdown_spread`
+    /// (`shard::drain`); the loop ends when all are gone or at `shutdown_timeout`.
+    fn start_drain(&mut self, mode: StopMode) {
         let now = Instant::now();
         self.shutdown_deadline = Some(now + self.settings.shutdown_timeout);
         self.linger_deadlines = DeadlineQueue::new(self.settings.shutdown_timeout);
         self.io.accept(false);
-        let keys: Vec<ConnKey> = self.conns.keys().collect();
-        tracing::info!(shard = self.id, connections = keys.len(), "shutting down: closing clients with 1001");
-        for key in keys {
+        // Oldest first: the connections that have been served longest go first, the newest last (one accepted a
+        // moment ago has had nothing yet; one cut mid-handshake would see a reset, the one thing a restart must
+        // not cause). Those accepted within `handshake_timeout` are in the handshake queue, in accept order
+        // (every accept is queued there); the others are older, and taken in slab order.
+        let recent: Vec<ConnKey> = self
+            .handshake_deadlines
+            .keys()
+            .filter(|&k| self.conns.get(k).is_some_and(|c| matches!(c.phase, Phase::Open | Phase::Handshake)))
+            .collect();
+        let is_recent: std::collections::HashSet<ConnKey> = recent.iter().copied().collect();
+        let mut keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| !is_recent.contains(k) && self.conns.get(*k).is_some_and(|c| c.phase == Phase::Open))
+            .collect();
+        keys.extend(recent);
+        tracing::info!(
+            shard = self.id,
+            connections = keys.len(),
+            code = mode.close_code(),
+            spread_ms = self.settings.shutdown_spread.as_millis() as u64,
+            "draining: closing clients over the spread window"
+        );
+        let seed = (self.shared.started.elapsed().as_nanos() as u64) ^ ((self.id as u64) << 48);
+        self.drain = Some(Drain::new(mode, now, self.settings.shutdown_spread, keys, seed));
+    }
+
+    /// Closes the connections whose turn has come: a held long-poll gets its (empty) answer, anything else its
+    /// close with a reconnect hint ([`input::queue_drain_close`]). A handshake still under way waits for the
+    /// end of the window; one still under way then gets `503` and is dropped.
+    fn drain_due(&mut self, now: Instant) {
+        let Some(drain) = &mut self.drain else { return };
+        let mode = drain.mode;
+        while let Some((key, hint)) = drain.pop_due(now) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             match conn.phase {
-                Phase::Handshake => kill(conn, key, &mut self.dead),
+                Phase::Handshake if now < drain.end() => drain.push_late(key),
+                Phase::Handshake => {
+                    let refusal = crate::proto::handshake::http_response_with(
+                        503,
+                        "text/plain",
+                        &format!("Retry-After: {}\r\n", hint.div_ceil(1000)),
+                        format!("{}\n", mode.reason()).as_bytes(),
+                    );
+                    let _ = reactor::send_now(&conn.stream, &refusal);
+                    kill(conn, key, &mut self.dead);
+                }
                 Phase::Open if conn.held_poll => {
                     // A held long-poll gets its (empty) answer now, from where it stands.
                     let Some(i) = self.held.iter().position(|h| h.key == key) else { continue };
@@ -1152,7 +1211,7 @@ impl<R: Reactor> Shard<R> {
                 }
                 Phase::Open => {
                     let mut cx = input_cx!(self);
-                    input::queue_close(conn, key, 1001, "server shutting down", &mut cx);
+                    input::queue_drain_close(conn, key, mode, hint, &mut cx);
                 }
                 Phase::Closing | Phase::Dead => {}
             }
