@@ -95,6 +95,10 @@ async function cutAndResume(transport) {
         assert.equal(t.holes, 0, `${topic}: the notice said it; no hole by prev`);
       }
       assert.deepEqual(s.unexpected, {});
+      if (transport === 'ws') {
+        // The `closing` notice before the 1001 close is a notice, not a message: it set the reconnect delay.
+        assert.match(await page.textContent('#log'), /gateway closing \(1001, server shutting down\): reconnecting in \d+ ms/);
+      }
       assert.match(await page.textContent('#rows tr[data-topic="BTC-USD"] td:last-child'), /^1 \(last: epoch, /);
       assert.match(await page.textContent('#gaps'), /BTC-USD: epoch — messages after \d+:\d+ and before \d+:\d+/);
       await page.screenshot({ path: `${TMP}/wsgate-live-page-${transport}.png` });
