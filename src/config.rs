@@ -116,7 +116,9 @@ pub struct Config {
     pub echo: bool,
     /// `tracing` filter, e.g. `info` or `wsgate=debug`.
     pub log_level: String,
-    /// Most connections this process holds (all loop threads together). Over it, new connections get `503`.
+    /// Most connections this process holds, split evenly over the loop threads: each loop thread holds at most
+    /// ⌈`max_connections` / threads⌉ (a loop refuses at its share even while another has room). Over it, new
+    /// connections get `503` with `Retry-After`.
     pub max_connections: usize,
     /// Most bytes of an HTTP request head; over it → `431`.
     pub max_header_bytes: usize,
@@ -130,8 +132,9 @@ pub struct Config {
     pub subprotocols: Vec<String>,
     /// Allowed `Origin` values; empty = allow any.
     pub allowed_origins: Vec<String>,
-    /// A connection whose unsent broadcast backlog exceeds this many bytes is a slow consumer: it is closed
-    /// with `1008` and loses its claim on the broadcast log, so that it can never hold memory for the others.
+    /// A connection whose unsent broadcast backlog exceeds this many bytes is a slow consumer: it loses its claim
+    /// on the broadcast log, so that it can never hold memory for the others, and its `lag_policy` applies
+    /// (`disconnect`: closed with `1008`; `drop` or `conflate`: skipped ahead with a `gap` notice).
     /// Also bounds each loop thread's log (see `docs/architecture.md`, "What bounds memory").
     pub max_lag_bytes: u64,
     /// Most messages a connection may be behind (0: no bound but `max_lag_bytes`); past it, as past

@@ -144,7 +144,9 @@ fn held_requests_time_out_empty_are_bounded_and_bad_ones_refused() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(get(&gw, "/poll").status, 503);
+    let refused = get(&gw, "/poll");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.head.header("Retry-After"), Some("5"), "like every refusal for load");
     for mut s in held {
         assert_eq!(read_head(&mut s).0.status, 200, "the held ones are answered at their timeout");
     }

@@ -46,7 +46,7 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 pub struct Admission {
     clients: Option<ClientTable>,
     pressure: Pressure,
-    retry_after_s: u64,
+    pub retry_after_s: u64,
     log: LogLimit,
 }
 

@@ -13,7 +13,7 @@ use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
 use super::publishing;
-use super::stats::{GapKind, ShardStats, Shared, Transport};
+use super::stats::{GapKind, LoadRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
@@ -469,8 +469,11 @@ fn start_poll(conn: &mut Conn, key: ConnKey, head: &handshake::RequestHead, cx: 
         }
     }
     if cx.held.len() >= cx.settings.poll_max_held {
-        tracing::warn!(?key, held = cx.held.len(), "poll_max_held reached: long-poll refused with 503");
-        return refuse(conn, key, &Rejection { status: 503, reason: "too many held long-poll requests" }, cx);
+        let admission = &cx.shared.admission;
+        cx.stats.refused_for_load(LoadRefusal::PollHeld);
+        admission.log_refusal("poll_max_held reached: long-poll refused with 503");
+        let response = admission::busy_response("too many held long-poll requests", admission.retry_after_s);
+        return respond(conn, key, &response, cx);
     }
     conn.phase = Phase::Open;
     conn.held_poll = true;

@@ -104,7 +104,7 @@ declare_stats! {
         /// more than `connection_rate_per_ip` per second (`ip_rate`); the table of addresses was full
         /// (`max_tracked_ips`, `ip_table_full`); the process was over `overload_memory_bytes` (`overload`); this
         /// loop thread was behind the feed (`overload_feed_queue_percent`, `behind`).
-        pub counter load_refused: PerLabel<LoadRefusal, 6>,
+        pub counter load_refused: PerLabel<LoadRefusal, 7>,
         /// Pings sent to WebSocket clients (`ping_interval`).
         pub counter pings_sent: AtomicU64,
         /// WebSocket clients closed for not answering a ping within `pong_timeout` (`1001`).
@@ -210,12 +210,14 @@ pub enum LoadRefusal {
     IpTableFull = 3,
     Overload = 4,
     Behind = 5,
+    /// A long-poll request while the loop thread already holds `poll_max_held` of them.
+    PollHeld = 6,
 }
 
 impl LabelSet for LoadRefusal {
     const LABEL: &'static str = "reason";
     fn values() -> &'static [&'static str] {
-        &["max_connections", "per_ip", "ip_rate", "ip_table_full", "overload", "behind"]
+        &["max_connections", "per_ip", "ip_rate", "ip_table_full", "overload", "behind", "poll_held"]
     }
 }
 
