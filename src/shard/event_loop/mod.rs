@@ -582,14 +582,11 @@ impl<R: Reactor> Shard<R> {
                 input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
                 return false;
             }
-            let Some((messages, n, last)) = run.after(h.since_seq) else {
+            let Some(body) = run.held_answer(Position { epoch: self.epoch, seq: h.since_seq }) else {
                 return true; // still waiting
             };
-            let mut body = PollBody::new();
-            body.encoded(messages, n);
-            let next = Position { epoch: self.epoch, seq: last };
             let mut cx = input_cx!(self);
-            input::answer_poll(conn, h.key, body.finish(next), h.cors.as_deref(), &mut cx);
+            input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
             false
         });
         held.append(&mut self.held); // none can be added meanwhile; keep the order anyway
