@@ -372,6 +372,10 @@ impl<R: Reactor> Shard<R> {
             let first = Records::new(&batch.records).next().map_or(0, |m| m.stamp.seq);
             if self.last_seq > 0 && first > self.last_seq + 1 {
                 self.feed_hole(self.last_seq, first); // batches dropped for this loop (`feed_overflow = drop`)
+            } else if self.last_seq == 0 && first > 1 {
+                // Positions numbered by the upstream (`upstream_epoch`) start where this process joined the feed:
+                // what came before is unknown here, so a resume from before it is a gap, not an empty replay.
+                self.topics.forget_history_through(first - 1);
             }
             self.pulled_at.push(batch.received);
             let readers: usize = self.streams.iter().map(|s| s.subscribers.len()).sum();
