@@ -299,6 +299,11 @@ pub struct Config {
     /// How long before `max_connection_lifetime` a connection is told it will be closed; below that lifetime.
     #[serde(with = "millis")]
     pub lifetime_notice: Duration,
+    /// Each connection's lifetime is shortened by a random part of this, so that connections opened together
+    /// (after a restart, say) do not all reach their lifetime, and reconnect, at once. At most half of
+    /// `max_connection_lifetime - lifetime_notice` is used; 0 = every connection gets exactly the lifetime.
+    #[serde(with = "millis")]
+    pub lifetime_jitter: Duration,
     /// Most connections from one client address (all loop threads together); more get `503` with
     /// `Retry-After` before any upgrade; 0 = no limit. IPv6 addresses count by their /64.
     pub max_connections_per_ip: usize,
@@ -410,6 +415,7 @@ impl Default for Config {
             subscribe_timeout: Duration::from_secs(30),
             max_connection_lifetime: Duration::ZERO,
             lifetime_notice: Duration::from_secs(30),
+            lifetime_jitter: Duration::from_secs(60),
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
             max_tracked_ips: 65536,
