@@ -93,7 +93,9 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &
 }
 
 fn trimmed(key: ConnKey, topic: TopicId) -> Flushed {
-    tracing::error!(?key, topic, "topic bytes this connection needs were freed: dropped");
+    if let Some(suppressed) = super::log_limit::rare_path(std::time::Instant::now()) {
+        tracing::error!(?key, topic, suppressed, "topic bytes this connection needs were freed: dropped");
+    }
     Flushed::Failed
 }
 

@@ -347,7 +347,9 @@ impl<R: Reactor> Shard<R> {
                 Ok(()) if !R::INLINE => conn.inflight += 1, // the receive
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(shard = self.id, error = %e, "could not start receiving: connection dropped");
+                    if let Some(suppressed) = super::log_limit::rare_path(Instant::now()) {
+                        tracing::warn!(shard = self.id, error = %e, suppressed, "could not start receiving: connection dropped");
+                    }
                     kill(conn, key, &mut self.dead);
                 }
             }
