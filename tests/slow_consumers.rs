@@ -28,7 +28,7 @@ type Ws = WebSocket<TcpStream>;
 
 const FAMILIES: [&str; 3] = ["D", "P", "C"];
 /// Lines published, round-robin over the three families' topics; about 1 KiB each.
-const LINES: u64 = 15_000;
+const LINES: u64 = 30_000;
 const MAX_LAG: u64 = 1 << 20;
 
 /// What a client received, in order.
@@ -249,14 +249,14 @@ fn slow_consumers_get_their_policy_and_the_others_everything() {
     let mut publisher = gw.publisher();
     let pad = "y".repeat(1000);
     let writer = std::thread::spawn(move || {
-        // Paced (about 64 KB every 8 ms): the reader that keeps up never falls far behind.
+        // Paced (about 64 KB every 12 ms): the reader that keeps up never falls far behind, even on a busy machine.
         let mut batch = String::new();
         for n in 1..=LINES {
             batch.push_str(&format!("{{\"topic\":\"{}\",\"n\":{n},\"pad\":\"{pad}\"}}\n", topic_of(n)));
             if batch.len() >= 64 * 1024 {
                 common::write_all(&mut publisher, batch.as_bytes());
                 batch.clear();
-                std::thread::sleep(Duration::from_millis(8));
+                std::thread::sleep(Duration::from_millis(12));
             }
         }
         common::write_all(&mut publisher, batch.as_bytes());
@@ -325,9 +325,13 @@ fn slow_consumers_get_their_policy_and_the_others_everything() {
     // Bounded: the logs held at most the lag of a few clients plus history, whatever the stalled clients did.
     let peak = peak_logs.load(Ordering::Relaxed);
     assert!(peak < 16 * MAX_LAG, "logs peaked at {peak} bytes");
+    // RSS may legitimately grow by what the lagging clients may hold (about `MAX_LAG` each, per encoding they
+    // read) plus history and buffers, about 8 MiB here, whatever the load; keeping what was fed would be 30 MB.
     if let (Some(before), Some(after)) = (rss_before, h.get("rss_bytes").and_then(Value::as_u64)) {
         let fed = LINES * 1030;
-        assert!(after.saturating_sub(before) < fed / 2, "RSS grew from {before} to {after} for {fed} bytes fed");
+        let bound = 12 * MAX_LAG;
+        assert!(fed > 2 * bound, "the test feeds well past the bound");
+        assert!(after.saturating_sub(before) < bound, "RSS grew from {before} to {after} for {fed} bytes fed");
     }
 }
 
