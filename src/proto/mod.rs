@@ -10,6 +10,7 @@
 //! - [`close`]: close-code rules and close payload codec.
 //! - [`utf8`]: streaming UTF-8 validation for fragmented text.
 //! - [`error`]: [`ProtocolError`], one variant per RFC rule, each with its close code.
+//! - [`proxy_protocol`]: the PROXY protocol header (v1 text, v2 binary) a balancer sends before anything else.
 //! - [`mask`]: payload (un)masking (owned separately; the only place with `unsafe`).
 
 pub mod close;
@@ -19,6 +20,7 @@ pub mod handshake;
 pub mod mask;
 #[cfg(any(test, fuzzing))]
 pub mod oracle;
+pub mod proxy_protocol;
 pub mod session;
 pub mod utf8;
 
