@@ -106,13 +106,13 @@ pub fn parse(buf: &[u8]) -> Parsed {
 
 fn parse_v1(buf: &[u8]) -> Parsed {
     let window = &buf[..buf.len().min(V1_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
-        // A lone LF ends nothing: the specification asks for CRLF.
-        if window.contains(&b'\n') {
-            return Parsed::Error(ProxyError::V1Malformed("line ends without CR"));
-        }
+    let Some(cr) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
         return if buf.len() >= V1_MAX { Parsed::Error(ProxyError::V1TooLong) } else { Parsed::NeedMore };
     };
+    if window[cr] == b'\n' {
+        // A lone LF ends nothing: the specification asks for CRLF.
+        return Parsed::Error(ProxyError::V1Malformed("line ends without CR"));
+    }
     if cr + 2 > V1_MAX {
         return Parsed::Error(ProxyError::V1TooLong);
     }
