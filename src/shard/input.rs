@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::access;
 use super::admission;
+use super::client::{self, Preface};
 use super::drain::{self, StopMode};
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
@@ -18,7 +19,7 @@ use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
 use crate::client::{encode, sse, Format, Pattern, Position};
-use crate::conn::{Authenticated, BufPool, Conn, ConnKey, Phase, TokenBucket};
+use crate::conn::{AddrState, Authenticated, BufPool, Conn, ConnKey, Phase, TokenBucket};
 use crate::fanout::{Pins, Stream, StreamId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
@@ -54,6 +55,8 @@ pub struct InputCx<'a> {
     pub message_rate: &'a mut MessageRate,
     /// Token auth: when each connection's token expires (`shard::access`).
     pub auth_expiries: &'a mut ExpiryQueue,
+    /// The trusted proxy a PROXY header named, by connection, until its request head is read (`shard::client`).
+    pub proxied_from: &'a mut HashMap<ConnKey, std::net::IpAddr>,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -90,16 +93,26 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
     if conn.sse || conn.held_poll {
         return buf.len(); // an event stream's or held request's client has nothing to say: drained and dropped
     }
+    if conn.client_addr == AddrState::AwaitingPreface {
+        // The PROXY header comes before anything else (`shard::client`).
+        match client::handle_preface(conn, key, buf, cx) {
+            Preface::NeedMore => return 0,
+            Preface::Closed => return buf.len(),
+            Preface::Done(n) => pos = n,
+        }
+    }
     if conn.phase == Phase::Handshake {
-        match handshake::parse_request(buf, &cx.settings.handshake) {
-            Ok(Parsed::Partial) => return 0,
+        match handshake::parse_request(&buf[pos..], &cx.settings.handshake) {
+            Ok(Parsed::Partial) => return pos,
             Err(rejection) => {
                 refuse(conn, key, &rejection, cx);
                 return buf.len();
             }
             Ok(Parsed::Complete { head, consumed }) => {
-                pos = consumed;
-                route(conn, key, &head, cx);
+                pos += consumed;
+                if client::at_head(conn, key, &head, cx) {
+                    route(conn, key, &head, cx);
+                }
             }
         }
     }
