@@ -65,14 +65,15 @@ pub fn client_from_headers(
         }
         let mut chain = Vec::new();
         for line in lines {
+            let before = chain.len();
             let parsed = match header {
                 Header::Forwarded => forwarded_for(line, &mut chain),
                 Header::XForwardedFor | Header::XRealIp => address_list(line, &mut chain),
             };
             parsed.map_err(|reason| Malformed { header, reason })?;
-        }
-        if header == Header::XRealIp && chain.len() > 1 && head.header_all(header.name()).count() == 1 {
-            return Err(Malformed { header, reason: "more than one address" });
+            if header == Header::XRealIp && chain.len() > before + 1 {
+                return Err(Malformed { header, reason: "more than one address on a line" });
+            }
         }
         return Ok(rightmost_untrusted(&chain, trusted).map(|ip| (ip, header)));
     }
@@ -312,6 +313,10 @@ mod tests {
         // Several lines are one list, in order.
         let two = [("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-For", "192.0.2.2, 10.0.0.1")];
         assert_eq!(resolve(&two).unwrap().unwrap().0, ip("192.0.2.2"));
+        let two = [("X-Real-IP", "192.0.2.1"), ("X-Real-IP", "192.0.2.2")];
+        assert_eq!(resolve(&two).unwrap().unwrap().0, ip("192.0.2.2"));
+        let bad = [("X-Real-IP", "192.0.2.1"), ("X-Real-IP", "192.0.2.2, 192.0.2.3")];
+        assert!(resolve(&bad).is_err(), "one address per X-Real-IP line");
     }
 
     #[test]
