@@ -4,10 +4,10 @@
 //! (`conn::AddrState`), its charge on its client address (`admission::charge`) and the counters.
 //!
 //! Call order on one connection: [`screen`] (at accept, before it takes a slot), [`accepted`] (right after),
-//! [`handle_preface`] (while its state is `AwaitingPreface`: its first bytes, before HTTP — and before TLS when
-//! that comes), [`at_head`] (once its request head is parsed, before routing). The handshake deadline
-//! (`handshake_timeout`) covers the PROXY header too: the loop's deadline phase closes a connection still
-//! waiting for it (counted as `timeout`).
+//! `shard::preface` (while its state is `AwaitingPreface`: its first raw bytes, before HTTP — and before TLS when
+//! that comes; it calls [`from`] with what the header named), [`at_head`] (once its request head is parsed,
+//! before routing). The handshake deadline (`handshake_timeout`) covers the PROXY header too: the loop's deadline
+//! phase closes a connection still waiting for it (counted as `timeout`).
 //!
 //! Precedence: a PROXY header names the client; when what it names (or, without the PROXY protocol, the TCP
 //! peer) is itself a trusted proxy, the forwarding headers decide (`proto::forwarded`), else they are ignored.
@@ -23,7 +23,6 @@ use super::Settings;
 use crate::conn::{AddrSource, AddrState, Conn, ConnKey};
 use crate::proto::forwarded::{self, Header};
 use crate::proto::handshake::{self, RequestHead};
-use crate::proto::proxy_protocol::{self, Parsed};
 
 /// The first look at a new connection, before it takes a slot: its peer address when anything needs it (the
 /// PROXY protocol, trusted proxies, per-address limits), or `Err` when it is refused: with `proxy_protocol`, a
@@ -62,57 +61,9 @@ pub fn accepted(conn: &mut Conn, key: ConnKey, peer: Option<SocketAddr>, cx: &mu
     }
 }
 
-/// What [`handle_preface`] made of the bytes so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub enum Preface {
-    /// No complete header yet: keep every byte and call again with more.
-    NeedMore,
-    /// The header took this many bytes; what follows is the request (or the TLS handshake).
-    Done(usize),
-    /// Refused (answered `400`, or cut): the rest of the input does not matter.
-    Closed,
-}
-
-/// The PROXY header at the start of `buf`, the connection's input so far (`AddrState::AwaitingPreface`). A
-/// header whose client is not a trusted proxy decides the address (charged now); one naming a trusted proxy, or
-/// `LOCAL`/`UNKNOWN` (the proxy's own connection, e.g. a health check: the TCP peer stands), leaves it to the
-/// request head. Anything else is answered `400` and closed.
-pub fn handle_preface(conn: &mut Conn, key: ConnKey, buf: &[u8], cx: &mut InputCx<'_>) -> Preface {
-    match proxy_protocol::parse(buf) {
-        Parsed::NeedMore => Preface::NeedMore,
-        Parsed::Error(e) => {
-            let reason = if e.is_missing() { ProxyRefusal::Missing } else { ProxyRefusal::Malformed };
-            cx.stats.proxy_refused.add(reason as usize, 1);
-            tracing::debug!(?key, error = %e, "PROXY protocol header refused");
-            conn.client_addr = AddrState::Known(AddrSource::Peer);
-            let body = format!("{e}: this listener expects the PROXY protocol\n");
-            input::respond(conn, key, &handshake::http_response(400, "text/plain", body.as_bytes()), cx);
-            Preface::Closed
-        }
-        Parsed::Done { consumed, source, local } => {
-            match source {
-                Some(client) => from(conn, key, client.ip(), AddrSource::ProxyProtocol, cx),
-                None => {
-                    tracing::debug!(?key, local, "PROXY header names no client: the proxy's own connection");
-                    let Ok(peer) = conn.stream.peer_addr() else {
-                        kill(conn, key, cx.dead);
-                        return Preface::Closed;
-                    };
-                    from(conn, key, peer.ip(), AddrSource::Peer, cx);
-                }
-            }
-            match conn.phase {
-                crate::conn::Phase::Handshake => Preface::Done(consumed),
-                _ => Preface::Closed, // refused for load on its client address
-            }
-        }
-    }
-}
-
 /// The request came from `ip` (the TCP peer, or the client a PROXY header named): a trusted proxy leaves the
 /// address to the request head; anyone else is the client.
-fn from(conn: &mut Conn, key: ConnKey, ip: IpAddr, source: AddrSource, cx: &mut InputCx<'_>) {
+pub(super) fn from(conn: &mut Conn, key: ConnKey, ip: IpAddr, source: AddrSource, cx: &mut InputCx<'_>) {
     if cx.settings.trusted_proxies.contains(ip) {
         let proxied = source == AddrSource::ProxyProtocol;
         conn.client_addr = AddrState::AwaitingHead { proxied };

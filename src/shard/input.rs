@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use super::access;
 use super::admission;
-use super::client::{self, Preface};
+use super::client;
 use super::drain::{self, StopMode};
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
+use super::preface;
 use super::publishing;
 use super::stats::{GapKind, LoadRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
@@ -65,6 +66,10 @@ pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx
     if !conn.wants_input() {
         return; // Draining after our final bytes: the peer's bytes no longer matter.
     }
+    if conn.client_addr == AddrState::AwaitingPreface {
+        // The PROXY header comes before anything else; what follows it comes back here.
+        return preface::on_bytes(conn, key, data, cx);
+    }
     if conn.upgraded {
         keepalive::on_input(conn);
     }
@@ -93,23 +98,15 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
     if conn.sse || conn.held_poll {
         return buf.len(); // an event stream's or held request's client has nothing to say: drained and dropped
     }
-    if conn.client_addr == AddrState::AwaitingPreface {
-        // The PROXY header comes before anything else (`shard::client`).
-        match client::handle_preface(conn, key, buf, cx) {
-            Preface::NeedMore => return 0,
-            Preface::Closed => return buf.len(),
-            Preface::Done(n) => pos = n,
-        }
-    }
     if conn.phase == Phase::Handshake {
-        match handshake::parse_request(&buf[pos..], &cx.settings.handshake) {
-            Ok(Parsed::Partial) => return pos,
+        match handshake::parse_request(buf, &cx.settings.handshake) {
+            Ok(Parsed::Partial) => return 0,
             Err(rejection) => {
                 refuse(conn, key, &rejection, cx);
                 return buf.len();
             }
             Ok(Parsed::Complete { head, consumed }) => {
-                pos += consumed;
+                pos = consumed;
                 if client::at_head(conn, key, &head, cx) {
                     route(conn, key, &head, cx);
                 }

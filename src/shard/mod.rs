@@ -21,6 +21,7 @@ mod message_rate;
 mod metrics;
 mod output;
 mod poll_history;
+mod preface;
 mod publishing;
 mod stats;
 mod timers;
