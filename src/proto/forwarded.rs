@@ -341,20 +341,13 @@ mod tests {
             ("for=192.0.2.43, for=unknown;proto=https", Some("192.0.2.43")),
             ("for=\"_gazonk\"", None),
             ("proto=https;host=example.com", None),
-            ("for=192.0.2.43 ; proto=http , for=\"a\\\"b\";by=x", None),
+            ("for=192.0.2.43 ; proto=http , for=\"198.51.100.9\";by=\"a\\\"b\"", Some("198.51.100.9")),
             ("for=\"192.0.2.43:_port\"", Some("192.0.2.43")),
             ("for=192.0.2.43,,for=192.0.2.44", Some("192.0.2.44")),
         ];
         for (value, want) in cases {
             let got = resolve(&[("Forwarded", value)]);
-            match want {
-                Some(w) if value.contains("\\\"") => panic!("{value}: {got:?} {w}"),
-                Some(w) => assert_eq!(got, Ok(Some((ip(w), Header::Forwarded))), "{value}"),
-                None if value.contains("\\\"") => {
-                    assert!(got.is_err(), "{value}: an escaped quote makes for=a\"b, not an address: {got:?}")
-                }
-                None => assert_eq!(got, Ok(None), "{value}"),
-            }
+            assert_eq!(got, Ok(want.map(|w| (ip(w), Header::Forwarded))), "{value}");
         }
     }
 
@@ -369,6 +362,7 @@ mod tests {
             ("Forwarded", "for=example.com"),
             ("Forwarded", "for=1.2.3.4;for=5.6.7.8"),
             ("Forwarded", "=1.2.3.4"),
+            ("Forwarded", "for=\"a\\\"b\""),
             ("X-Forwarded-For", "192.0.2.1, example.com"),
             ("X-Forwarded-For", "192.0.2.1:99999"),
             ("X-Forwarded-For", "[2001:db8::1"),
