@@ -206,6 +206,9 @@ fn the_per_address_limit_is_keyed_on_the_proxy_protocol_client() {
     let (head, other) = upgrade_with(&gw, &v2(client([192, 0, 2, 8], 3), &gw), &[]);
     assert_eq!(head.status, 101, "another client through the same proxy: {head:?}");
     wait_metric(&gw, "wsgate_load_refused_total", &[("reason", "per_ip")], 1.0);
+    // The refusal's log line names the client, not the proxy.
+    let log = gw.stderr();
+    assert!(log.contains("refused 192.0.2.7 with 503"), "{log}");
     // Its place is free again once it leaves.
     drop(first);
     let deadline = Instant::now() + IO_TIMEOUT;
