@@ -140,7 +140,7 @@ fn parse_v1_line(line: &[u8]) -> Result<Option<SocketAddr>, &'static str> {
     }
     let mut fields = line.split(' ');
     let proto = fields.next().ok_or("no protocol")?;
-    let (src, _dst, sport, _dport) = match (fields.next(), fields.next(), fields.next(), fields.next(), fields.next()) {
+    let (src, dst, sport, dport) = match (fields.next(), fields.next(), fields.next(), fields.next(), fields.next()) {
         (Some(s), Some(d), Some(sp), Some(dp), None) => (s, d, sp, dp),
         _ => return Err("expected PROTO SRC DST SPORT DPORT separated by single spaces"),
     };
@@ -152,7 +152,7 @@ fn parse_v1_line(line: &[u8]) -> Result<Option<SocketAddr>, &'static str> {
         }
     };
     let src_ip = ip(src)?;
-    ip(_dst)?;
+    ip(dst)?; // checked, not used
     let port = |s: &str| -> Result<u16, &'static str> {
         // Decimal without a sign or leading zeros (the specification's grammar), 0..=65535.
         if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
@@ -162,7 +162,7 @@ fn parse_v1_line(line: &[u8]) -> Result<Option<SocketAddr>, &'static str> {
         s.parse().map_err(|_| "bad port")
     };
     let sport = port(sport)?;
-    port(_dport)?;
+    port(dport)?;
     Ok(Some(SocketAddr::new(src_ip, sport)))
 }
 
