@@ -24,6 +24,7 @@ mod publishing;
 mod stats;
 mod timers;
 mod topic_output;
+mod transport;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -99,6 +100,8 @@ pub struct Settings {
     pub behind: Option<admission::Behind>,
     /// Token authentication (`shard::access`); `None`: off.
     pub auth: Option<AuthConfig>,
+    /// TLS on the listener (`tls_cert`): every connection speaks TLS. Shared with `Gateway` for SIGHUP reloads.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Settings {
@@ -160,6 +163,7 @@ impl Settings {
             client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
             behind: admission::Behind::from_config(cfg),
             auth: None, // read from its files by `Gateway::start`, which fails if they cannot be
+            tls: None,  // likewise
         }
     }
 }
@@ -201,6 +205,8 @@ pub struct Gateway {
     /// (`handoff_socket`); let go of when a drain starts, so that, when no successor holds them, the sockets
     /// close with the loops' copies and new connections are refused instead of queued.
     handoff_fds: Option<(Vec<OwnedFd>, Option<OwnedFd>)>,
+    /// The listener's TLS, for SIGHUP reloads.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Gateway {
@@ -209,6 +215,7 @@ impl Gateway {
     pub fn start(cfg: &Config, source: Listeners, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         // Token auth fails closed: a key that cannot be read now stops the start (`Config::load` checked it too).
         let auth = cfg.auth().map_err(io::Error::other)?;
+        let tls = cfg.tls().map_err(io::Error::other)?.map(Arc::new);
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
         let backend = choose_backend(cfg)?;
         let nonblocking = backend == IoBackend::Epoll;
@@ -274,7 +281,7 @@ impl Gateway {
             admission: admission::Admission::from_config(cfg),
         });
 
-        let settings = Arc::new(Settings { auth, ..Settings::from_config(cfg) });
+        let settings = Arc::new(Settings { auth, tls: tls.clone(), ..Settings::from_config(cfg) });
         let per_thread_max = cfg.max_connections.div_ceil(threads);
         let uring_cfg = cfg.uring();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -308,7 +315,7 @@ impl Gateway {
         drop(ready_tx);
         let handoff_fds = cfg.handoff_socket.as_ref().map(|_| (distinct, ingest_copy));
         let ingest_addr = feed.as_ref().and_then(|f| f.ingest_addr);
-        let mut gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None, handoff_fds };
+        let mut gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None, handoff_fds, tls };
         if let Some(addr) = cfg.admin_listen {
             match admin::AdminServer::spawn(addr, gateway.shared.clone()) {
                 Ok(server) => gateway.admin = Some(server),
@@ -382,6 +389,17 @@ impl Gateway {
 
     /// Drains (as a shutdown, unless a drain already started), waits for the loops — until every client is
     /// gone, at most `shutdown_timeout` (+1 s for operations in flight) — then stops the feed.
+    /// The listener speaks TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (SIGHUP): `None` when TLS is off. Open connections keep
+    /// their sessions; new handshakes get the new certificate. On error the old one stays.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.tls.as_ref().map(|tls| tls.reload())
+    }
+
     pub fn shutdown(mut self) {
         self.begin_stop(StopMode::Shutdown);
         for handle in self.loops {
