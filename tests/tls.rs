@@ -67,6 +67,57 @@ fn wss_clients_receive_the_broadcast_in_order() {
 }
 
 #[test]
+fn topic_subscribers_over_wss_get_their_topics_in_order_past_the_send_budget() {
+    let pki = Pki::new();
+    let gw = start(&pki, &[]);
+    let mut ws = tls_client::wss_connect_to(gw.ws_addr, &pki.client(None), "/ws?topics=A");
+    match ws.read().unwrap() {
+        Message::Text(t) => assert!(t.contains("subscribed"), "{t}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut p = gw.publisher();
+    // ~600 KiB for A, interleaved with B: many times the 64 KiB encrypted per round.
+    let pad = "y".repeat(1000);
+    let lines: String =
+        (0..1200).map(|i| format!("{{\"topic\":\"{}\",\"n\":{i},\"p\":\"{pad}\"}}\n", ["A", "B"][i % 2])).collect();
+    common::write_all(&mut p, lines.as_bytes());
+    for i in (0..1200).step_by(2) {
+        match ws.read().unwrap() {
+            Message::Text(t) => {
+                assert!(t.contains(&format!("\"n\":{i},")), "expected n={i}: {}", &t[..60.min(t.len())])
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_tls_reader_that_pauses_gets_everything_after_the_socket_filled() {
+    let pki = Pki::new();
+    let gw = start(&pki, &["--max-lag-bytes", "67108864"]);
+    let mut ws = tls_client::wss_connect(gw.ws_addr, &pki.client(None));
+    gw.wait_connections("1", Duration::from_secs(5), |n| n >= 1);
+    let mut p = gw.publisher();
+    // 12 MiB while the client does not read: the socket fills, the connection blocks (epoll: waits for
+    // writability; io_uring: its send stays in flight), and goes on where it stopped.
+    let pad = "z".repeat(4000);
+    let writer = std::thread::spawn(move || {
+        for i in 0..3000 {
+            common::write_all(&mut p, format!("{i} {pad}\n").as_bytes());
+        }
+        p
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3000 {
+        match ws.read().unwrap() {
+            Message::Text(t) => assert!(t.starts_with(&format!("{i} ")), "expected {i}: {}", &t[..20]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(writer.join().unwrap());
+}
+
+#[test]
 fn https_healthz_and_an_event_stream() {
     let pki = Pki::new();
     let gw = start_serving_healthz(&pki, &[]);

@@ -135,8 +135,13 @@ pub fn https_get(addr: SocketAddr, config: &Arc<ClientConfig>, path: &str) -> st
 
 /// A WebSocket client over TLS (`wss://localhost:PORT/ws`).
 pub fn wss_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> tungstenite::WebSocket<TlsStream> {
+    wss_connect_to(addr, config, "/ws")
+}
+
+/// A WebSocket client over TLS on `target` (a path and query).
+pub fn wss_connect_to(addr: SocketAddr, config: &Arc<ClientConfig>, target: &str) -> tungstenite::WebSocket<TlsStream> {
     let stream = connect(addr, config);
-    let url = format!("wss://localhost:{}/ws", addr.port());
+    let url = format!("wss://localhost:{}{target}", addr.port());
     let (ws, resp) = tungstenite::client(url.as_str(), stream).unwrap_or_else(|e| panic!("wss handshake: {e}"));
     assert_eq!(resp.status(), 101);
     ws
