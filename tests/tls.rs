@@ -117,6 +117,35 @@ fn a_tls_reader_that_pauses_gets_everything_after_the_socket_filled() {
     drop(writer.join().unwrap());
 }
 
+/// Skips (with a message) where `python3` or its `websockets` package is missing
+/// (`scripts/install-test-deps.sh` installs it).
+#[test]
+fn a_python_ssl_websockets_client_receives_the_broadcast() {
+    use std::io::BufRead;
+    let probe = std::process::Command::new("python3").args(["-c", "import websockets"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3 with the websockets package is not available (scripts/install-test-deps.sh)");
+        return;
+    }
+    let pki = Pki::new();
+    let gw = start(&pki, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/wss_client.py");
+    let url = format!("wss://localhost:{}/ws", gw.ws_addr.port());
+    let mut child = std::process::Command::new("python3")
+        .args([script, &url, pki.ca_file.to_str().unwrap(), "200"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "connected");
+    gw.wait_connections("1", Duration::from_secs(5), |n| n >= 1);
+    let mut p = gw.publisher();
+    let lines: String = (0..200).map(|i| format!("py {i}\n")).collect();
+    common::write_all(&mut p, lines.as_bytes());
+    assert_eq!(out.next().unwrap().unwrap(), "ok");
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn https_healthz_and_an_event_stream() {
     let pki = Pki::new();
