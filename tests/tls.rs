@@ -285,3 +285,38 @@ fn client_certificates_are_required_with_tls_client_ca() {
     let config = pki.client(Some(pki.client_identity()));
     assert!(tls_client::https_get(gw.ws_addr, &config, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
 }
+
+/// A measurement, not a check (run with `--ignored --nocapture`): the gateway's live heap and RSS per idle TLS
+/// connection (upgraded, handshake done, nothing pending), against as many plain ones.
+#[test]
+#[ignore]
+fn idle_memory_per_tls_connection() {
+    const N: u64 = 500;
+    let pki = Pki::new();
+    let gw = start(&pki, &[]);
+    let read = |gw: &Gateway, key: &str| gw.health().get(key).and_then(common::json::Value::as_u64).unwrap();
+    let (heap0, rss0) = (read(&gw, "heap_live_bytes"), read(&gw, "rss_bytes"));
+    let config = pki.client(None);
+    let clients: Vec<_> = (0..N).map(|_| tls_client::wss_connect(gw.ws_addr, &config)).collect();
+    gw.wait_connections("all", Duration::from_secs(20), |n| n >= N);
+    std::thread::sleep(Duration::from_millis(300));
+    let (heap1, rss1) = (read(&gw, "heap_live_bytes"), read(&gw, "rss_bytes"));
+    println!(
+        "TLS idle: {} B live heap, {} B RSS per connection ({N} connections)",
+        (heap1 - heap0) / N,
+        rss1.saturating_sub(rss0) / N
+    );
+    drop(clients);
+    let plain = Gateway::start(&["--admin-listen", "127.0.0.1:0"]);
+    let (heap0, rss0) = (read(&plain, "heap_live_bytes"), read(&plain, "rss_bytes"));
+    let clients: Vec<_> = (0..N).map(|_| plain.ws_connect()).collect();
+    plain.wait_connections("all", Duration::from_secs(20), |n| n >= N);
+    std::thread::sleep(Duration::from_millis(300));
+    let (heap1, rss1) = (read(&plain, "heap_live_bytes"), read(&plain, "rss_bytes"));
+    println!(
+        "plain idle: {} B live heap, {} B RSS per connection ({N} connections)",
+        (heap1 - heap0) / N,
+        rss1.saturating_sub(rss0) / N
+    );
+    drop(clients);
+}
