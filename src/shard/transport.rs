@@ -35,7 +35,14 @@ thread_local! {
 }
 
 /// Bytes received on a connection of a TLS listener.
-pub fn on_input(conn: &mut Conn, key: ConnKey, data: &[u8], sessions: &mut Sessions, tls: &Tls, cx: &mut InputCx<'_>) {
+pub fn on_input(
+    conn: &mut Conn,
+    key: ConnKey,
+    data: &mut [u8],
+    sessions: &mut Sessions,
+    tls: &Tls,
+    cx: &mut InputCx<'_>,
+) {
     if !conn.wants_input() {
         return;
     }

@@ -1,27 +1,38 @@
-//! One connection's TLS state (rustls `ServerConnection`): received bytes in, plaintext out; plaintext slices
-//! in, ciphertext out into a bounded buffer that the caller sends.
+//! One connection's TLS state on rustls's unbuffered API (`UnbufferedServerConnection`): received bytes in,
+//! plaintext out; plaintext slices in, ciphertext out into a bounded buffer that the caller sends. Every buffer
+//! is the caller's: an idle connection holds none (only a partial record, while one is arriving).
 //!
 //! Call order: [`TlsSession::handle_input`] with every received byte, in order; when [`TlsSession::cipher`] is
 //! not empty, send it and report with [`TlsSession::sent`] before calling [`TlsSession::encrypt`] again (so the
 //! buffer never holds more than one [`SEND_BUDGET`] of plaintext encrypted, plus handshake records and alerts).
 
-use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{Error, ServerConfig};
 
 /// Most plaintext encrypted per [`TlsSession::encrypt`]: the bound of the ciphertext buffer (plus record
 /// overhead, about 22 bytes per 16 KiB record).
 pub const SEND_BUDGET: usize = 64 * 1024;
 
+/// Parts shorter than this are gathered into one record with their neighbours (a record costs 22 bytes and an
+/// AEAD call); longer ones are encrypted where they lie.
+const SMALL: usize = 2048;
+
+/// Most plaintext in one TLS record.
+const MAX_RECORD: usize = 16 * 1024;
+
 /// One connection's TLS.
 ///
 /// INVARIANT: `cipher_pos <= cipher.len()`; `cipher` empty ⇒ `cipher_pos == 0`.
 pub struct TlsSession {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
     /// Ciphertext to send: handshake records, alerts, application data. The caller sends `cipher[cipher_pos..]`.
     pub cipher: Vec<u8>,
     pub cipher_pos: usize,
+    /// Received bytes that do not complete a record yet (no allocation while empty).
+    partial: Vec<u8>,
     close_notify_sent: bool,
     handshake_reported: bool,
 }
@@ -37,45 +48,113 @@ pub struct Progress {
 }
 
 impl TlsSession {
-    pub fn new(config: &Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        let mut conn = ServerConnection::new(config.clone())?;
-        // Our own buffer bounds what is encrypted ahead (`SEND_BUDGET`): rustls's queue is drained at once.
-        conn.set_buffer_limit(None);
-        Ok(Self { conn, cipher: Vec::new(), cipher_pos: 0, close_notify_sent: false, handshake_reported: false })
+    pub fn new(config: &Arc<ServerConfig>) -> Result<Self, Error> {
+        let conn = UnbufferedServerConnection::new(config.clone())?;
+        Ok(Self {
+            conn,
+            cipher: Vec::new(),
+            cipher_pos: 0,
+            partial: Vec::new(),
+            close_notify_sent: false,
+            handshake_reported: false,
+        })
     }
 
-    /// Takes received bytes; appends the plaintext they carry to `plain`. On error (the peer is no TLS client,
-    /// its certificate was refused, a record was bad), [`TlsSession::cipher`] holds the alert to send before
-    /// closing.
-    pub fn handle_input(&mut self, mut data: &[u8], plain: &mut Vec<u8>) -> Result<Progress, rustls::Error> {
-        let mut progress = Progress::default();
-        while !data.is_empty() {
-            match self.conn.read_tls(&mut data) {
-                Ok(0) => break, // after the peer's close_notify nothing more is read
-                Ok(_) => {}
-                Err(e) => return Err(rustls::Error::General(e.to_string())),
-            }
-            let result = self.conn.process_new_packets();
-            self.pull_cipher();
-            result?;
-            // Drain the plaintext so that the next read_tls has room.
-            let mut reader = self.conn.reader();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => plain.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(rustls::Error::General(e.to_string())),
+    /// Takes received bytes (decrypted in place where they lie); appends the plaintext they carry to `plain`.
+    /// On error (the peer is no TLS client, its certificate was refused, a record was bad), [`TlsSession::cipher`]
+    /// holds the alert to send before closing.
+    pub fn handle_input(&mut self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<Progress, Error> {
+        let result = if self.partial.is_empty() {
+            self.process(data, plain).map(|used| {
+                if used < data.len() {
+                    self.partial.extend_from_slice(&data[used..]);
                 }
-            }
+            })
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(data);
+            self.process(&mut buf, plain).map(|used| {
+                if used < buf.len() {
+                    buf.drain(..used);
+                    self.partial = buf;
+                }
+            })
+        };
+        if let Err(e) = result {
+            self.partial = Vec::new();
+            return Err(e);
         }
+        let mut progress = Progress::default();
         if !self.handshake_reported && !self.conn.is_handshaking() {
             self.handshake_reported = true;
             progress.handshake_done = true;
         }
-        progress.wants_send = self.cipher_pos < self.cipher.len();
+        progress.wants_send = self.has_cipher();
         Ok(progress)
+    }
+
+    /// Runs the state machine over `buf`; returns how many bytes it consumed (whole records).
+    fn process(&mut self, buf: &mut [u8], plain: &mut Vec<u8>) -> Result<usize, Error> {
+        let mut pos = 0;
+        loop {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut buf[pos..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    pos += discard;
+                    // The alert rustls queued with the error comes out of the next call, before it looks at
+                    // any input (over the same buffer: rustls may still point into it). Once only: a further
+                    // call would read the bad bytes again.
+                    let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut buf[pos..]);
+                    if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
+                        let _ = append(&mut self.cipher, 64, |out| data.encode(out).map_err(encode_room));
+                    }
+                    return Err(e);
+                }
+            };
+            let done = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        plain.extend_from_slice(record?.payload);
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    append(&mut self.cipher, 1024, |out| data.encode(out).map_err(encode_room))?;
+                    false
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    // Sent by the caller from `cipher`, in order, before anything encrypted later.
+                    transmit.done();
+                    false
+                }
+                ConnectionState::PeerClosed => false,
+                // Needs more input, or may send (nothing more to read now), or over.
+                _ => true,
+            };
+            pos += discard;
+            if done {
+                return Ok(pos);
+            }
+        }
+    }
+
+    /// Encodes what the state machine has queued (a key update). Over `partial`, never an empty buffer: rustls
+    /// may still point into the bytes of a handshake message being assembled. (`partial` holds no complete
+    /// record, so nothing is read from it here.)
+    fn encode_pending(&mut self) {
+        for _ in 0..16 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.partial);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    if append(&mut self.cipher, 1024, |out| data.encode(out).map_err(encode_room)).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
     }
 
     /// The handshake is not complete: no application data can be sent yet.
@@ -90,22 +169,51 @@ impl TlsSession {
 
     /// Encrypts the start of `parts` (at most [`SEND_BUDGET`] bytes) into the ciphertext buffer; returns how many
     /// plaintext bytes it took. Call only with no ciphertext pending and the handshake complete.
-    pub fn encrypt<'a>(&mut self, parts: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+    pub fn encrypt<'a>(&mut self, parts: impl Iterator<Item = &'a [u8]>) -> std::io::Result<usize> {
         debug_assert!(!self.has_cipher() && !self.is_handshaking());
-        let mut slices = [IoSlice::new(&[]); 64];
-        let (mut n, mut total) = (0, 0);
+        self.cipher.clear();
+        self.cipher_pos = 0;
+        let mut small = [0u8; MAX_RECORD];
+        let mut small_len = 0;
+        let mut total = 0;
         for part in parts {
-            if n == slices.len() || total == SEND_BUDGET {
+            if total == SEND_BUDGET {
                 break;
             }
-            let take = part.len().min(SEND_BUDGET - total);
-            slices[n] = IoSlice::new(&part[..take]);
-            n += 1;
-            total += take;
+            let part = &part[..part.len().min(SEND_BUDGET - total)];
+            if part.len() < SMALL && small_len + part.len() <= MAX_RECORD {
+                small[small_len..small_len + part.len()].copy_from_slice(part);
+                small_len += part.len();
+            } else {
+                if small_len > 0 {
+                    self.encrypt_one(&small[..small_len])?;
+                    small_len = 0;
+                }
+                if part.len() < SMALL {
+                    small[..part.len()].copy_from_slice(part);
+                    small_len = part.len();
+                } else {
+                    self.encrypt_one(part)?;
+                }
+            }
+            total += part.len();
         }
-        let taken = self.conn.writer().write_vectored(&slices[..n])?;
-        self.pull_cipher();
-        Ok(taken)
+        if small_len > 0 {
+            self.encrypt_one(&small[..small_len])?;
+        }
+        Ok(total)
+    }
+
+    /// Encrypts `plain` into records appended to `cipher`.
+    fn encrypt_one(&mut self, plain: &[u8]) -> std::io::Result<()> {
+        self.encode_pending(); // a key update first, if one is due
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.partial);
+        let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
+            return Err(std::io::Error::other("TLS: cannot send application data now"));
+        };
+        let hint = plain.len() + plain.len().div_ceil(MAX_RECORD) * 32 + 32;
+        append(&mut self.cipher, hint, |out| traffic.encrypt(plain, out).map_err(encrypt_room))
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
     /// Queues close_notify, once; `true` if it was queued now.
@@ -114,9 +222,14 @@ impl TlsSession {
             return false;
         }
         self.close_notify_sent = true;
-        self.conn.send_close_notify();
-        self.pull_cipher();
-        true
+        self.encode_pending();
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.partial);
+        let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else { return false };
+        if self.cipher_pos == self.cipher.len() {
+            self.cipher.clear();
+            self.cipher_pos = 0;
+        }
+        append(&mut self.cipher, 64, |out| traffic.queue_close_notify(out).map_err(encrypt_room)).is_ok()
     }
 
     /// `written` bytes of `cipher[cipher_pos..]` went out.
@@ -124,18 +237,42 @@ impl TlsSession {
         self.cipher_pos += written;
         debug_assert!(self.cipher_pos <= self.cipher.len());
     }
+}
 
-    /// Moves what rustls has queued to send into `cipher`.
-    fn pull_cipher(&mut self) {
-        if self.cipher_pos == self.cipher.len() {
-            self.cipher.clear();
-            self.cipher_pos = 0;
-        }
-        while self.conn.wants_write() {
-            if self.conn.write_tls(&mut self.cipher).is_err() {
-                break; // writing into a Vec cannot fail
+/// Appends what `write` puts into a buffer of the room it asks for (`Err(Some(room))`), starting with `hint`.
+fn append(
+    cipher: &mut Vec<u8>,
+    hint: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> Result<(), Error> {
+    let start = cipher.len();
+    cipher.resize(start + hint, 0);
+    loop {
+        match write(&mut cipher[start..]) {
+            Ok(n) => {
+                cipher.truncate(start + n);
+                return Ok(());
+            }
+            Err(Some(room)) if room > cipher.len() - start => cipher.resize(start + room, 0),
+            Err(_) => {
+                cipher.truncate(start);
+                return Err(Error::General("TLS: cannot encode a record".into()));
             }
         }
+    }
+}
+
+fn encode_room(e: EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
+    }
+}
+
+fn encrypt_room(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
     }
 }
 
@@ -143,11 +280,15 @@ impl TlsSession {
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
+    use std::io::{Read, Write};
 
     /// A client and a session over memory: every byte the session produces goes to the client and back.
     fn pair() -> (rustls::ClientConnection, TlsSession) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let dir = std::env::temp_dir().join(format!("wsgate-tls-session-{}", std::process::id()));
+        // One directory per pair: the tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wsgate-tls-session-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
         std::fs::write(dir.join("k.pem"), cert.key_pair.serialize_pem()).unwrap();
@@ -178,7 +319,7 @@ mod tests {
             while client.wants_write() {
                 client.write_tls(&mut wire).unwrap();
             }
-            let _ = server.handle_input(&wire, &mut plain).unwrap();
+            let _ = server.handle_input(&mut wire, &mut plain).unwrap();
             let mut back = &server.cipher[server.cipher_pos..];
             let n = back.len();
             while !back.is_empty() {
@@ -212,6 +353,50 @@ mod tests {
     }
 
     #[test]
+    fn records_arriving_a_byte_at_a_time_and_parts_of_every_size() {
+        const CHUNK: usize = 1;
+        let (mut client, mut server) = pair();
+        let mut plain = Vec::new();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            for b in wire.chunks_mut(CHUNK) {
+                let _ = server.handle_input(b, &mut plain).unwrap();
+            }
+            let mut back = &server.cipher[server.cipher_pos..];
+            let n = back.len();
+            while !back.is_empty() {
+                client.read_tls(&mut back).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            server.sent(n);
+        }
+        assert!(!server.is_handshaking());
+        client.writer().write_all(b"hello").unwrap();
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        for b in wire.chunks_mut(1) {
+            let _ = server.handle_input(b, &mut plain).unwrap();
+        }
+        assert_eq!(plain, b"hello");
+        // Small parts gathered, large ones encrypted where they lie, in order.
+        let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let parts: Vec<&[u8]> = vec![b"a", b"bc", &big[..3000], b"d", &big[..], b"", b"e"];
+        let want: Vec<u8> = parts.concat();
+        assert_eq!(server.encrypt(parts.iter().copied()).unwrap(), want.len());
+        let mut back = &server.cipher[server.cipher_pos..];
+        let mut got = Vec::new();
+        while !back.is_empty() {
+            client.read_tls(&mut back).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut got);
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn encrypt_takes_at_most_the_budget() {
         let (mut client, mut server) = pair();
         let _ = exchange(&mut client, &mut server);
@@ -224,7 +409,7 @@ mod tests {
     fn plaintext_http_is_an_error_with_an_alert() {
         let (_, mut server) = pair();
         let mut plain = Vec::new();
-        assert!(server.handle_input(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", &mut plain).is_err());
+        assert!(server.handle_input(&mut b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), &mut plain).is_err());
         assert!(plain.is_empty());
         assert!(server.has_cipher(), "an alert to send");
     }
