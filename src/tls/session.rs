@@ -60,7 +60,7 @@ impl TlsSession {
         })
     }
 
-    /// Takes received bytes (decrypted in place where they lie); appends the plaintext they carry to `plain`.
+    /// Takes received bytes (decrypted in place, in `data`); appends the plaintext they carry to `plain`.
     /// On error (the peer is no TLS client, its certificate was refused, a record was bad), [`TlsSession::cipher`]
     /// holds the alert to send before closing.
     pub fn handle_input(&mut self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<Progress, Error> {
