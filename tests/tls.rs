@@ -320,3 +320,25 @@ fn idle_memory_per_tls_connection() {
     );
     drop(clients);
 }
+
+#[test]
+fn sigterm_closes_wss_clients_with_1001_then_close_notify() {
+    let pki = Pki::new();
+    let mut gw = start(&pki, &["--shutdown-spread", "0"]);
+    let mut ws = tls_client::wss_connect(gw.ws_addr, &pki.client(None));
+    gw.wait_connections("1", Duration::from_secs(5), |n| n >= 1);
+    gw.signal(libc::SIGTERM);
+    match ws.read() {
+        Ok(Message::Close(Some(cf))) => assert_eq!(u16::from(cf.code), 1001, "{cf:?}"),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // Our close reply goes out; then the stream ends with close_notify (without it, rustls reports an
+    // unexpected end of file, which tungstenite passes on as an I/O error).
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("expected a clean TLS close, got {other:?}"),
+    }
+    drop(ws);
+    let status = gw.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
