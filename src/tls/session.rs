@@ -284,6 +284,10 @@ mod tests {
 
     /// A client and a session over memory: every byte the session produces goes to the client and back.
     fn pair() -> (rustls::ClientConnection, TlsSession) {
+        pair_with_alpn(vec![])
+    }
+
+    fn pair_with_alpn(alpn: Vec<Vec<u8>>) -> (rustls::ClientConnection, TlsSession) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         // One directory per pair: the tests run in parallel.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -306,6 +310,8 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut config = config;
+        config.alpn_protocols = alpn;
         let client =
             rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
         (client, TlsSession::new(&tls.config).unwrap())
@@ -394,6 +400,18 @@ mod tests {
             let _ = client.reader().read_to_end(&mut got);
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn alpn_is_http_1_1_and_other_offers_are_refused() {
+        let (mut client, mut server) = pair_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let _ = exchange(&mut client, &mut server);
+        assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (mut client, mut server) = pair_with_alpn(vec![b"h2".to_vec()]);
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        assert!(server.handle_input(&mut wire, &mut Vec::new()).is_err(), "h2 only: no application protocol");
+        assert!(server.has_cipher(), "an alert to send");
     }
 
     #[test]
