@@ -23,6 +23,10 @@ const SMALL: usize = 2048;
 /// Most plaintext in one TLS record.
 const MAX_RECORD: usize = 16 * 1024;
 
+/// Most received bytes kept between reads: a handshake message being assembled (rustls refuses larger than
+/// 64 KiB) plus one record in progress. rustls refuses larger ones itself; this is the backstop.
+const MAX_PARTIAL: usize = 0xffff + MAX_RECORD + 2048 + 5;
+
 /// One connection's TLS.
 ///
 /// INVARIANT: `cipher_pos <= cipher.len()`; `cipher` empty ⇒ `cipher_pos == 0`.
@@ -83,6 +87,10 @@ impl TlsSession {
         if let Err(e) = result {
             self.partial = Vec::new();
             return Err(e);
+        }
+        if self.partial.len() > MAX_PARTIAL {
+            self.partial = Vec::new();
+            return Err(Error::General("TLS: a record or handshake message past every limit".into()));
         }
         let mut progress = Progress::default();
         if !self.handshake_reported && !self.conn.is_handshaking() {
