@@ -410,6 +410,38 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// Oracle: whatever the cuts between reads, the plaintext is what the client wrote.
+        #[test]
+        fn input_cut_anywhere_yields_the_same_plaintext(
+            writes in proptest::collection::vec(1usize..40_000, 1..6),
+            cuts in proptest::collection::vec(1usize..20_000, 1..40),
+        ) {
+            let (mut client, mut server) = pair();
+            let _ = exchange(&mut client, &mut server);
+            let mut want = Vec::new();
+            let mut wire = Vec::new();
+            for (i, n) in writes.iter().enumerate() {
+                let chunk: Vec<u8> = (0..*n).map(|j| (i * 7 + j) as u8).collect();
+                client.writer().write_all(&chunk).unwrap();
+                want.extend_from_slice(&chunk);
+                while client.wants_write() {
+                    client.write_tls(&mut wire).unwrap();
+                }
+            }
+            let mut got = Vec::new();
+            let (mut at, mut k) = (0, 0);
+            while at < wire.len() {
+                let end = (at + cuts[k % cuts.len()]).min(wire.len());
+                let _ = server.handle_input(&mut wire[at..end], &mut got).unwrap();
+                at = end;
+                k += 1;
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn alpn_is_http_1_1_and_other_offers_are_refused() {
         let (mut client, mut server) = pair_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
