@@ -58,7 +58,17 @@ pub fn on_input(
         },
     };
     let mut plain = cx.pool.take();
-    match session.handle_input(data, &mut plain) {
+    // Handshake records and alerts go into a pooled buffer too, given back below if nothing was written to it
+    // (idle connections hold none), or by `drain` once sent.
+    if session.cipher.capacity() == 0 {
+        session.cipher = cx.pool.take();
+    }
+    let result = session.handle_input(data, &mut plain);
+    if !session.has_cipher() {
+        session.cipher_pos = 0;
+        cx.pool.give(&mut session.cipher);
+    }
+    match result {
         Ok(progress) => {
             if progress.handshake_done {
                 cx.stats.tls_handshakes.add(TlsHandshake::Ok as usize, 1);
