@@ -276,6 +276,13 @@ pub struct Config {
     /// jumps are counted as gaps (`wsgate_upstream_seq_gaps_total`) and logged. Empty: not checked.
     /// `upstream_framing = "auto"` only.
     pub upstream_seq_field: String,
+    /// Positions passed through from upstream: when not 0, the epoch of every position (the same number on every
+    /// gateway in front of this upstream), and each message's `seq` is its `upstream_seq_field` value instead of
+    /// the gateway's own count, so positions survive a restart and mean the same on every node. Needs
+    /// `upstream_seq_field`, and no `ingest`, `demo` or `publish_topics` (their messages carry no upstream
+    /// number). A message without the field, or whose number is not above the last one, is dropped (counted).
+    /// 0 = the gateway numbers the feed itself, in a random epoch per process.
+    pub upstream_epoch: u64,
     /// Interval of the server's pings to each WebSocket client (an empty ping frame); 0 = no pings.
     #[serde(with = "millis")]
     pub ping_interval: Duration,
@@ -299,6 +306,11 @@ pub struct Config {
     /// How long before `max_connection_lifetime` a connection is told it will be closed; below that lifetime.
     #[serde(with = "millis")]
     pub lifetime_notice: Duration,
+    /// Each connection's lifetime is shortened by a random part of this, so that connections opened together
+    /// (after a restart, say) do not all reach their lifetime, and reconnect, at once. At most half of
+    /// `max_connection_lifetime - lifetime_notice` is used; 0 = every connection gets exactly the lifetime.
+    #[serde(with = "millis")]
+    pub lifetime_jitter: Duration,
     /// Most connections from one client address (all loop threads together); more get `503` with
     /// `Retry-After` before any upgrade; 0 = no limit. IPv6 addresses count by their /64.
     pub max_connections_per_ip: usize,
@@ -406,12 +418,14 @@ impl Default for Config {
             upstream_silence: Duration::from_secs(30),
             upstream_silence_reconnect: false,
             upstream_seq_field: String::new(),
+            upstream_epoch: 0,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             subscribe_timeout: Duration::from_secs(30),
             max_connection_lifetime: Duration::ZERO,
             lifetime_notice: Duration::from_secs(30),
+            lifetime_jitter: Duration::from_secs(60),
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
             max_tracked_ips: 65536,
@@ -599,6 +613,19 @@ impl Config {
         }
         if !self.upstream_seq_field.is_empty() && self.upstream_framing != Framing::Auto {
             return bad("upstream_seq_field needs upstream_framing = \"auto\" (JSON lines)");
+        }
+        if self.upstream_epoch != 0 {
+            if self.upstream_epoch > crate::upstream::MAX_EPOCH {
+                return bad("upstream_epoch must be at most 2^53 - 1 (positions are JSON numbers)");
+            }
+            if self.upstream_seq_field.is_empty() || self.upstream.is_none() {
+                return bad("upstream_epoch needs an upstream and upstream_seq_field (the positions come from it)");
+            }
+            if self.ingest.is_some() || self.demo || !self.publish_topics.is_empty() {
+                return bad(
+                    "upstream_epoch excludes ingest, demo and publish_topics (their messages have no upstream seq)",
+                );
+            }
         }
         if self.admin_listen.is_some_and(|a| a == self.listen && a.port() != 0) {
             return bad("admin_listen must differ from listen");

@@ -158,7 +158,7 @@ fn an_unsubscribed_client_is_closed_at_the_subscribe_deadline() {
 
 #[test]
 fn at_its_lifetime_a_websocket_gets_a_notice_then_1001() {
-    let cfg = "max_connection_lifetime = 1000\nlifetime_notice = 400\nping_interval = 0\n";
+    let cfg = "max_connection_lifetime = 1000\nlifetime_notice = 400\nlifetime_jitter = 0\nping_interval = 0\n";
     let gw = Gateway::start_with_config(cfg, &[]);
     let mut ws = RawWs::connect(gw.ws_addr);
     let opened = Instant::now();
@@ -180,7 +180,7 @@ fn at_its_lifetime_a_websocket_gets_a_notice_then_1001() {
 
 #[test]
 fn at_its_lifetime_an_event_stream_gets_a_notice_event_and_ends() {
-    let cfg = "max_connection_lifetime = 800\nlifetime_notice = 300\n";
+    let cfg = "max_connection_lifetime = 800\nlifetime_notice = 300\nlifetime_jitter = 0\n";
     let gw = Gateway::start_with_config(cfg, &[]);
     let mut s = tcp_connect(gw.ws_addr);
     s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {}\r\n\r\n", gw.ws_addr).as_bytes()).unwrap();

@@ -105,6 +105,21 @@ impl EncodedRun {
         let &(last, _) = self.starts.last()?;
         Some((&self.bytes[from..], self.starts.len() - i, last))
     }
+
+    /// The answer for a request held at `since` (the head of the feed when it was held): the run's messages after
+    /// it, `None` when there is none. A run that starts further on than `since.seq + 1` follows a hole in the
+    /// feed (batches dropped for an overloaded loop), so the answer starts with a `gap` notice (topic `*`,
+    /// reason `overload`) from `since` to the run's first message: a jump is never silent.
+    pub fn held_answer(&self, since: Position) -> Option<Vec<u8>> {
+        let (messages, n, last) = self.after(since.seq)?;
+        let mut body = PollBody::new();
+        let first = self.starts[0].0;
+        if first > since.seq + 1 {
+            body.gap("*", since, Position { epoch: since.epoch, seq: first }, GapReason::Overload);
+        }
+        body.encoded(messages, n);
+        Some(body.finish(Position { epoch: since.epoch, seq: last }))
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +149,26 @@ mod tests {
         assert_eq!(v["messages"][0]["wsgate"], "gap");
         assert_eq!(v["messages"][1]["data"], json!({"x":1}));
         assert_eq!(v["next"], "5:4");
+    }
+
+    #[test]
+    fn a_held_request_learns_of_a_hole_before_the_run() {
+        let p = |seq| Position { epoch: 5, seq };
+        let mut run = EncodedRun::default();
+        for seq in 10..=11 {
+            run.push(&FeedMessage { topic: "t", payload: b"1", kind: PayloadKind::Text, position: p(seq), prev: 0 });
+        }
+        let answer = |since| serde_json::from_slice::<serde_json::Value>(&run.held_answer(p(since)).unwrap()).unwrap();
+        let v = answer(9);
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2, "no hole: {v}");
+        assert_eq!((&v["messages"][0]["seq"], &v["next"]), (&json!(10), &json!("5:11")));
+        let v = answer(6);
+        assert_eq!(
+            v["messages"][0],
+            json!({"wsgate":"gap","topic":"*","from":{"epoch":5,"seq":6},"to":{"epoch":5,"seq":10},"reason":"overload"})
+        );
+        assert_eq!(v["messages"][1]["seq"], 10);
+        assert!(run.held_answer(p(11)).is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::input::{self, InputCx};
 use super::stats::ShardStats;
-use super::timers::DeadlineQueue;
+use super::timers::{DeadlineQueue, ExpiryQueue};
 use crate::client::{encode, sse};
 use crate::config::Config;
 use crate::conn::{Conn, ConnKey, Phase, HEARD, PING_UNANSWERED};
@@ -37,6 +37,8 @@ pub struct KeepaliveSettings {
     pub subscribe_timeout: Duration,
     pub lifetime: Duration,
     pub lifetime_notice: Duration,
+    /// Up to this much is taken off each connection's lifetime (already capped: see [`KeepaliveSettings::from_config`]).
+    pub lifetime_jitter: Duration,
 }
 
 impl KeepaliveSettings {
@@ -48,6 +50,9 @@ impl KeepaliveSettings {
             subscribe_timeout: if cfg.require_subscription { cfg.subscribe_timeout } else { Duration::ZERO },
             lifetime: cfg.max_connection_lifetime,
             lifetime_notice: cfg.lifetime_notice,
+            lifetime_jitter: cfg
+                .lifetime_jitter
+                .min(cfg.max_connection_lifetime.saturating_sub(cfg.lifetime_notice) / 2),
         }
     }
 }
@@ -76,24 +81,25 @@ pub enum Timer {
 #[derive(Debug)]
 pub struct Keepalive {
     settings: KeepaliveSettings,
-    /// In the order they are looked at when several pass in one sweep: a pong deadline before the next ping.
-    queues: [(Timer, Option<DeadlineQueue>); 6],
+    /// The deadlines of one fixed duration, in the order they are looked at when several pass in one sweep: a
+    /// pong deadline before the next ping.
+    queues: [(Timer, Option<DeadlineQueue>); 4],
+    /// Lifetime notices and ends: each connection's own (jittered), so in min-heaps; after the fixed ones.
+    lifetimes: [(Timer, ExpiryQueue); 2],
 }
 
 impl Keepalive {
     pub fn new(settings: KeepaliveSettings) -> Self {
         let queue = |d: Duration| (!d.is_zero()).then(|| DeadlineQueue::new(d));
-        let notice_at = settings.lifetime.saturating_sub(settings.lifetime_notice);
         let pings = !settings.ping_interval.is_zero();
         let queues = [
             (Timer::Pong, pings.then(|| DeadlineQueue::new(settings.pong_timeout))),
             (Timer::Ping, queue(settings.ping_interval)),
             (Timer::Idle, queue(settings.idle_timeout)),
             (Timer::Subscribe, queue(settings.subscribe_timeout)),
-            (Timer::Notice, if settings.lifetime_notice.is_zero() { None } else { queue(notice_at) }),
-            (Timer::Lifetime, queue(settings.lifetime)),
         ];
-        Self { settings, queues }
+        let lifetimes = [(Timer::Notice, ExpiryQueue::default()), (Timer::Lifetime, ExpiryQueue::default())];
+        Self { settings, queues, lifetimes }
     }
 
     fn queue(&mut self, timer: Timer) -> Option<&mut DeadlineQueue> {
@@ -106,6 +112,17 @@ impl Keepalive {
         }
     }
 
+    /// This connection's lifetime: the configured one less its share of the jitter (from its key and the time
+    /// it opened: connections opened in the same instant still differ by key).
+    fn lifetime_of(&self, key: ConnKey, now: Instant) -> Duration {
+        let jitter = self.settings.lifetime_jitter.as_millis() as u64;
+        if jitter == 0 {
+            return self.settings.lifetime;
+        }
+        let nanos = now.duration_since(START.with(|s| *s)).as_nanos() as u64;
+        self.settings.lifetime - Duration::from_millis(mix(key.0 ^ nanos.rotate_left(32)) % (jitter + 1))
+    }
+
     /// A connection was upgraded to WebSocket, or opened as an event stream, at `now`.
     pub fn on_open(&mut self, key: ConnKey, kind: Opened, now: Instant) {
         if kind == Opened::WebSocket {
@@ -113,19 +130,41 @@ impl Keepalive {
                 self.arm(timer, now, key);
             }
         }
-        self.arm(Timer::Notice, now, key);
-        self.arm(Timer::Lifetime, now, key);
+        if !self.settings.lifetime.is_zero() {
+            let ends = now + self.lifetime_of(key, now);
+            if !self.settings.lifetime_notice.is_zero() {
+                self.lifetimes[0].1.push(ends - self.settings.lifetime_notice, key);
+            }
+            self.lifetimes[1].1.push(ends, key);
+        }
     }
 
     /// The earliest deadline, for the loop's wait.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queues.iter().filter_map(|(_, q)| q.as_ref()?.next_deadline()).min()
+        let fixed = self.queues.iter().filter_map(|(_, q)| q.as_ref()?.next_deadline());
+        fixed.chain(self.lifetimes.iter().filter_map(|(_, q)| q.next_deadline())).min()
     }
 
     /// Takes the next deadline that has passed at `now`, in [`Timer`] order.
     pub fn pop_expired(&mut self, now: Instant) -> Option<(Timer, ConnKey)> {
-        self.queues.iter_mut().find_map(|(timer, q)| Some((*timer, q.as_mut()?.pop_expired(now)?)))
+        self.queues
+            .iter_mut()
+            .find_map(|(timer, q)| Some((*timer, q.as_mut()?.pop_expired(now)?)))
+            .or_else(|| self.lifetimes.iter_mut().find_map(|(timer, q)| Some((*timer, q.pop_expired(now)?.1))))
     }
+}
+
+std::thread_local! {
+    /// A fixed instant of this thread, to turn the opening `Instant` into a number for the jitter.
+    static START: Instant = Instant::now();
+}
+
+/// splitmix64's finaliser: spreads the bits of `x` over the whole word.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Applies a passed deadline to its connection (if it is still open and the deadline still applies). Re-arms
@@ -210,6 +249,7 @@ mod tests {
             subscribe_timeout: Duration::from_secs(5),
             lifetime: Duration::from_secs(100),
             lifetime_notice: Duration::from_secs(20),
+            lifetime_jitter: Duration::ZERO,
         }
     }
 
@@ -227,6 +267,47 @@ mod tests {
         assert_eq!(k.pop_expired(t + Duration::from_secs(99)), None);
         assert_eq!(k.pop_expired(t + Duration::from_secs(100)), Some((Timer::Lifetime, key)));
         assert_eq!(k.next_deadline(), None, "no idle queue: idle_timeout is 0");
+    }
+
+    #[test]
+    fn lifetimes_are_spread_over_the_jitter_and_each_notice_keeps_its_lead() {
+        let t = Instant::now();
+        let mut k = Keepalive::new(KeepaliveSettings { lifetime_jitter: Duration::from_secs(10), ..settings() });
+        for i in 1..=1000u64 {
+            k.on_open(ConnKey(i << 32), Opened::EventStream, t); // all in the same instant
+        }
+        let mut notices = std::collections::HashMap::new();
+        let mut ends = Vec::new();
+        let mut now = t;
+        while now <= t + Duration::from_secs(101) {
+            while let Some((timer, key)) = k.pop_expired(now) {
+                match timer {
+                    Timer::Notice => assert!(notices.insert(key, now).is_none(), "one notice each"),
+                    Timer::Lifetime => {
+                        let noticed = notices[&key];
+                        assert_eq!(now - noticed, Duration::from_secs(20), "the notice comes lifetime_notice before");
+                        ends.push(now - t);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(ends.len(), 1000);
+        assert!(ends.iter().all(|d| (90..=100).contains(&d.as_secs())), "within the jitter: {ends:?}");
+        for second in 90..=100 {
+            let n = ends.iter().filter(|d| d.as_secs() == second).count();
+            assert!(n < 200, "{n} connections end in second {second}: not spread");
+        }
+    }
+
+    #[test]
+    fn the_jitter_is_capped_by_the_lifetime() {
+        let mut cfg = Config::default();
+        (cfg.max_connection_lifetime, cfg.lifetime_notice) = (Duration::from_secs(10), Duration::from_secs(4));
+        assert_eq!(KeepaliveSettings::from_config(&cfg).lifetime_jitter, Duration::from_secs(3));
+        cfg.max_connection_lifetime = Duration::from_secs(3600);
+        assert_eq!(KeepaliveSettings::from_config(&cfg).lifetime_jitter, Duration::from_secs(60), "the default");
     }
 
     #[test]
@@ -258,6 +339,7 @@ mod tests {
             subscribe_timeout: Duration::ZERO,
             lifetime: Duration::ZERO,
             lifetime_notice: Duration::from_secs(1),
+            lifetime_jitter: Duration::from_secs(1),
         };
         let mut k = Keepalive::new(off);
         k.on_open(ConnKey(1 << 32), Opened::WebSocket, Instant::now());

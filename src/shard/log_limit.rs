@@ -41,6 +41,15 @@ impl LogLimit {
     }
 }
 
+/// The one limit for lines about a broken invariant or a failing system call, logged from code that keeps no
+/// [`LogLimit`] of its own (the output paths, connection set-up): shared by every loop thread, behind a lock
+/// that only those rare paths take. Should one of them start failing for every connection, the log still gets
+/// one line a second.
+pub fn rare_path(now: Instant) -> Option<u64> {
+    static LIMIT: std::sync::Mutex<LogLimit> = std::sync::Mutex::new(LogLimit::per_second());
+    LIMIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allow(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

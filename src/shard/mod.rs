@@ -534,6 +534,7 @@ fn feed_config(cfg: &Config) -> Option<FeedConfig> {
         silence: cfg.upstream_silence,
         silence_reconnect: cfg.upstream_silence_reconnect,
         seq_field: (!cfg.upstream_seq_field.is_empty()).then(|| cfg.upstream_seq_field.clone()),
+        upstream_epoch: (cfg.upstream_epoch != 0).then_some(cfg.upstream_epoch),
         ..FeedConfig::default()
     })
 }

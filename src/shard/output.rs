@@ -57,11 +57,14 @@ pub fn flush<R: Reactor>(
             match log.locate(conn.cursor) {
                 Located::Trimmed => {
                     // Cannot happen while trim_log keeps every cursor in the blocked list: say so loudly if it does.
-                    tracing::error!(
-                        ?key,
-                        cursor = conn.cursor,
-                        "broadcast bytes this connection needs were freed: dropped"
-                    );
+                    if let Some(suppressed) = super::log_limit::rare_path(std::time::Instant::now()) {
+                        tracing::error!(
+                            ?key,
+                            cursor = conn.cursor,
+                            suppressed,
+                            "broadcast bytes this connection needs were freed: dropped"
+                        );
+                    }
                     return Flushed::Failed;
                 }
                 Located::Head => (&[][..], None),

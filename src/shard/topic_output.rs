@@ -115,7 +115,9 @@ pub fn flush<R: Reactor>(
 }
 
 fn trimmed(key: ConnKey, topic: TopicId) -> Flushed {
-    tracing::error!(?key, topic, "topic bytes this connection needs were freed: dropped");
+    if let Some(suppressed) = super::log_limit::rare_path(std::time::Instant::now()) {
+        tracing::error!(?key, topic, suppressed, "topic bytes this connection needs were freed: dropped");
+    }
     Flushed::Failed
 }
 

@@ -103,7 +103,7 @@ pub fn spawn(cfg: FeedConfig, sink: impl Sink) -> io::Result<FeedHandle> {
         // Reported from the moment spawn returns, not from whenever the thread gets to its first attempt.
         stats.set_upstream_state(UpstreamState::Connecting);
     }
-    let epoch = (Rng::seeded().next_u64() & MAX_EPOCH).max(1);
+    let epoch = cfg.upstream_epoch.unwrap_or_else(|| (Rng::seeded().next_u64() & MAX_EPOCH).max(1));
     let sequencer = Sequencer::new(epoch, cfg.max_topics, cfg.topic_idle_expiry);
     stats.set_sequencer(&sequencer);
     let stop = Arc::new(AtomicBool::new(false));
@@ -212,7 +212,7 @@ impl<S: Sink> Feed<S> {
             let backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max, Rng::from_seed(rng.next_u64()));
             let registry = self.poll.registry();
             let framer = Framer::new(self.cfg.upstream_framing, self.cfg.max_line_bytes)
-                .with_seq_field(self.cfg.seq_field.clone());
+                .with_seq_field(self.cfg.seq_field.clone(), self.cfg.upstream_epoch.is_some());
             self.client = Some(Client::start(target, framer, backoff, registry, &self.stats, now));
         }
         if let Some(demo) = &self.cfg.demo {

@@ -33,7 +33,7 @@ mod watchdog;
 pub use feed::{spawn, FeedHandle};
 pub use inbox::{InboxFull, PublishInbox};
 pub use record::{Dropped, Framing, PayloadKind, Routing};
-pub use sequence::Stamp;
+pub use sequence::{Stamp, MAX_EPOCH};
 pub use stats::{FeedStats, UpstreamState};
 
 /// mio tokens of the feed thread's one `Poll`.
@@ -120,6 +120,9 @@ pub struct FeedConfig {
     pub silence_reconnect: bool,
     /// Top-level field of the upstream's JSON lines that carries its own sequence number, checked for gaps.
     pub seq_field: Option<String>,
+    /// Positions passed through from upstream (`upstream_epoch`): the epoch, and `seq_field`'s value is each
+    /// message's `seq`. `None`: the feed numbers messages itself in a random epoch.
+    pub upstream_epoch: Option<u64>,
 }
 
 impl Default for FeedConfig {
@@ -140,6 +143,7 @@ impl Default for FeedConfig {
             silence: Duration::ZERO,
             silence_reconnect: false,
             seq_field: None,
+            upstream_epoch: None,
         }
     }
 }

@@ -46,10 +46,11 @@ impl Framer {
         }
     }
 
-    /// Also checks the sequence numbers in top-level field `field` of each JSON line (line framings).
-    pub(super) fn with_seq_field(mut self, field: Option<String>) -> Self {
+    /// Also checks the sequence numbers in top-level field `field` of each JSON line (line framings); with
+    /// `positions`, they are the messages' `seq` too (positions passed through from upstream).
+    pub(super) fn with_seq_field(mut self, field: Option<String>, positions: bool) -> Self {
         if let (Framer::Lines(_, _, seq), Some(field)) = (&mut self, field) {
-            *seq = Some(Box::new(UpstreamSeq { field, check: SeqCheck::default() }));
+            *seq = Some(Box::new(UpstreamSeq { field, check: SeqCheck::default(), positions }));
         }
         self
     }
@@ -113,15 +114,19 @@ impl<S: Sink> Out<'_, S> {
                 let framing = *framing;
                 let mut lines = codec.handle_chunk(chunk);
                 while let Some(ev) = lines.poll_event() {
+                    let mut numbering = Numbering::Gateway;
                     if let (Some(seq), Event::Line(line)) = (seq.as_deref_mut(), &ev) {
-                        seq.check(line, to.stats, source);
+                        let n = seq.check(line, to.stats, source);
+                        if seq.positions {
+                            numbering = Numbering::Upstream(n);
+                        }
                     }
                     let routed = match ev {
                         Event::Line(line) => routing.route_line(line, framing, scratch),
                         Event::TooLong => Err(Dropped::TooLong),
                         Event::InvalidUtf8 => Err(Dropped::InvalidUtf8),
                     };
-                    published += u64::from(to.forward(routed, PayloadKind::Text, source));
+                    published += u64::from(to.forward(routed, PayloadKind::Text, numbering, source));
                 }
             }
             Framer::Binary(codec) => {
@@ -131,7 +136,7 @@ impl<S: Sink> Out<'_, S> {
                         binary_codec::Event::Record { topic, payload } => routing.route_binary(topic, payload),
                         binary_codec::Event::TooLong { .. } => Err(Dropped::TooLong),
                     };
-                    published += u64::from(to.forward(routed, PayloadKind::Binary, source));
+                    published += u64::from(to.forward(routed, PayloadKind::Binary, Numbering::Gateway, source));
                 }
             }
         }
@@ -153,7 +158,7 @@ impl<S: Sink> Out<'_, S> {
     pub(super) fn publish_one(&mut self, topic: &str, payload: &[u8], source: &dyn Display) {
         let mut to =
             Stamper { sink: &mut *self.sink, stats: self.stats, sequencer: &mut *self.sequencer, now: self.now };
-        if to.forward(Ok(Routed { topic, payload }), PayloadKind::Text, source) {
+        if to.forward(Ok(Routed { topic, payload }), PayloadKind::Text, Numbering::Gateway, source) {
             self.stats.add_published(1);
         }
     }
@@ -170,13 +175,21 @@ impl<S: Sink> Out<'_, S> {
 pub(super) struct UpstreamSeq {
     field: String,
     check: SeqCheck,
+    /// The numbers are the messages' positions (`upstream_epoch`).
+    positions: bool,
 }
 
 impl UpstreamSeq {
     /// Checks one line's number (a line without one is not checked); counts and logs what is wrong. Logs the
     /// 1st, 2nd, 4th, 8th… gap and reset, so a feed that skips all the time cannot flood the log.
-    fn check(&mut self, line: &str, stats: &FeedStats, source: &dyn Display) {
-        let Some(n) = json_field::find_top_level_u64(line.as_bytes(), &self.field) else { return };
+    /// Returns the number.
+    fn check(&mut self, line: &str, stats: &FeedStats, source: &dyn Display) -> Option<u64> {
+        let n = json_field::find_top_level_u64(line.as_bytes(), &self.field)?;
+        if self.positions && self.check.last().is_some_and(|last| n <= last) {
+            // With positions from upstream, a number already seen is a replay (after a reconnect) that the
+            // sequencer drops as `replayed`, not a reset of the numbering.
+            return Some(n);
+        }
         match self.check.handle_seq(n) {
             SeqEvent::InOrder => {}
             SeqEvent::Gap { last, got, missing } => {
@@ -192,7 +205,17 @@ impl UpstreamSeq {
                 }
             }
         }
+        Some(n)
     }
+}
+
+/// Who gives a message its `seq`.
+#[derive(Debug, Clone, Copy)]
+enum Numbering {
+    /// The feed's own sequencer: the next number.
+    Gateway,
+    /// The upstream (`upstream_epoch`): the number in its line, if it has one.
+    Upstream(Option<u64>),
 }
 
 /// The part of [`Out`] that stamps and publishes (borrowed apart from the routing scratch a topic may live in).
@@ -205,8 +228,21 @@ struct Stamper<'a, S> {
 
 impl<S: Sink> Stamper<'_, S> {
     /// Stamps and publishes a routed record, or counts why not; returns whether it was published.
-    fn forward(&mut self, routed: Result<Routed<'_>, Dropped>, kind: PayloadKind, source: &dyn Display) -> bool {
-        let stamped = routed.and_then(|r| Ok((r, self.sequencer.stamp(r.topic, self.now)?)));
+    fn forward(
+        &mut self,
+        routed: Result<Routed<'_>, Dropped>,
+        kind: PayloadKind,
+        numbering: Numbering,
+        source: &dyn Display,
+    ) -> bool {
+        let stamped = routed.and_then(|r| {
+            let stamp = match numbering {
+                Numbering::Gateway => self.sequencer.stamp(r.topic, self.now)?,
+                Numbering::Upstream(Some(seq)) => self.sequencer.stamp_at(r.topic, seq, self.now)?,
+                Numbering::Upstream(None) => return Err(Dropped::NoSeq),
+            };
+            Ok((r, stamp))
+        });
         match stamped {
             Ok((r, stamp)) => {
                 self.sink.publish(Message::new(r.topic, r.payload, kind, stamp));
@@ -302,6 +338,22 @@ mod tests {
         assert_eq!(stats.lines_invalid_utf8(), 1);
         assert_eq!(stats.lines_too_long(), 1);
         assert_eq!((stats.last_seq(), stats.topics()), (3, (1, 0)), "plain lines: one default topic");
+    }
+
+    #[test]
+    fn positions_from_upstream_take_its_numbers_and_drop_replays_and_unnumbered_lines() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines: &[u8] = b"{\"topic\":\"A\",\"seq\":10}\n{\"topic\":\"B\",\"seq\":12}\n{\"topic\":\"A\"}\n\
+            {\"topic\":\"A\",\"seq\":11}\n{\"topic\":\"A\",\"seq\":13}\n";
+        let (_, stats) = with_out(&mut RecordSink(tx), 8, Instant::now(), |out| {
+            let mut framer = Framer::new(Framing::Auto, 64).with_seq_field(Some("seq".into()), true);
+            let (mut buf, mut delivered) = ([0u8; 1024], 0);
+            pump(&mut Chunks(vec![lines]), &mut framer, &mut buf, out, &"test", &mut delivered);
+        });
+        let got: Vec<(String, u64, u64)> = rx.try_iter().map(|m: Owned| (m.topic, m.seq, m.prev)).collect();
+        assert_eq!(got, [("A".into(), 10, 0), ("B".into(), 12, 0), ("A".into(), 13, 10)]);
+        assert_eq!((stats.dropped(Dropped::NoSeq), stats.dropped(Dropped::Replayed)), (1, 1));
+        assert_eq!(stats.seq_gaps(), (1, 1, 0), "11 is missing; a replayed number is not a reset");
     }
 
     #[test]

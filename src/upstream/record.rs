@@ -55,11 +55,16 @@ pub enum Dropped {
     EmptyPayload,
     /// A new topic while the feed already has `max_topics` topics (none idle long enough to expire).
     TopicLimit,
+    /// Positions from upstream (`upstream_epoch`): a line without the upstream's sequence number.
+    NoSeq,
+    /// Positions from upstream: a sequence number not above the last one published — the upstream replaying
+    /// what the gateway already has (after a reconnect), or an upstream that restarted its numbering.
+    Replayed,
 }
 
 impl Dropped {
     /// Every reason, in the order of [`Dropped::index`].
-    pub const ALL: [Dropped; 7] = [
+    pub const ALL: [Dropped; 9] = [
         Dropped::TooLong,
         Dropped::InvalidUtf8,
         Dropped::NoTab,
@@ -67,6 +72,8 @@ impl Dropped {
         Dropped::TopicNotString,
         Dropped::EmptyPayload,
         Dropped::TopicLimit,
+        Dropped::NoSeq,
+        Dropped::Replayed,
     ];
 
     /// Position in [`Dropped::ALL`] (an array index for counters).
@@ -84,6 +91,8 @@ impl Dropped {
             Dropped::TopicNotString => "topic_not_string",
             Dropped::EmptyPayload => "empty_payload",
             Dropped::TopicLimit => "topic_limit",
+            Dropped::NoSeq => "no_seq",
+            Dropped::Replayed => "replayed",
         }
     }
 }

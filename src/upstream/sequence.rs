@@ -70,21 +70,31 @@ impl Sequencer {
         self.expired
     }
 
-    /// The position of the next message of `topic` (a valid topic name). A topic the table has no room for is
-    /// refused with [`Dropped::TopicLimit`] and uses no sequence number.
+    /// The position of the next message of `topic` (a valid topic name): the next `seq`. A topic the table has
+    /// no room for is refused with [`Dropped::TopicLimit`] and uses no sequence number.
     pub fn stamp(&mut self, topic: &str, now: Instant) -> Result<Stamp, Dropped> {
+        self.stamp_at(topic, self.last_seq + 1, now)
+    }
+
+    /// The position of a message of `topic` numbered `seq` by the upstream (positions passed through): refused
+    /// with [`Dropped::Replayed`] unless `seq` is above every one before, so that `seq` stays one increasing
+    /// order over the feed; the numbers in between are simply unused.
+    pub fn stamp_at(&mut self, topic: &str, seq: u64, now: Instant) -> Result<Stamp, Dropped> {
+        if seq <= self.last_seq {
+            return Err(Dropped::Replayed);
+        }
         if let Some(state) = self.topics.get_mut(topic) {
-            self.last_seq += 1;
-            let prev = std::mem::replace(&mut state.last_seq, self.last_seq);
+            self.last_seq = seq;
+            let prev = std::mem::replace(&mut state.last_seq, seq);
             state.last_used = now;
-            return Ok(Stamp { seq: self.last_seq, prev });
+            return Ok(Stamp { seq, prev });
         }
         if self.topics.len() >= self.max_topics && self.expire_idle(now) == 0 {
             return Err(Dropped::TopicLimit);
         }
-        self.last_seq += 1;
-        self.topics.insert(topic.into(), TopicState { last_seq: self.last_seq, last_used: now });
-        Ok(Stamp { seq: self.last_seq, prev: 0 })
+        self.last_seq = seq;
+        self.topics.insert(topic.into(), TopicState { last_seq: seq, last_used: now });
+        Ok(Stamp { seq, prev: 0 })
     }
 
     /// Forgets every topic idle for `idle_expiry` or longer; returns how many.
@@ -101,6 +111,18 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_numbers_must_rise_and_prev_follows_them() {
+        let t = Instant::now();
+        let mut s = Sequencer::new(42, 10, Duration::from_secs(60));
+        assert_eq!(s.stamp_at("a", 100, t), Ok(Stamp { seq: 100, prev: 0 }));
+        assert_eq!(s.stamp_at("b", 105, t), Ok(Stamp { seq: 105, prev: 0 }));
+        assert_eq!(s.stamp_at("a", 105, t), Err(Dropped::Replayed), "not above the last");
+        assert_eq!(s.stamp_at("a", 99, t), Err(Dropped::Replayed), "a replay after a reconnect");
+        assert_eq!(s.stamp_at("a", 107, t), Ok(Stamp { seq: 107, prev: 100 }));
+        assert_eq!((s.last_seq(), s.epoch()), (107, 42));
+    }
 
     #[test]
     fn one_sequence_over_all_topics_and_prev_per_topic() {

@@ -79,6 +79,11 @@ pub enum SeqEvent {
 }
 
 impl SeqCheck {
+    /// The last number seen.
+    pub fn last(&self) -> Option<u64> {
+        self.last
+    }
+
     /// One message's sequence number. Kept across reconnects: a jump over a disconnection is a gap too (what was
     /// published meanwhile is lost), which is the point.
     pub fn handle_seq(&mut self, seq: u64) -> SeqEvent {

@@ -352,7 +352,9 @@ impl<R: Reactor> Shard<R> {
                 Ok(()) if !R::INLINE => conn.inflight += 1, // the receive
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(shard = self.id, error = %e, "could not start receiving: connection dropped");
+                    if let Some(suppressed) = super::log_limit::rare_path(Instant::now()) {
+                        tracing::warn!(shard = self.id, error = %e, suppressed, "could not start receiving: connection dropped");
+                    }
                     kill(conn, key, &mut self.dead);
                 }
             }
@@ -377,6 +379,10 @@ impl<R: Reactor> Shard<R> {
             let first = Records::new(&batch.records).next().map_or(0, |m| m.stamp.seq);
             if self.last_seq > 0 && first > self.last_seq + 1 {
                 self.feed_hole(self.last_seq, first); // batches dropped for this loop (`feed_overflow = drop`)
+            } else if self.last_seq == 0 && first > 1 {
+                // Positions numbered by the upstream (`upstream_epoch`) start where this process joined the feed:
+                // what came before is unknown here, so a resume from before it is a gap, not an empty replay.
+                self.topics.forget_history_through(first - 1);
             }
             self.pulled_at.push(batch.received);
             let readers: usize = self.streams.iter().map(|s| s.subscribers.len()).sum();
@@ -587,14 +593,11 @@ impl<R: Reactor> Shard<R> {
                 input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
                 return false;
             }
-            let Some((messages, n, last)) = run.after(h.since_seq) else {
+            let Some(body) = run.held_answer(Position { epoch: self.epoch, seq: h.since_seq }) else {
                 return true; // still waiting
             };
-            let mut body = PollBody::new();
-            body.encoded(messages, n);
-            let next = Position { epoch: self.epoch, seq: last };
             let mut cx = input_cx!(self);
-            input::answer_poll(conn, h.key, body.finish(next), h.cors.as_deref(), &mut cx);
+            input::answer_poll(conn, h.key, body, h.cors.as_deref(), &mut cx);
             false
         });
         held.append(&mut self.held); // none can be added meanwhile; keep the order anyway

@@ -262,7 +262,13 @@ impl<R: Reactor> Shard<R> {
             let stream = &mut self.streams[usize::from(conn.stream_id)];
             let Ok(pin) = self.pins.pin(&stream.log, conn.cursor) else {
                 ShardStats::add(&self.shared.shards[self.id].closing_cut, 1);
-                tracing::warn!(?key, "pinned-chunk budget spent: a subscribing client is closed with 1013");
+                if let Some(suppressed) = self.slow_log.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        ?key,
+                        suppressed,
+                        "pinned-chunk budget spent: a subscribing client is closed with 1013"
+                    );
+                }
                 self.too_busy.push(key); // closed once the requests are applied
                 return false;
             };
