@@ -440,6 +440,44 @@ mod tests {
             }
             proptest::prop_assert_eq!(got, want);
         }
+
+        /// A panic in rustls would take the loop thread down: whatever arrives, in whatever cuts, after (part of) a
+        /// real ClientHello, or of a record after a completed handshake, or alone, input ends in plaintext or an
+        /// error, and the encoding calls after it do not panic.
+        #[test]
+        fn arbitrary_input_never_panics(
+            hello in proptest::bool::ANY,
+            handshake_first in proptest::bool::ANY,
+            cut_hello in 0usize..600,
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            cuts in proptest::collection::vec(1usize..700, 1..10),
+        ) {
+            let (mut client, mut server) = pair();
+            let mut wire = Vec::new();
+            if handshake_first {
+                let _ = exchange(&mut client, &mut server);
+                client.writer().write_all(b"GET / HTTP/1.1\r\n").unwrap();
+                client.write_tls(&mut wire).unwrap();
+                wire.truncate(cut_hello.min(wire.len()));
+            } else if hello {
+                client.write_tls(&mut wire).unwrap();
+                wire.truncate(cut_hello.min(wire.len()));
+            }
+            wire.extend_from_slice(&junk);
+            let (mut at, mut k) = (0, 0);
+            while at < wire.len() {
+                let end = (at + cuts[k % cuts.len()]).min(wire.len());
+                if server.handle_input(&mut wire[at..end], &mut Vec::new()).is_err() {
+                    break;
+                }
+                at = end;
+                k += 1;
+            }
+            if !server.is_handshaking() && !server.has_cipher() {
+                let _ = server.encrypt([&b"reply"[..]].into_iter());
+            }
+            let _ = server.close_notify();
+        }
     }
 
     #[test]
