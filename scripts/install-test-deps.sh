@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond the Rust toolchain: Chromium (Debian package) and playwright-core (npm) for
-# the browser test in tests/browser/. Idempotent; installs only what is missing.
+# the browser test in tests/browser/; Python's websockets package (PyPI) for the Python wss:// client of
+# tests/tls.rs. Idempotent; installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,8 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "install-test-deps: npm ci in tests/browser" >&2
   npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  echo "install-test-deps: pip install websockets (tests/python/wss_client.py)" >&2
+  python3 -m pip install --quiet 'websockets>=12'
 fi

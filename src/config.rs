@@ -237,6 +237,13 @@ pub struct Config {
     pub auth_topics_claim: String,
     /// Token auth: the claim that lists the topics and patterns a token's bearer may publish on.
     pub auth_publish_claim: String,
+    /// TLS: certificate chain (PEM, leaf first). With `tls_key`, the listener speaks TLS only (wss://, https://).
+    /// Both or neither; reloaded with `tls_key` on SIGHUP (docs/tls.md).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// TLS: require a client certificate signed by a CA of this PEM file (mutual TLS). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
     /// Time a client has to send its complete upgrade request.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
@@ -411,6 +418,9 @@ impl Default for Config {
             auth_optional: false,
             auth_topics_claim: "topics".into(),
             auth_publish_claim: "publish".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             shutdown_spread: Duration::from_secs(2),
@@ -667,7 +677,25 @@ impl Config {
             return bad("shed_memory_bytes must be at least overload_memory_bytes (shedding is the stronger measure)");
         }
         self.auth()?;
+        self.tls()?;
         Ok(())
+    }
+
+    /// TLS as configured (`tls_*`): `None` when off. Reads and checks the files; the error names the setting at
+    /// fault.
+    pub fn tls(&self) -> Result<Option<crate::tls::Tls>, ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => {
+                return bad("tls_client_ca is set but TLS is off: set tls_cert and tls_key")
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => return bad("tls_key is missing: tls_cert and tls_key go together"),
+            (None, Some(_)) => return bad("tls_cert is missing: tls_cert and tls_key go together"),
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        };
+        let files = crate::tls::TlsFiles { cert, key, client_ca: self.tls_client_ca.clone() };
+        crate::tls::Tls::new(files).map(Some).map_err(ConfigError::Invalid)
     }
 
     /// Token authentication as configured (`auth_*`): `None` when no key is set. Reads the key file; the error
@@ -822,6 +850,33 @@ mod tests {
         ] {
             let err = with(&toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("wsgate-cfg-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.key_pair.serialize_pem()).unwrap();
+        let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let by_flags = load(&["--tls-cert", c, "--tls-key", k]).unwrap();
+        assert!(by_flags.tls().unwrap().is_some());
+        assert!(load(&[]).unwrap().tls().unwrap().is_none(), "off by default");
+        let path = dir.join("tls.toml");
+        std::fs::write(&path, format!("tls_cert = {c:?}\ntls_key = {k:?}\n")).unwrap();
+        assert!(load(&["--config", path.to_str().unwrap()]).unwrap().tls().unwrap().is_some());
+        for (args, key) in [
+            (vec!["--tls-cert", c], "tls_key is missing"),
+            (vec!["--tls-key", k], "tls_cert is missing"),
+            (vec!["--tls-cert", k, "--tls-key", k], "tls_cert"),
+            (vec!["--tls-cert", c, "--tls-key", "/nonexistent/key.pem"], "tls_key"),
+            (vec!["--tls-client-ca", c], "tls_client_ca"),
+        ] {
+            let err = load(&args).unwrap_err().to_string();
+            assert!(err.contains(key), "{args:?}: {err}");
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus text exposition and the stats-declaring macro; knows no other module.
 //! - [`upstream`]: the feed (upstream client, publisher ingest, demo), on its own thread.
 //! - [`auth`]: token (JWT) validation, sans-IO: a token, the time and the key in, what its bearer may do out.
+//! - [`tls`]: TLS with rustls, sans-IO: certificates (reloadable), one session per TLS connection.
 //! - [`shard`]: the loop threads, wiring all of the above.
 
 pub mod auth;
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod shard;
+pub mod tls;
 pub mod upstream;

@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use wsgate::config::{Args, Config};
 use wsgate::shard::{Gateway, Listeners, Origin, StopMode};
 
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
     let (stop_tx, stop_rx) = mpsc::channel();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsgate: cannot install signal handlers: {e}");
@@ -138,7 +138,8 @@ fn main() -> ExitCode {
     if let Some(admin) = gateway.admin_addr() {
         let _ = writeln!(out, "wsgate: admin listening on http://{admin}");
     }
-    let _ = writeln!(out, "wsgate: listening on ws://{}/ws (io: {})", gateway.local_addr(), gateway.io_backend());
+    let scheme = if gateway.tls_on() { "wss" } else { "ws" };
+    let _ = writeln!(out, "wsgate: listening on {scheme}://{}/ws (io: {})", gateway.local_addr(), gateway.io_backend());
     if let Some(ingest) = gateway.ingest_addr() {
         let _ = writeln!(out, "wsgate: ingest listening on {ingest}");
     }
@@ -203,6 +204,11 @@ fn main() -> ExitCode {
                 gateway.begin_stop(StopMode::Restart);
                 break ExitCode::SUCCESS;
             }
+            Ok(Stop::Signal(SIGHUP)) => match gateway.reload_tls() {
+                None => tracing::info!("SIGHUP: nothing to reload (TLS is off)"),
+                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded: new connections get it"),
+                Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload failed: the old certificate stays"),
+            },
             Ok(Stop::Signal(sig)) => {
                 if let Some(h) = &handoff_listener {
                     h.unlink_if_ours();

@@ -6,12 +6,14 @@
 
 mod client_addr;
 mod pool;
+mod side;
 mod slab;
 mod subs;
 mod token_bucket;
 
 pub use client_addr::{AddrSource, AddrState, ClientAddr, IpRefusal, IpTable, PerIpLimits, Slot};
 pub use pool::BufPool;
+pub use side::SideTable;
 pub use slab::{ConnKey, GenSlab};
 pub use subs::{Sub, TopicSubs, PINNED};
 pub use token_bucket::TokenBucket;

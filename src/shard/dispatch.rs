@@ -10,10 +10,12 @@ use super::admission;
 use super::client;
 use super::input::{self, kill, InputCx};
 use super::output;
+use super::preface;
 use super::stats::{LoadRefusal, ShardStats};
 use super::timers::DeadlineQueue;
 use super::topic_output;
-use crate::conn::{Conn, ConnKey, GenSlab, Phase};
+use super::transport;
+use crate::conn::{AddrState, Conn, ConnKey, GenSlab, Phase};
 use crate::reactor::{Event, Handler};
 
 /// Pause after the process ran out of file descriptors.
@@ -22,6 +24,7 @@ pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis
 pub struct Dispatch<'a> {
     pub id: usize,
     pub conns: &'a mut GenSlab<Conn>,
+    pub tls_sessions: &'a mut transport::Sessions,
     pub cx: InputCx<'a>,
     pub handshake_deadlines: &'a mut DeadlineQueue,
     pub accept_paused_until: &'a mut Option<Instant>,
@@ -50,7 +53,22 @@ impl Handler for Dispatch<'_> {
                 if conn.phase == Phase::Dead {
                     return false;
                 }
-                input::on_bytes(conn, key, data, &mut self.cx);
+                // Stages: the PROXY header (when `proxy_protocol` is on), then TLS (on a TLS listener), then HTTP
+                // and WebSocket.
+                if conn.client_addr == AddrState::AwaitingPreface {
+                    let Some(mut rest) = preface::on_bytes(conn, key, data, &mut self.cx) else {
+                        return conn.phase != Phase::Dead;
+                    };
+                    if !rest.is_empty() {
+                        self.after_preface(key, &mut rest);
+                    }
+                    self.cx.pool.give(&mut rest);
+                    return self.conns.get(key).is_some_and(|c| c.phase != Phase::Dead);
+                }
+                match &self.cx.settings.tls {
+                    Some(tls) => transport::on_input(conn, key, data, self.tls_sessions, tls, &mut self.cx),
+                    None => input::on_bytes(conn, key, data, &mut self.cx),
+                }
                 return conn.phase != Phase::Dead;
             }
             Event::RecvEnded { key, err } => {
@@ -80,9 +98,9 @@ impl Handler for Dispatch<'_> {
                 let cancelled_by_us = std::mem::take(&mut conn.lag_cancel_sent);
                 match result {
                     _ if conn.phase == Phase::Dead => self.cx.pool.give(&mut private),
-                    Ok(written) => sent(conn, &mut self.cx, written, private, private_from),
+                    Ok(written) => sent(conn, key, self.tls_sessions, &mut self.cx, written, private, private_from),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || (cancelled_by_us && is_cancel(&e)) => {
-                        sent(conn, &mut self.cx, 0, private, private_from)
+                        sent(conn, key, self.tls_sessions, &mut self.cx, 0, private, private_from)
                     }
                     Err(e) => {
                         tracing::debug!(?key, error = %e, "send failed");
@@ -102,7 +120,8 @@ impl Handler for Dispatch<'_> {
                 if conn.phase != Phase::Dead {
                     let topic_news =
                         conn.topics.as_deref().is_some_and(|subs| topic_output::has_pending(self.cx.topics, subs));
-                    if conn.phase != Phase::Open || !conn.private_pending().is_empty() || topic_news {
+                    let cipher_left = self.tls_sessions.get_mut(key).is_some_and(|s| s.has_cipher());
+                    if conn.phase != Phase::Open || !conn.private_pending().is_empty() || topic_news || cipher_left {
                         input::mark_dirty(conn, key, self.cx.dirty);
                     } else if conn.is_subscribed()
                         && conn.cursor < self.cx.streams[usize::from(conn.stream_id)].fanned_out_to
@@ -134,9 +153,20 @@ fn op_ended(conn: &mut Conn, key: ConnKey, dead: &mut Vec<ConnKey>) {
     }
 }
 
-/// Applies a completed send by what it carried: a topic connection's parts, or its whole-feed stream.
-fn sent(conn: &mut Conn, cx: &mut InputCx<'_>, written: usize, private: Vec<u8>, private_from: usize) {
-    if conn.topics.is_some() {
+/// Applies a completed send by what it carried: a TLS connection's ciphertext, a topic connection's parts, or
+/// its whole-feed stream.
+fn sent(
+    conn: &mut Conn,
+    key: ConnKey,
+    tls_sessions: &mut transport::Sessions,
+    cx: &mut InputCx<'_>,
+    written: usize,
+    private: Vec<u8>,
+    private_from: usize,
+) {
+    if let Some(tls) = tls_sessions.get_mut(key) {
+        transport::on_sent(tls, cx.pool, written, private, private_from);
+    } else if conn.topics.is_some() {
         topic_output::on_sent(conn, cx.pool, written, private, private_from);
     } else {
         let log = &cx.streams[usize::from(conn.stream_id)].log;
@@ -145,13 +175,25 @@ fn sent(conn: &mut Conn, cx: &mut InputCx<'_>, written: usize, private: Vec<u8>,
 }
 
 impl Dispatch<'_> {
+    /// The bytes that followed a connection's PROXY header go on to the next stage as fresh input.
+    fn after_preface(&mut self, key: ConnKey, rest: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match &self.cx.settings.tls {
+            Some(tls) => transport::on_input(conn, key, rest, self.tls_sessions, tls, &mut self.cx),
+            None => input::on_bytes(conn, key, rest, &mut self.cx),
+        }
+    }
+
     fn accepted(&mut self, fd: OwnedFd) {
         let stream = TcpStream::from(fd);
         if self.conns.len() >= self.max_connections {
             // Refused at once, before taking a slot: best effort, as the socket buffer of a fresh connection
             // always has room for the answer.
             let admission = &self.cx.shared.admission;
-            admission::refuse_now(&stream, "server at max_connections: try again later", admission.retry_after_s());
+            if self.cx.settings.tls.is_none() {
+                // (A TLS client could not read a plain answer: it is closed.)
+                admission::refuse_now(&stream, "server at max_connections: try again later", admission.retry_after_s());
+            }
             admission.log_refusal("max_connections reached: refused with 503");
             self.cx.stats.refused_for_load(LoadRefusal::MaxConnections);
             return;

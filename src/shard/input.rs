@@ -13,7 +13,6 @@ use super::drain::{self, StopMode};
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
-use super::preface;
 use super::publishing;
 use super::stats::{GapKind, LoadRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
@@ -66,10 +65,8 @@ pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx
     if !conn.wants_input() {
         return; // Draining after our final bytes: the peer's bytes no longer matter.
     }
-    if conn.client_addr == AddrState::AwaitingPreface {
-        // The PROXY header comes before anything else; what follows it comes back here.
-        return preface::on_bytes(conn, key, data, cx);
-    }
+    // The PROXY header comes before anything else (`shard::dispatch` takes it off first).
+    debug_assert_ne!(conn.client_addr, AddrState::AwaitingPreface);
     if conn.upgraded {
         keepalive::on_input(conn);
     }

@@ -99,6 +99,7 @@ mod tests {
         assert_eq!(Transport::values().len(), 3);
         assert_eq!(Refusal::values().len(), 13);
         assert_eq!(GapKind::values().len(), 2);
+        assert_eq!(super::super::stats::TlsHandshake::values().len(), 2);
         assert_eq!(LoadRefusal::values().len(), 7);
         assert_eq!(ProxyRefusal::values().len(), 4);
         assert_eq!(AddrSource::values().len(), 5);

@@ -26,6 +26,7 @@ mod publishing;
 mod stats;
 mod timers;
 mod topic_output;
+mod transport;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -106,6 +107,9 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// Who may name the client: by a PROXY header, or by forwarding headers (`shard::client`).
     pub trusted_proxies: TrustedProxies,
+    /// TLS on the listener (`tls_cert`): every connection speaks TLS (after its PROXY header, if any). Shared with
+    /// `Gateway` for SIGHUP reloads.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Settings {
@@ -170,6 +174,7 @@ impl Settings {
             proxy_protocol: cfg.proxy_protocol,
             // Checked by `Config::validate`.
             trusted_proxies: cfg.trusted_proxies().unwrap_or_default(),
+            tls: None, // read from its files by `Gateway::start` too
         }
     }
 }
@@ -211,6 +216,8 @@ pub struct Gateway {
     /// (`handoff_socket`); let go of when a drain starts, so that, when no successor holds them, the sockets
     /// close with the loops' copies and new connections are refused instead of queued.
     handoff_fds: Option<(Vec<OwnedFd>, Option<OwnedFd>)>,
+    /// The listener's TLS, for SIGHUP reloads.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Gateway {
@@ -219,6 +226,7 @@ impl Gateway {
     pub fn start(cfg: &Config, source: Listeners, on_exit: impl Fn() + Send + Sync + 'static) -> io::Result<Self> {
         // Token auth fails closed: a key that cannot be read now stops the start (`Config::load` checked it too).
         let auth = cfg.auth().map_err(io::Error::other)?;
+        let tls = cfg.tls().map_err(io::Error::other)?.map(Arc::new);
         crate::reactor::raise_nofile_limit(cfg.max_connections as u64 + 64);
         let backend = choose_backend(cfg)?;
         let nonblocking = backend == IoBackend::Epoll;
@@ -284,7 +292,7 @@ impl Gateway {
             admission: admission::Admission::from_config(cfg),
         });
 
-        let settings = Arc::new(Settings { auth, ..Settings::from_config(cfg) });
+        let settings = Arc::new(Settings { auth, tls: tls.clone(), ..Settings::from_config(cfg) });
         let per_thread_max = cfg.max_connections.div_ceil(threads);
         let uring_cfg = cfg.uring();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -318,7 +326,7 @@ impl Gateway {
         drop(ready_tx);
         let handoff_fds = cfg.handoff_socket.as_ref().map(|_| (distinct, ingest_copy));
         let ingest_addr = feed.as_ref().and_then(|f| f.ingest_addr);
-        let mut gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None, handoff_fds };
+        let mut gateway = Self { local_addr, ingest_addr, loops, wakers, feed, shared, admin: None, handoff_fds, tls };
         if let Some(addr) = cfg.admin_listen {
             match admin::AdminServer::spawn(addr, gateway.shared.clone()) {
                 Ok(server) => gateway.admin = Some(server),
@@ -392,6 +400,17 @@ impl Gateway {
 
     /// Drains (as a shutdown, unless a drain already started), waits for the loops — until every client is
     /// gone, at most `shutdown_timeout` (+1 s for operations in flight) — then stops the feed.
+    /// The listener speaks TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (SIGHUP): `None` when TLS is off. Open connections keep
+    /// their sessions; new handshakes get the new certificate. On error the old one stays.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.tls.as_ref().map(|tls| tls.reload())
+    }
+
     pub fn shutdown(mut self) {
         self.begin_stop(StopMode::Shutdown);
         for handle in self.loops {

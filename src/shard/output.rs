@@ -4,9 +4,11 @@
 
 use std::io;
 
+use super::transport;
 use crate::conn::{BufPool, Conn, ConnKey};
 use crate::fanout::{FrameLog, Located};
 use crate::reactor::{Outgoing, Reactor, Sending};
+use crate::tls::TlsSession;
 
 /// Most slices of any backend's send (a backend may take fewer: `Reactor::MAX_IOV`).
 const MAX_PARTS: usize = 64;
@@ -30,10 +32,22 @@ pub enum Flushed {
 /// Writes (or starts writing) what is pending for `conn`. Private bytes are only ever written at a chunk
 /// boundary of the broadcast stream (see the `Conn` invariants), and once `close_queued` is set no further chunk
 /// is started.
-pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &mut BufPool, io: &mut R) -> Flushed {
+pub fn flush<R: Reactor>(
+    conn: &mut Conn,
+    key: ConnKey,
+    log: &FrameLog,
+    pool: &mut BufPool,
+    io: &mut R,
+    mut tls: Option<&mut TlsSession>,
+) -> Flushed {
     use std::os::fd::AsRawFd;
     debug_assert!(!conn.send_in_flight, "one send per connection at a time");
     loop {
+        if let Some(tls) = tls.as_deref_mut() {
+            if let Some(outcome) = transport::drain(conn, key, tls, pool, io) {
+                return outcome;
+            }
+        }
         let mut tail = [&[][..]; MAX_PARTS];
         let mut tail_len = 0;
         let (head, mut next_chunk): (&[u8], Option<usize>) = if let Some(pin) = &conn.pinned {
@@ -70,19 +84,27 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, log: &FrameLog, pool: &m
             }
         }
         if head.is_empty() && private_len == 0 && tail_len == 0 {
+            if transport::close_notify(conn, tls.as_deref_mut()) {
+                continue;
+            }
             release_private(conn, pool);
             return Flushed::Done;
         }
         let head_len = head.len();
         let fd = conn.stream.as_raw_fd();
         let out = Outgoing { head, private: &mut conn.outbuf, private_from: conn.out_pos, tail: &tail[..tail_len] };
-        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of `log` or the connection's pinned chunk.
-        // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
-        // and `trim_log` never drops a chunk at or after the cursor of such a connection; a pinned chunk is
-        // dropped only by `flush_one` (never with a send in flight) or when the connection is freed (only after
-        // its last completion). The cursor moves only when the send's completion is handled (`on_sent`).
-        // Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
-        match unsafe { io.send(key, fd, out) } {
+        let sending = match tls.as_deref_mut() {
+            // TLS: encrypted into the session's buffer, which the next round sends (`transport`).
+            Some(tls) => transport::encrypt(tls, &out, pool),
+            // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of `log` or the connection's pinned chunk.
+            // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
+            // and `trim_log` never drops a chunk at or after the cursor of such a connection; a pinned chunk is
+            // dropped only by `flush_one` (never with a send in flight) or when the connection is freed (only after
+            // its last completion). The cursor moves only when the send's completion is handled (`on_sent`).
+            // Chunks are `Arc<[u8]>` heap data, so log growth moves no bytes.
+            None => unsafe { io.send(key, fd, out) },
+        };
+        match sending {
             Sending::Done(Ok(written)) => advance(conn, head_len, private_len, written),
             Sending::Done(Err(e)) => {
                 if let Some(outcome) = send_failed(&e) {

@@ -2,7 +2,7 @@
 //! before anything else, while its state is `AddrState::AwaitingPreface`. They are kept (in `Conn::inbuf`, at most
 //! `proxy_protocol::MAX_HEADER` bytes: the parser refuses anything longer) until `proto::proxy_protocol::parse`
 //! decides; the header is then dropped and what followed it in the same reads goes on to the next stage as if it
-//! had just been received (`input::on_bytes`: HTTP today; a TLS stage would sit there, after this one).
+//! had just been received (`shard::dispatch`: the TLS session on a TLS listener, otherwise `input::on_bytes`).
 //!
 //! Applies the header's decision: the client it names goes to `shard::client`; a missing or malformed header is
 //! answered `400` and the connection closed. Nothing else here: the deadline is the handshake's, the trust check
@@ -15,37 +15,42 @@ use crate::conn::{AddrSource, AddrState, Conn, ConnKey, Phase};
 use crate::proto::handshake;
 use crate::proto::proxy_protocol::{self, Parsed};
 
-/// Raw bytes of a connection waiting for its PROXY header.
-pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx<'_>) {
+/// Raw bytes of a connection waiting for its PROXY header. Once the header is complete, returns what followed it
+/// in the same reads (in a pooled buffer the caller gives back), for the next stage (TLS, or HTTP); `None` while
+/// the header is incomplete, or when the connection was refused.
+#[must_use]
+pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &[u8], cx: &mut InputCx<'_>) -> Option<Vec<u8>> {
     debug_assert_eq!(conn.client_addr, AddrState::AwaitingPreface);
-    if conn.inbuf.is_empty() {
-        match handle_preface(conn, key, data, cx) {
-            Preface::NeedMore => {
-                conn.inbuf = cx.pool.take();
-                conn.inbuf.extend_from_slice(data);
-            }
-            Preface::Closed => {}
-            Preface::Done(n) => after_preface(conn, key, &mut data[n..], cx),
-        }
-        return;
+    if !conn.inbuf.is_empty() {
+        conn.inbuf.extend_from_slice(data);
     }
-    conn.inbuf.extend_from_slice(data);
-    let mut buf = std::mem::take(&mut conn.inbuf);
-    match handle_preface(conn, key, &buf, cx) {
-        Preface::NeedMore => conn.inbuf = buf,
-        Preface::Closed => cx.pool.give(&mut buf),
+    let mut buf = if conn.inbuf.is_empty() { None } else { Some(std::mem::take(&mut conn.inbuf)) };
+    let seen: &[u8] = buf.as_deref().unwrap_or(data);
+    let rest = match handle_preface(conn, key, seen, cx) {
+        Preface::NeedMore => {
+            conn.inbuf = match buf.take() {
+                Some(kept) => kept,
+                None => {
+                    let mut kept = cx.pool.take();
+                    kept.extend_from_slice(data);
+                    kept
+                }
+            };
+            None
+        }
+        Preface::Closed => None,
         Preface::Done(n) => {
-            after_preface(conn, key, &mut buf[n..], cx);
-            cx.pool.give(&mut buf);
+            // A copy of the few bytes that came with the header (a request head, or a TLS ClientHello): once per
+            // connection.
+            let mut rest = cx.pool.take();
+            rest.extend_from_slice(&seen[n..]);
+            Some(rest)
         }
+    };
+    if let Some(mut buf) = buf {
+        cx.pool.give(&mut buf);
     }
-}
-
-/// What followed the header goes on as fresh input.
-fn after_preface(conn: &mut Conn, key: ConnKey, rest: &mut [u8], cx: &mut InputCx<'_>) {
-    if !rest.is_empty() {
-        input::on_bytes(conn, key, rest, cx);
-    }
+    rest
 }
 
 /// What [`handle_preface`] made of the bytes so far.

@@ -90,6 +90,10 @@ declare_stats! {
         /// algorithm not allowed, expired, not yet valid, or for another audience or issuer). The debug log line
         /// of each gives the reason category.
         pub counter auth_refused: AtomicU64,
+        /// TLS handshakes by result: `ok`, or `failed` (not TLS — e.g. plain HTTP to the TLS port —, no shared
+        /// protocol or cipher, a refused client certificate, a bad record). A stalled one is closed at
+        /// `handshake_timeout` and counted in neither.
+        pub counter tls_handshakes: PerLabel<TlsHandshake, 2>,
         /// Token auth: requests refused with `403`, and `subscribe`/`publish` requests answered `forbidden`,
         /// because the token's claims do not allow the topic.
         pub counter auth_forbidden: AtomicU64,
@@ -192,6 +196,20 @@ impl LabelSet for Transport {
     const LABEL: &'static str = "transport";
     fn values() -> &'static [&'static str] {
         &["ws", "sse", "poll"]
+    }
+}
+
+/// How a TLS handshake ended (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    Ok = 0,
+    Failed = 1,
+}
+
+impl LabelSet for TlsHandshake {
+    const LABEL: &'static str = "result";
+    fn values() -> &'static [&'static str] {
+        &["ok", "failed"]
     }
 }
 

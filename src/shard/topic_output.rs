@@ -2,9 +2,11 @@
 //! short write stopped in (or of its pinned chunk), its private bytes, then what is new in its subscribed topics'
 //! logs, merged in seq order — leaves in one send per pass, as for a whole-feed connection (`output`).
 
+use super::transport;
 use crate::conn::{BufPool, Conn, ConnKey, TopicSubs, PINNED};
 use crate::fanout::{Cursor, Located, TopicId, Topics};
 use crate::reactor::{Outgoing, Reactor, Sending};
+use crate::tls::TlsSession;
 
 use super::output::{send_failed, Flushed};
 
@@ -13,10 +15,22 @@ const MAX_PARTS: usize = 64;
 
 /// Writes (or starts writing) what is pending for topic connection `conn` (see the module docs). Once
 /// `close_queued` is set only the frame in progress is finished.
-pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &mut BufPool, io: &mut R) -> Flushed {
+pub fn flush<R: Reactor>(
+    conn: &mut Conn,
+    key: ConnKey,
+    topics: &Topics,
+    pool: &mut BufPool,
+    io: &mut R,
+    mut tls: Option<&mut TlsSession>,
+) -> Flushed {
     use std::os::fd::AsRawFd;
     debug_assert!(!conn.send_in_flight, "one send per connection at a time");
     loop {
+        if let Some(tls) = tls.as_deref_mut() {
+            if let Some(outcome) = transport::drain(conn, key, tls, pool, io) {
+                return outcome;
+            }
+        }
         let subs = conn.topics.as_deref_mut().expect("a topic connection");
         let released = conn.log_released;
         let mut sources = [0 as TopicId; MAX_PARTS];
@@ -42,6 +56,9 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &
             }
         }
         if head.is_empty() && private_len == 0 && tail_len == 0 {
+            if transport::close_notify(conn, tls.as_deref_mut()) {
+                continue;
+            }
             conn.out_pos = 0;
             pool.give(&mut conn.outbuf);
             return Flushed::Done;
@@ -50,13 +67,18 @@ pub fn flush<R: Reactor>(conn: &mut Conn, key: ConnKey, topics: &Topics, pool: &
         let fd = conn.stream.as_raw_fd();
         let out = Outgoing { head, private: &mut conn.outbuf, private_from: conn.out_pos, tail: &tail[..tail_len] };
         let lens: [u32; MAX_PARTS] = std::array::from_fn(|i| if i < tail_len { tail[i].len() as u32 } else { 0 });
-        // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of topic logs or the connection's pinned chunk.
-        // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
-        // and the trim phase never drops a chunk at or after a cursor of such a connection (each of its
-        // subscriptions holds its log); subscriptions change only with no send in flight (the loop defers control
-        // messages until the completion), and a pinned chunk is dropped only with no send in flight or when the
-        // connection is freed. The cursors move only when the completion is handled (`on_sent`).
-        match unsafe { io.send(key, fd, out) } {
+        let sending = match tls.as_deref_mut() {
+            // TLS: encrypted into the session's buffer, which the next round sends (`transport`).
+            Some(tls) => transport::encrypt(tls, &out, pool),
+            // SAFETY: the broadcast bytes (`head`, `tail`) are chunks of topic logs or the connection's pinned chunk.
+            // While this send is in flight the connection is flagged `send_in_flight` and kept in the blocked list,
+            // and the trim phase never drops a chunk at or after a cursor of such a connection (each of its
+            // subscriptions holds its log); subscriptions change only with no send in flight (the loop defers control
+            // messages until the completion), and a pinned chunk is dropped only with no send in flight or when the
+            // connection is freed. The cursors move only when the completion is handled (`on_sent`).
+            None => unsafe { io.send(key, fd, out) },
+        };
+        match sending {
             Sending::Done(Ok(written)) => {
                 let parts = sources[..tail_len].iter().copied().zip(lens[..tail_len].iter().copied());
                 let subs = conn.topics.as_deref_mut().expect("a topic connection");

@@ -145,7 +145,10 @@ impl Gateway {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("wsgate: listening on ws://") {
+                    let listening = line
+                        .strip_prefix("wsgate: listening on ws://")
+                        .or_else(|| line.strip_prefix("wsgate: listening on wss://"));
+                    if let Some(rest) = listening {
                         let (url, io) = rest.split_once(" (io: ").unwrap_or_else(|| panic!("no backend in {line:?}"));
                         gw.io = io.trim_end_matches(')').to_string();
                         let addr =

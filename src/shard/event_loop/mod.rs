@@ -23,6 +23,7 @@ use super::poll_history;
 use super::stats::{ProxyRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::topic_output;
+use super::transport;
 use super::Settings;
 use crate::client::control::Control;
 use crate::client::encode::{self, FeedMessage};
@@ -184,6 +185,8 @@ pub struct Shard<R: Reactor> {
     linger_deadlines: DeadlineQueue,
     /// Token auth: when each authenticated connection's token expires (`tokens`).
     auth_expiries: ExpiryQueue,
+    /// TLS sessions of the connections (empty unless the listener speaks TLS).
+    tls_sessions: transport::Sessions,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     /// The shutdown or restart drain, once it started: who is closed next, and when.
@@ -252,6 +255,7 @@ impl<R: Reactor> Shard<R> {
             handshake_deadlines: DeadlineQueue::new(settings.handshake_timeout),
             linger_deadlines: DeadlineQueue::new(LINGER),
             auth_expiries: ExpiryQueue::default(),
+            tls_sessions: transport::Sessions::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
             drain: None,
@@ -334,6 +338,7 @@ impl<R: Reactor> Shard<R> {
         let mut dispatch = Dispatch {
             id: self.id,
             conns: &mut self.conns,
+            tls_sessions: &mut self.tls_sessions,
             cx: input_cx!(self),
             handshake_deadlines: &mut self.handshake_deadlines,
             accept_paused_until: &mut self.accept_paused_until,
@@ -690,12 +695,17 @@ impl<R: Reactor> Shard<R> {
         let stats = &self.shared.shards[self.id];
         // io_uring: the completion that wrote its pinned chunk came since.
         let _ = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
-        let flushed = if let Some(subs) = conn.topics.as_deref_mut() {
+        let tls = self.tls_sessions.get_mut(key).map(|s| &mut **s);
+        let flushed = if self.settings.tls.is_some() && tls.is_none() {
+            // A TLS connection that has sent nothing yet: nothing can be said to it (its refusal, if any, is
+            // dropped: it is closed).
+            Flushed::Done
+        } else if let Some(subs) = conn.topics.as_deref_mut() {
             subs.offered_gen = self.pull_gen;
-            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut *self.io)
+            topic_output::flush(conn, key, &self.topics, &mut self.pool, &mut *self.io, tls)
         } else {
             let log = &self.streams[usize::from(conn.stream_id)].log;
-            output::flush(conn, key, log, &mut self.pool, &mut *self.io)
+            output::flush(conn, key, log, &mut self.pool, &mut *self.io, tls)
         };
         // epoll: written just now (a whole-feed skip that was waiting for it goes on at the next flush).
         let unpinned = lag::finish_whole_feed_skip(conn, &mut self.pins, &mut self.pool, stats, self.epoch);
@@ -855,6 +865,7 @@ impl<R: Reactor> Shard<R> {
                 self.proxied_from.remove(&key);
             }
             self.message_rate.forget(key);
+            self.tls_sessions.remove(key);
             if conn.client_slot != NO_SLOT {
                 self.shared.admission.release(conn.client_slot);
             }
@@ -891,8 +902,11 @@ impl<R: Reactor> Shard<R> {
                 } else if conn.phase == Phase::Handshake {
                     tracing::debug!(?key, "handshake timeout");
                     self.shared.shards[self.id].refused(408);
-                    let timeout = crate::proto::handshake::http_response(408, "text/plain", b"request timeout\n");
-                    let _ = reactor::send_now(&conn.stream, &timeout);
+                    if self.settings.tls.is_none() {
+                        // (On TLS, a stalled handshake or request head is closed without an answer.)
+                        let timeout = crate::proto::handshake::http_response(408, "text/plain", b"request timeout\n");
+                        let _ = reactor::send_now(&conn.stream, &timeout);
+                    }
                     kill(conn, key, &mut self.dead);
                 }
             }
@@ -1214,7 +1228,9 @@ impl<R: Reactor> Shard<R> {
                         &format!("Retry-After: {}\r\n", hint.div_ceil(1000)),
                         format!("{}\n", mode.reason()).as_bytes(),
                     );
-                    let _ = reactor::send_now(&conn.stream, &refusal);
+                    if self.settings.tls.is_none() {
+                        let _ = reactor::send_now(&conn.stream, &refusal);
+                    }
                     kill(conn, key, &mut self.dead);
                 }
                 Phase::Open if conn.held_poll => {
