@@ -13,7 +13,7 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-/** Starts the gateway; resolves with its process and ws:// URL once it prints its listening line. */
+/** Starts the gateway; resolves with its process and ws:// (or wss://) URL once it prints its listening line. */
 export function startGateway(args) {
   assert.ok(BIN, 'set WSGATE_BIN to the wsgate binary');
   const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
@@ -24,7 +24,7 @@ export function startGateway(args) {
     const timer = setTimeout(() => reject(new Error(`no listening line; stderr:\n${stderr}`)), 10_000);
     proc.on('exit', (code) => reject(new Error(`wsgate exited early (${code}); stderr:\n${stderr}`)));
     createInterface({ input: proc.stdout }).on('line', (line) => {
-      const m = line.match(/^wsgate: listening on (ws:\/\/\S+\/ws) \(io: \w+\)$/);
+      const m = line.match(/^wsgate: listening on (wss?:\/\/\S+\/ws) \(io: \w+\)$/);
       if (m) {
         clearTimeout(timer);
         resolve({ proc, url: m[1], port: Number(new URL(m[1]).port), stderr: () => stderr });
@@ -46,8 +46,9 @@ export async function stopGateway(gw) {
   return exited(gw.proc);
 }
 
-export async function withBrowser(fn) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+/** Runs `fn(page)` in a fresh headless Chromium; `extraArgs` are more command-line flags for it. */
+export async function withBrowser(fn, extraArgs = []) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs] });
   try {
     const page = await browser.newPage();
     return await fn(page);
