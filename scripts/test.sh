@@ -36,6 +36,9 @@ fi
 step "browser: headless Chromium drives the gateway through the standard WebSocket API"
 WSGATE_BIN="$target_dir/debug/wsgate" node --test tests/browser/
 
+step "deployment guide: sysctl file, systemd units, no io_uring under seccomp, Dockerfile (scripts/check-deployment.sh)"
+./scripts/check-deployment.sh
+
 step "unmasking with SIMD disabled (--cfg wsgate_disable_simd)"
 CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd -D warnings" cargo test --lib proto::mask
 
