@@ -7,7 +7,11 @@
 //!   and a held long-poll answered by the gateway (`poll_timeout` 2 s) before the proxy gives up;
 //! - a gateway restart behind the proxy: the close (1001, with its retry hint) reaches the clients through the
 //!   proxy, they reconnect through it to the new process and resume with their last position, which does not
-//!   survive a restart: an honest `gap` (reason `epoch`), then the new process's messages.
+//!   survive a restart: an honest `gap` (reason `epoch`), then the new process's messages;
+//! - two gateways behind one proxy: clients spread over both, each resuming on its own (the hash on the client's
+//!   address in the templates);
+//! - as the control, each proxy does cut a WebSocket whose backend sends no pings at its timeout; and
+//!   `docs/deployment.md` shows the configurations verbatim.
 //!
 //! Nothing is skipped: without nginx, HAProxy or openssl the tests fail and say to run
 //! `scripts/install-test-deps.sh`.
@@ -66,7 +70,8 @@ impl Edge {
     fn start(kind: Kind) -> Edge {
         let listen = format!("127.0.0.1:{}", edge::free_port());
         let gw = start_gateway(&listen);
-        let proxy = Proxy::start(kind, &Options { gateway: gw.ws_addr, timeout: PROXY_TIMEOUT, send_proxy: false });
+        let proxy =
+            Proxy::start(kind, &Options { gateways: vec![gw.ws_addr], timeout: PROXY_TIMEOUT, send_proxy: false });
         let publisher = gw.publisher();
         Edge { gw, proxy, listen, publisher }
     }
@@ -606,7 +611,7 @@ fn silent_backend() -> std::net::SocketAddr {
 fn without_pings_each_proxy_cuts_an_idle_websocket_at_its_timeout() {
     let backend = silent_backend();
     for kind in [Kind::Nginx, Kind::Haproxy] {
-        let proxy = Proxy::start(kind, &Options { gateway: backend, timeout: PROXY_TIMEOUT, send_proxy: false });
+        let proxy = Proxy::start(kind, &Options { gateways: vec![backend], timeout: PROXY_TIMEOUT, send_proxy: false });
         let entry = &proxy.entries()[0];
         let started = Instant::now();
         let mut ws = ws(entry, "/ws").unwrap_or_else(|e| panic!("{kind:?}: {e}"));
@@ -619,4 +624,62 @@ fn without_pings_each_proxy_cuts_an_idle_websocket_at_its_timeout() {
             "{kind:?} cut a silent WebSocket after {after:?} (timeout {PROXY_TIMEOUT:?}): {end:?}"
         );
     }
+}
+
+/// Two gateways behind one proxy (the same template, one `server` line each): clients from 32 source addresses
+/// are spread over both, and each comes back to its own gateway (the hash on the client's address), where its
+/// position resumes without a gap.
+fn several_gateways(kind: Kind) {
+    let mut gateways: Vec<(Gateway, TcpStream)> = (0..2)
+        .map(|_| {
+            let gw = start_gateway("127.0.0.1:0");
+            let publisher = gw.publisher();
+            (gw, publisher)
+        })
+        .collect();
+    let addrs = gateways.iter().map(|(gw, _)| gw.ws_addr).collect();
+    let proxy = Proxy::start(kind, &Options { gateways: addrs, timeout: PROXY_TIMEOUT, send_proxy: false });
+    let entry = &proxy.entries()[0];
+    let mut publish = |n: u64| {
+        for (_, p) in &mut gateways {
+            common::write_all(p, format!("{{\"topic\":\"S\",\"n\":{n}}}\n").as_bytes());
+        }
+    };
+    // 32 addresses: even a lopsided hash ring (nginx hashes the servers' ports, new each run) splits them.
+    let sources: Vec<[u8; 4]> = (2..34).map(|i| [127, 0, 0, i]).collect();
+    let connect = |source: [u8; 4], path: &str| {
+        let stream = entry.connect_from(Some(source)).unwrap_or_else(|e| panic!("connect from {source:?}: {e}"));
+        let mut ws = ws_over(entry, stream, path).unwrap_or_else(|e| panic!("{kind:?} from {source:?}: {e}"));
+        let reply = read_reply(&mut ws, "subscribed");
+        let epoch = num(reply.get("topics").and_then(Value::as_array).unwrap()[0].get("position").unwrap(), "epoch");
+        (ws, epoch)
+    };
+    let mut clients: Vec<_> = sources.iter().map(|&src| connect(src, "/ws?topics=S")).collect();
+    let epochs: std::collections::HashSet<u64> = clients.iter().map(|(_, e)| *e).collect();
+    assert_eq!(epochs.len(), 2, "{kind:?} sent 32 source addresses all to one gateway");
+    publish(0);
+    publish(1);
+    let last: Vec<u64> = sources
+        .iter()
+        .zip(&mut clients)
+        .map(|(source, (ws, _))| *read_in_order(ws, 0, 2, &format!("{kind:?} from {source:?}")).last().unwrap())
+        .collect();
+    publish(2);
+    // Each comes back with the position of message 1: message 2 is replayed from its gateway's history.
+    for ((source, (_, epoch)), seq) in sources.iter().zip(&clients).zip(last) {
+        let (mut back, again) = connect(*source, &format!("/ws?topics=S&since={epoch}:{seq}"));
+        assert_eq!(again, *epoch, "{kind:?}: {source:?} came back to another gateway");
+        let v = read_json(&mut back);
+        assert_eq!(message(&v), (seq + 1, 2), "{kind:?} from {source:?}: resumed without a gap: {v:?}");
+    }
+}
+
+#[test]
+fn several_gateways_behind_nginx_each_client_resumes_on_its_own() {
+    several_gateways(Kind::Nginx);
+}
+
+#[test]
+fn several_gateways_behind_haproxy_each_client_resumes_on_its_own() {
+    several_gateways(Kind::Haproxy);
 }

@@ -47,8 +47,8 @@ impl Kind {
 /// What a proxy is started with.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The gateway it forwards to.
-    pub gateway: SocketAddr,
+    /// The gateways it balances over (one `server` line each).
+    pub gateways: Vec<SocketAddr>,
     /// The proxy's idle timeout (nginx `proxy_read_timeout`, HAProxy `timeout client/server/tunnel`).
     pub timeout: Duration,
     /// HAProxy only: send a PROXY protocol v2 header to the gateway (`send-proxy-v2`).
@@ -86,11 +86,25 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
 }
 
-/// `template` (a path relative to the repository) with every `{{name}}` replaced; panics on a placeholder left
-/// over or a value the template does not use, so the file and the tests cannot drift apart.
-pub fn fill(template: &str, values: &[(&str, String)]) -> String {
+/// `template` (a path relative to the repository) with every `{{name}}` replaced, and each line holding
+/// `{{gateway}}` repeated once per gateway (with `{{n}}` its number, from 1); panics on a placeholder left over
+/// or a value the template does not use, so the file and the tests cannot drift apart.
+pub fn fill(template: &str, gateways: &[SocketAddr], values: &[(&str, String)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(template);
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert!(text.contains("{{gateway}}"), "{template} has no placeholder {{{{gateway}}}}");
+    let mut text: String = text
+        .split_inclusive('\n')
+        .flat_map(|line| -> Vec<String> {
+            if !line.contains("{{gateway}}") {
+                return vec![line.to_string()];
+            }
+            let each = |(i, gw): (usize, &SocketAddr)| {
+                line.replace("{{gateway}}", &gw.to_string()).replace("{{n}}", &(i + 1).to_string())
+            };
+            gateways.iter().enumerate().map(each).collect()
+        })
+        .collect();
     for (name, value) in values {
         let key = format!("{{{{{name}}}}}");
         assert!(text.contains(&key), "{template} has no placeholder {key}");
@@ -177,8 +191,8 @@ impl Proxy {
             Kind::Nginx => {
                 let conf = fill(
                     NGINX_TEMPLATE,
+                    &opts.gateways,
                     &[
-                        ("gateway", opts.gateway.to_string()),
                         ("listen", plain.to_string()),
                         ("listen_tls", tls.to_string()),
                         ("cert", cert.display().to_string()),
@@ -196,8 +210,8 @@ impl Proxy {
             Kind::Haproxy => {
                 let cfg = fill(
                     HAPROXY_TEMPLATE,
+                    &opts.gateways,
                     &[
-                        ("gateway", opts.gateway.to_string()),
                         ("listen", plain.to_string()),
                         ("listen_tls", tls.to_string()),
                         ("pem", pem.display().to_string()),
