@@ -683,3 +683,22 @@ fn several_gateways_behind_nginx_each_client_resumes_on_its_own() {
 fn several_gateways_behind_haproxy_each_client_resumes_on_its_own() {
     several_gateways(Kind::Haproxy);
 }
+
+/// `docs/deployment.md` shows the files the tests and `scripts/check-deployment.sh` run, verbatim, so the
+/// guide cannot drift from what is exercised.
+#[test]
+fn the_deployment_guide_shows_the_tested_files_verbatim() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/deployment.md")).expect("read docs/deployment.md");
+    for file in [
+        edge::NGINX_TEMPLATE,
+        edge::HAPROXY_TEMPLATE,
+        "docs/deployment/sysctl-wsgate.conf",
+        "docs/deployment/wsgate-container.toml",
+        "Dockerfile",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let block = format!("\n{}\n```\n", text.trim_end_matches('\n'));
+        assert!(guide.contains(&block), "docs/deployment.md does not show {file} verbatim in a code block");
+    }
+}
