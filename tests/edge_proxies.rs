@@ -41,15 +41,15 @@ const SUBSCRIBERS: usize = 50;
 /// Messages of one broadcast.
 const MESSAGES: u64 = 100;
 
-/// The gateway's settings here: keepalives (pings every second, SSE heartbeats every second, held polls answered
-/// after 2 s) well inside the proxy's timeout, and a short shutdown spread.
+/// The gateway's settings here: keepalives (pings every second, answered within 0.9 s; SSE heartbeats every second;
+/// held polls answered after 2 s) well inside the proxy's timeout, and a short shutdown spread.
 const GATEWAY_ARGS: &[&str] = &[
     "--ingest",
     "127.0.0.1:0",
     "--ping-interval",
     "1000",
     "--pong-timeout",
-    "500",
+    "900",
     "--sse-heartbeat",
     "1000",
     "--poll-timeout",
@@ -311,13 +311,20 @@ fn broadcast(e: &mut Edge, entry: &Entry, topic: &str) {
     let mut sse = Sse::open(entry, &format!("/sse?topics={topic}"), "");
 
     e.publish(topic, 0..MESSAGES);
-    let mut seqs = Vec::new();
-    for (i, ws) in clients.iter_mut().enumerate() {
-        let got = read_in_order(ws, 0, MESSAGES, &format!("client {i} via {entry:?}"));
-        if i > 0 {
-            assert_eq!(got, seqs, "client {i} via {entry:?} saw other positions than client 0");
-        }
-        seqs = got;
+    // Each client reads on its own thread, as a real one would, so that it answers the gateway's pings in time.
+    let seen: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let readers: Vec<_> = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, ws)| s.spawn(move || read_in_order(ws, 0, MESSAGES, &format!("client {i} via {entry:?}"))))
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    // Done with them: closed now rather than left unread (the gateway would close them for missing pongs).
+    drop(clients);
+    let seqs = seen[0].clone();
+    for (i, got) in seen.iter().enumerate() {
+        assert_eq!(got, &seqs, "client {i} via {entry:?} saw other positions than client 0");
     }
     for (i, seq) in seqs.iter().enumerate() {
         let event = sse.next_event();
@@ -355,7 +362,7 @@ fn broadcast(e: &mut Edge, entry: &Entry, topic: &str) {
     assert_eq!(read_in_order(&mut back, MESSAGES, 1, "live after the replay").len(), 1);
 
     // The close handshake from the client: the gateway's answer comes back through the proxy.
-    let ws = &mut clients[0];
+    let ws = &mut back;
     ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).unwrap();
     let echoed = loop {
         match ws.read() {
@@ -492,8 +499,14 @@ fn restart(e: &mut Edge, topic: &str) {
                 })
             })
             .collect();
+        let stopping = Instant::now();
         let status = e.gw.stop(Duration::from_secs(10));
         assert!(status.success(), "the gateway's exit: {status:?}");
+        // A closed connection lingers up to 2 s for the client's answer to the close (then it is cut), so without
+        // answers the exit comes at least 2 s after SIGTERM; right after the 300 ms spread, it shows the answers
+        // came back through the proxy.
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_millis(1800), "the gateway took {took:?} to exit: close answers lost?");
         let closes: Vec<_> = closes.into_iter().map(|t| t.join().unwrap()).collect();
         let ends: Vec<_> = ends.into_iter().map(|t| t.join().unwrap()).collect();
         (closes, ends)
