@@ -6,7 +6,8 @@
 #   2. docs/systemd/ units: `systemd-analyze verify`, with ExecStart pointed at the built binary.
 #   3. A container's seccomp profile without io_uring (scripts/no-io-uring.py): `--check-io` says why, `--io auto`
 #      serves on epoll with one log line, `--io uring` refuses to start.
-#   4. The Dockerfile: built and run (`--check-io`, default seccomp and unconfined) when a Docker daemon answers;
+#   4. The Dockerfile: its configuration (docs/deployment/wsgate-container.toml) accepted as its ENTRYPOINT gives
+#      it; the image built and run (`--check-io`, default seccomp and unconfined) when a Docker daemon answers,
 #      otherwise a loud SKIP line.
 # Nothing here leaves loopback, and nothing changes the host's settings.
 set -euo pipefail
@@ -82,6 +83,12 @@ grep -q "io backend: epoll (io_uring unavailable" "$tmp/auto.err" || fail "--io 
 echo "  --io auto: $(head -1 "$tmp/auto.out")"
 
 step "Dockerfile"
+# What the image runs, as its ENTRYPOINT runs it: the configuration must be accepted, flags after it win.
+"$bin" --config docs/deployment/wsgate-container.toml --print-config | grep -qx 'listen = "0.0.0.0:8080"' \
+  || fail "docs/deployment/wsgate-container.toml: not accepted, or listen is not 0.0.0.0:8080"
+"$bin" --config docs/deployment/wsgate-container.toml --listen 127.0.0.1:9 --print-config \
+  | grep -qx 'listen = "127.0.0.1:9"' || fail "a flag after the image's --config does not win"
+echo "  the image's configuration is accepted; flags given to docker run override it"
 if docker info >/dev/null 2>&1; then
   docker build -t wsgate:check .
   echo "  default seccomp: $(docker run --rm wsgate:check --check-io || true)"
