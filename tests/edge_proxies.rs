@@ -101,8 +101,21 @@ fn ws(entry: &Entry, path: &str) -> Result<WebSocket<Stream>, String> {
 }
 
 fn ws_over(entry: &Entry, stream: Stream, path: &str) -> Result<WebSocket<Stream>, String> {
+    ws_with_headers(entry, stream, path, &[])
+}
+
+/// [`ws_over`] with extra request headers.
+fn ws_with_headers(
+    entry: &Entry,
+    stream: Stream,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<WebSocket<Stream>, String> {
     let mut req = format!("{}://{}{path}", entry.ws_scheme(), entry.addr).into_client_request().unwrap();
     req.headers_mut().insert("Sec-WebSocket-Protocol", "wsgate.v1.json".parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
     match tungstenite::client(req, stream) {
         Ok((ws, resp)) => {
             assert_eq!(resp.status(), 101);
@@ -714,4 +727,55 @@ fn the_deployment_guide_shows_the_tested_files_verbatim() {
         let block = format!("\n{}\n```\n", text.trim_end_matches('\n'));
         assert!(guide.contains(&block), "docs/deployment.md does not show {file} verbatim in a code block");
     }
+}
+
+/// The gateway sees each client's own address through the proxy (HAProxy: PROXY protocol v2; nginx:
+/// `X-Forwarded-For`), so `max_connections_per_ip 1` admits one client from 127.0.0.2 and one from 127.0.0.3 and
+/// refuses a second from 127.0.0.2 with its own `503` (with `Retry-After`, which the proxies' own 503s lack),
+/// even when that client names another address in forwarding headers of its own. Through the plain and the TLS
+/// listener, with the gateway's per-address refusals counted.
+fn client_address(kind: Kind) {
+    let mut args =
+        vec!["--listen", "127.0.0.1:0", "--max-connections-per-ip", "1", "--trusted-proxies", "127.0.0.1/32"];
+    if kind == Kind::Haproxy {
+        args.push("--proxy-protocol");
+    }
+    args.extend_from_slice(GATEWAY_ARGS);
+    let gw = Gateway::start(&args);
+    let opts = Options { gateways: vec![gw.ws_addr], timeout: PROXY_TIMEOUT, send_proxy: kind == Kind::Haproxy };
+    let proxy = Proxy::start(kind, &opts);
+    let forged = [("Forwarded", "for=127.0.0.77"), ("X-Forwarded-For", "127.0.0.78"), ("X-Real-IP", "127.0.0.79")];
+    for (i, entry) in proxy.entries().iter().enumerate() {
+        // Other source addresses per listener: the first listener's clients may still be closing.
+        let (a, b) = ([127, 0, 0, 2 + 2 * i as u8], [127, 0, 0, 3 + 2 * i as u8]);
+        let from = |src: [u8; 4], headers: &[(&'static str, &str)]| {
+            let stream = entry.connect_from(Some(src)).unwrap_or_else(|e| panic!("connect from {src:?}: {e}"));
+            ws_with_headers(entry, stream, "/ws", headers)
+        };
+        let _first =
+            from(a, &[]).unwrap_or_else(|e| panic!("{kind:?} via {entry:?}: the first client from {a:?}: {e}"));
+        let _other =
+            from(b, &[]).unwrap_or_else(|e| panic!("{kind:?} via {entry:?}: the first client from {b:?}: {e}"));
+        for headers in [&[][..], &forged[..]] {
+            let err = from(a, headers).map(|_| ()).expect_err("a second client from the same address was admitted");
+            assert!(err.starts_with("HTTP 503 (Retry-After: "), "{kind:?} via {entry:?} {headers:?}: {err}");
+            assert!(!err.ends_with("none)"), "a 503 without Retry-After is the proxy's, not the gateway's: {err}");
+        }
+    }
+    // Scraped through the proxy: with the PROXY protocol on, the listener takes nothing without a header.
+    let (head, text) = get(&proxy.entries()[0], "/metrics");
+    assert_eq!(head.status, 200, "/metrics via {kind:?}: {head:?} {text}");
+    let scrape = common::prom::parse(&text).unwrap_or_else(|e| panic!("/metrics via {kind:?}: {e}"));
+    let refused = scrape.sum("wsgate_load_refused_total", &[("reason", "per_ip")]);
+    assert_eq!(refused, 4.0, "per-address refusals counted by the gateway");
+}
+
+#[test]
+fn haproxy_proxy_protocol_v2_gives_the_gateway_the_client_address() {
+    client_address(Kind::Haproxy);
+}
+
+#[test]
+fn nginx_x_forwarded_for_gives_the_gateway_the_client_address() {
+    client_address(Kind::Nginx);
 }
