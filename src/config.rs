@@ -313,6 +313,18 @@ pub struct Config {
     /// Most client addresses the per-address limits remember (idle ones are forgotten first); a new address
     /// beyond it, while every remembered one has connections open, gets `503`.
     pub max_tracked_ips: usize,
+    /// PROXY protocol on the listener (v1 or v2, e.g. HAProxy `send-proxy-v2`, nginx `proxy_protocol on`): every
+    /// connection must start with a PROXY header from a `trusted_proxies` address, which names the client (the
+    /// address per-address limits, logs and metrics use). A connection from another address is closed at
+    /// accept; one whose first bytes are not a valid header gets `400` and is closed; v2 `LOCAL` (health checks)
+    /// is accepted as the proxy itself. The header comes before anything else (TLS included). Needs
+    /// `trusted_proxies`. See docs/client-address.md.
+    pub proxy_protocol: bool,
+    /// Address ranges of the proxies trusted to name the client (`10.0.0.0/8`, `::1/128`, or one address): by a
+    /// PROXY protocol header, or by `Forwarded`, `X-Forwarded-For` or `X-Real-IP` (read only on requests from
+    /// these addresses; the rightmost address that is not a trusted proxy is the client). Empty: no proxy is
+    /// trusted and those headers are ignored.
+    pub trusted_proxies: Vec<String>,
     /// Control messages and pings per second one WebSocket client may send (a token bucket with a burst twice
     /// as large); beyond it the connection is closed (`1008`); 0 = no limit. Off with `echo`.
     pub client_message_rate: u32,
@@ -419,6 +431,8 @@ impl Default for Config {
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
             max_tracked_ips: 65536,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
             client_message_rate: 100,
             retry_after: Duration::from_secs(5),
             overload_memory_bytes: 0,
@@ -639,6 +653,13 @@ impl Config {
         if self.max_tracked_ips < 64 || self.max_tracked_ips > 1 << 24 {
             return bad("max_tracked_ips must be in 64..=16777216");
         }
+        let trusted = self.trusted_proxies().map_err(ConfigError::Invalid)?;
+        if self.proxy_protocol && trusted.is_empty() {
+            return bad(
+                "proxy_protocol needs trusted_proxies (the addresses of the proxies that may send the header, e.g. \
+                 127.0.0.1/32)",
+            );
+        }
         if self.overload_feed_queue_percent > 100 {
             return bad("overload_feed_queue_percent must be in 0..=100");
         }
@@ -698,6 +719,11 @@ impl Config {
             publish_claim: self.auth_publish_claim.clone(),
         };
         AuthConfig::new(material, options).map(Some).map_err(bad)
+    }
+
+    /// The trusted proxies (`trusted_proxies`), or what is wrong with an entry.
+    pub fn trusted_proxies(&self) -> Result<crate::proto::cidr::TrustedProxies, String> {
+        crate::proto::cidr::TrustedProxies::parse(&self.trusted_proxies).map_err(|e| format!("trusted_proxies: {e}"))
     }
 
     /// The io_uring backend's settings.
@@ -819,6 +845,24 @@ mod tests {
         }
         let cfg = Config { max_loop_private_bytes: 4096, ..Config::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("max_loop_private_bytes"));
+    }
+
+    #[test]
+    fn proxy_settings_are_checked_at_start() {
+        let cfg = load(&["--proxy-protocol", "--trusted-proxies", "127.0.0.1/32,::1/128"]).unwrap();
+        assert!(cfg.proxy_protocol);
+        assert_eq!(cfg.trusted_proxies, ["127.0.0.1/32", "::1/128"]);
+        assert!(cfg.trusted_proxies().unwrap().contains("::1".parse().unwrap()));
+        let path = file("proxy.toml", "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+        let cfg = load(&["--config", &path]).unwrap();
+        assert!(cfg.proxy_protocol && cfg.trusted_proxies == ["10.0.0.0/8"]);
+        assert!(!Config::default().proxy_protocol && Config::default().trusted_proxies.is_empty(), "off by default");
+        let err = load(&["--proxy-protocol"]).unwrap_err().to_string();
+        assert!(err.contains("proxy_protocol") && err.contains("trusted_proxies"), "{err}");
+        let err = load(&["--trusted-proxies", "127.0.0.1/32,10.0.0.0/40"]).unwrap_err().to_string();
+        assert!(err.contains("trusted_proxies") && err.contains("10.0.0.0/40"), "{err}");
+        let printed = load(&["--trusted-proxies", "127.0.0.1/32"]).unwrap().to_toml();
+        assert!(printed.contains("proxy_protocol = false") && printed.contains("127.0.0.1/32"), "{printed}");
     }
 
     #[test]

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use super::TokenBucket;
 
-/// The one address the per-address limits (and, later, logs and metrics) key a connection on.
+/// The one address the per-address limits, logs and metrics key a connection on.
 ///
-/// Today it is the TCP peer, set at accept. Behind a proxy that is the proxy's address for every client, so the
-/// next step (PROXY protocol, trusted `Forwarded`/`X-Forwarded-For` headers) replaces it with the address those
-/// name, known only once the PROXY header or the request head is read: the connection's charge on the peer is
-/// then released and the named address admitted in its place (`IpTable::release`, then `IpTable::admit`).
+/// Set at accept to the TCP peer. Behind a trusted proxy that is the proxy's address for every client, so the
+/// PROXY protocol header and trusted `Forwarded`/`X-Forwarded-For`/`X-Real-IP` headers name it instead
+/// (`shard::client`, `docs/client-address.md`); known only once the PROXY header or the request head is read.
+/// A connection from a trusted proxy is therefore not charged at accept (its proxy is not its client): it is
+/// admitted on its address when that is known. Should a connection already hold a charge when its address
+/// changes, the charge is moved: `IpTable::release`, then `IpTable::admit`.
 ///
 /// An IPv4-mapped IPv6 address is its IPv4 address. Any other IPv6 address counts by its /64: one host or site
 /// usually holds a whole /64, so limits on single IPv6 addresses would limit nothing.
@@ -45,6 +47,34 @@ impl ClientAddr {
     pub fn ip(&self) -> IpAddr {
         self.0
     }
+}
+
+/// Where a connection's client address came from (the `source` label of `proxied_clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrSource {
+    /// The TCP peer (no proxy, or an untrusted one, or a trusted one that named nobody).
+    Peer = 0,
+    /// A PROXY protocol header.
+    ProxyProtocol = 1,
+    /// `Forwarded: for=` from a trusted proxy.
+    Forwarded = 2,
+    /// `X-Forwarded-For` from a trusted proxy.
+    XForwardedFor = 3,
+    /// `X-Real-IP` from a trusted proxy.
+    XRealIp = 4,
+}
+
+/// How far a connection's client address is known (one byte in `Conn`; `shard::client` moves it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrState {
+    /// Known, from this source (and charged on, when the per-address limits are on).
+    Known(AddrSource),
+    /// PROXY protocol on and the peer trusted: the header has not been read yet. Nothing is charged.
+    AwaitingPreface,
+    /// It comes from a trusted proxy: the request head's forwarding headers decide. Nothing is charged yet.
+    /// `proxied`: that proxy is the client a PROXY header named (kept in the loop's table by connection), not
+    /// the TCP peer.
+    AwaitingHead { proxied: bool },
 }
 
 /// The per-address limits; 0 = that limit is off.

@@ -10,7 +10,7 @@ mod slab;
 mod subs;
 mod token_bucket;
 
-pub use client_addr::{ClientAddr, IpRefusal, IpTable, PerIpLimits, Slot};
+pub use client_addr::{AddrSource, AddrState, ClientAddr, IpRefusal, IpTable, PerIpLimits, Slot};
 pub use pool::BufPool;
 pub use slab::{ConnKey, GenSlab};
 pub use subs::{Sub, TopicSubs, PINNED};
@@ -115,6 +115,8 @@ pub struct Conn {
     /// Bytes of `outbuf` still to write when the loop last counted them in its private-bytes total
     /// (`max_loop_private_bytes`).
     pub private_counted: u32,
+    /// How far its client address is known (PROXY protocol, forwarding headers: `shard::client`).
+    pub client_addr: AddrState,
 }
 
 /// What a connection's token allows, and when the connection must end unless the token is refreshed.
@@ -136,8 +138,8 @@ pub const NO_SLOT: Slot = Slot::MAX;
 pub const NOT_SUBSCRIBED: u32 = u32::MAX;
 
 // Budget: 100k idle connections must fit in well under 512 bytes each, slab entry included. 168 since keepalive,
-// per-address admission, token auth and the private-bytes budget each took their few bytes; anything larger goes
-// behind a box like `pinned`, `topics` and `auth`.
+// per-address admission, token auth and the private-bytes budget each took their few bytes (the client-address
+// state's one byte fits in padding); anything larger goes behind a box like `pinned`, `topics` and `auth`.
 const _: () = assert!(std::mem::size_of::<Conn>() <= 168);
 
 impl Conn {
@@ -176,6 +178,7 @@ impl Conn {
             auth: None,
             lag_relief_due: false,
             private_counted: 0,
+            client_addr: AddrState::Known(AddrSource::Peer),
         }
     }
 

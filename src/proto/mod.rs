@@ -10,15 +10,21 @@
 //! - [`close`]: close-code rules and close payload codec.
 //! - [`utf8`]: streaming UTF-8 validation for fragmented text.
 //! - [`error`]: [`ProtocolError`], one variant per RFC rule, each with its close code.
+//! - [`proxy_protocol`]: the PROXY protocol header (v1 text, v2 binary) a balancer sends before anything else.
+//! - [`cidr`]: address ranges and the trusted-proxy list; [`forwarded`]: the client named by `Forwarded`,
+//!   `X-Forwarded-For` or `X-Real-IP` from a trusted proxy.
 //! - [`mask`]: payload (un)masking (owned separately; the only place with `unsafe`).
 
+pub mod cidr;
 pub mod close;
 pub mod error;
+pub mod forwarded;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
 #[cfg(any(test, fuzzing))]
 pub mod oracle;
+pub mod proxy_protocol;
 pub mod session;
 pub mod utf8;
 

@@ -9,17 +9,16 @@
 //! the address, each behind its own lock, taken once when a connection is admitted and once when it is freed —
 //! never on the message path. Each part holds at most its share of `max_tracked_ips` addresses.
 //!
-//! Where: today the client address is the TCP peer, known at accept, so the check runs at accept (a half-open
+//! Where: a connection from anyone but a trusted proxy is charged on its TCP peer at accept (a half-open
 //! handshake counts against its address from its first moment, so one address cannot hold thousands of them).
-//! When the PROXY protocol or trusted forwarding headers name another address (issue 12), that is known only
-//! after the PROXY header or the request head: the connection's charge is then moved there (release the peer's
-//! slot, admit the named address) where the head is parsed, before routing.
+//! A connection from a trusted proxy is charged once the PROXY header or its request head named its client
+//! (`shard::client`), before routing; a proxy is never charged as if it were a client.
 //!
 //! Not here: `max_connections` (the loop's slab, `dispatch`), the per-connection message rate
 //! (`message_rate`).
 
 use std::hash::{BuildHasher, RandomState};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,6 +64,11 @@ impl Admission {
         }
     }
 
+    /// Whether the per-address limits are on (`max_connections_per_ip`, `connection_rate_per_ip`).
+    pub fn limits_per_address(&self) -> bool {
+        self.clients.is_some()
+    }
+
     /// Whether new connections are refused for memory (overloaded or shedding).
     pub fn overloaded(&self) -> bool {
         self.pressure.level() >= Level::Overloaded
@@ -103,17 +107,20 @@ impl Admission {
     }
 }
 
-/// The accept-time check of a connection just put in the slab: charged on its client address, or answered
-/// `503` with `Retry-After` and closed once that is written (through the connection, so that the answer is
-/// not lost to a reset; the slot is held at most the linger time).
-pub fn admit_accepted(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
+/// Charges `conn` on its client address `ip` (moving a charge it already holds), or answers `503` with
+/// `Retry-After` and closes it once that is written (through the connection, so that the answer is not lost to
+/// a reset; the slot is held at most the linger time). Returns whether it was admitted. Called at accept with
+/// the TCP peer, or once a PROXY header or trusted forwarding headers named the client (`shard::client`).
+pub fn charge(conn: &mut Conn, key: ConnKey, ip: IpAddr, cx: &mut InputCx<'_>) -> bool {
     let admission = &cx.shared.admission;
-    let Some(table) = &admission.clients else { return };
-    let Ok(peer) = conn.stream.peer_addr() else { return }; // already gone: its first read says so
-    let refusal = match table.admit(ClientAddr::from_peer(peer), Instant::now()) {
+    let Some(table) = &admission.clients else { return true };
+    if conn.client_slot != NO_SLOT {
+        table.release(std::mem::replace(&mut conn.client_slot, NO_SLOT), Instant::now());
+    }
+    let refusal = match table.admit(ClientAddr::from_ip(ip), Instant::now()) {
         Ok(slot) => {
             conn.client_slot = slot;
-            return;
+            return true;
         }
         Err(refusal) => refusal,
     };
@@ -123,9 +130,10 @@ pub fn admit_accepted(conn: &mut Conn, key: ConnKey, cx: &mut InputCx<'_>) {
         IpRefusal::TableFull => (LoadRefusal::IpTableFull, admission.retry_after_s),
     };
     cx.stats.refused_for_load(reason);
-    admission.log.warn(&format!("{}: refused {} with 503", refusal.reason(), peer.ip()));
+    admission.log.warn(&format!("{}: refused {ip} with 503", refusal.reason()));
     let response = busy_response(refusal.reason(), retry_after_s);
     input::respond(conn, key, &response, cx);
+    false
 }
 
 /// A request for `/ws`, `/sse` or `/poll` while the process is over a memory mark, or while this loop thread is

@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::admission;
+use super::client;
 use super::input::{self, kill, InputCx};
 use super::output;
 use super::stats::{LoadRefusal, ShardStats};
@@ -155,12 +156,15 @@ impl Dispatch<'_> {
             self.cx.stats.refused_for_load(LoadRefusal::MaxConnections);
             return;
         }
+        let Ok(peer) = client::screen(&stream, self.cx.settings, &self.cx.shared.admission, self.cx.stats) else {
+            return; // PROXY protocol from an untrusted peer: dropping the socket closes it
+        };
         let key = self.conns.insert(Conn::new(stream));
         self.to_attach.push(key);
         ShardStats::add(&self.cx.stats.connections, 1);
         self.handshake_deadlines.push(Instant::now(), key);
         if let Some(conn) = self.conns.get_mut(key) {
-            admission::admit_accepted(conn, key, &mut self.cx);
+            client::accepted(conn, key, peer, &mut self.cx);
         }
     }
 }

@@ -8,17 +8,19 @@ use std::time::Instant;
 
 use super::access;
 use super::admission;
+use super::client;
 use super::drain::{self, StopMode};
 use super::keepalive::{self, Keepalive, Opened};
 use super::message_rate::MessageRate;
 use super::poll_history;
+use super::preface;
 use super::publishing;
 use super::stats::{GapKind, LoadRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::Settings;
 use crate::client::control::{self, Control, ControlError, ErrorCode};
 use crate::client::{encode, sse, Format, Pattern, Position};
-use crate::conn::{Authenticated, BufPool, Conn, ConnKey, Phase, TokenBucket};
+use crate::conn::{AddrState, Authenticated, BufPool, Conn, ConnKey, Phase, TokenBucket};
 use crate::fanout::{Pins, Stream, StreamId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::proto::handshake::{self, Parsed, Rejection};
@@ -54,6 +56,8 @@ pub struct InputCx<'a> {
     pub message_rate: &'a mut MessageRate,
     /// Token auth: when each connection's token expires (`shard::access`).
     pub auth_expiries: &'a mut ExpiryQueue,
+    /// The trusted proxy a PROXY header named, by connection, until its request head is read (`shard::client`).
+    pub proxied_from: &'a mut HashMap<ConnKey, std::net::IpAddr>,
 }
 
 /// Feeds freshly read bytes to `conn`. Bytes that do not complete a request head or frame are kept in
@@ -61,6 +65,10 @@ pub struct InputCx<'a> {
 pub fn on_bytes(conn: &mut Conn, key: ConnKey, data: &mut [u8], cx: &mut InputCx<'_>) {
     if !conn.wants_input() {
         return; // Draining after our final bytes: the peer's bytes no longer matter.
+    }
+    if conn.client_addr == AddrState::AwaitingPreface {
+        // The PROXY header comes before anything else; what follows it comes back here.
+        return preface::on_bytes(conn, key, data, cx);
     }
     if conn.upgraded {
         keepalive::on_input(conn);
@@ -99,7 +107,9 @@ fn consume(conn: &mut Conn, key: ConnKey, buf: &mut [u8], cx: &mut InputCx<'_>) 
             }
             Ok(Parsed::Complete { head, consumed }) => {
                 pos = consumed;
-                route(conn, key, &head, cx);
+                if client::at_head(conn, key, &head, cx) {
+                    route(conn, key, &head, cx);
+                }
             }
         }
     }

@@ -75,8 +75,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::conn::AddrSource;
     use crate::metrics::LabelSet;
-    use crate::shard::stats::{GapKind, LoadRefusal, Refusal, Transport};
+    use crate::shard::stats::{GapKind, LoadRefusal, ProxyRefusal, Refusal, Transport};
 
     fn shared(loops: usize) -> Shared {
         Shared {
@@ -99,6 +100,10 @@ mod tests {
         assert_eq!(Refusal::values().len(), 13);
         assert_eq!(GapKind::values().len(), 2);
         assert_eq!(LoadRefusal::values().len(), 7);
+        assert_eq!(ProxyRefusal::values().len(), 4);
+        assert_eq!(AddrSource::values().len(), 5);
+        assert_eq!(AddrSource::values()[AddrSource::XRealIp as usize], "x_real_ip");
+        assert_eq!(ProxyRefusal::values()[ProxyRefusal::Timeout as usize], "timeout");
         assert_eq!(Refusal::values()[Refusal::index(503)], "503");
         assert_eq!(Refusal::values()[Refusal::index(418)], "other");
         s.refused(418);

@@ -8,6 +8,7 @@
 mod access;
 mod admin;
 mod admission;
+mod client;
 mod dispatch;
 mod drain;
 mod event_loop;
@@ -20,6 +21,7 @@ mod message_rate;
 mod metrics;
 mod output;
 mod poll_history;
+mod preface;
 mod publishing;
 mod stats;
 mod timers;
@@ -43,6 +45,7 @@ use crate::auth::AuthConfig;
 use crate::client::Pattern;
 use crate::config::{Config, IoBackend};
 use crate::fanout::{HistoryLimits, LagLimits, LagPolicies, LagPolicy, Retention, TopicLimits};
+use crate::proto::cidr::TrustedProxies;
 use crate::proto::handshake::HandshakeConfig;
 use crate::proto::session::Limits;
 use crate::reactor::{EpollReactor, IoStats, Reactor, UringReactor, Waker};
@@ -99,6 +102,10 @@ pub struct Settings {
     pub behind: Option<admission::Behind>,
     /// Token authentication (`shard::access`); `None`: off.
     pub auth: Option<AuthConfig>,
+    /// Every connection starts with a PROXY protocol header (`shard::client`).
+    pub proxy_protocol: bool,
+    /// Who may name the client: by a PROXY header, or by forwarding headers (`shard::client`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -160,6 +167,9 @@ impl Settings {
             client_message_rate: if cfg.echo { 0 } else { cfg.client_message_rate },
             behind: admission::Behind::from_config(cfg),
             auth: None, // read from its files by `Gateway::start`, which fails if they cannot be
+            proxy_protocol: cfg.proxy_protocol,
+            // Checked by `Config::validate`.
+            trusted_proxies: cfg.trusted_proxies().unwrap_or_default(),
         }
     }
 }

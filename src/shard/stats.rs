@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Acquire, Orde
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::conn::AddrSource;
 use crate::metrics::{declare_stats, Histogram, LabelSet, PerLabel};
 use crate::reactor::IoStats;
 use crate::upstream::{Dropped, FeedStats, PublishInbox, UpstreamState};
@@ -105,6 +106,19 @@ declare_stats! {
         /// (`max_tracked_ips`, `ip_table_full`); the process was over `overload_memory_bytes` (`overload`); this
         /// loop thread was behind the feed (`overload_feed_queue_percent`, `behind`).
         pub counter load_refused: PerLabel<LoadRefusal, 7>,
+        /// Connections closed before their request because of the PROXY protocol (`proxy_protocol`), by reason:
+        /// the peer is not in `trusted_proxies` (`untrusted`: closed at accept, nothing written); its first bytes
+        /// are not a PROXY header (`missing`: answered `400`); the header is malformed or of an unsupported kind
+        /// (`malformed`: `400`); no complete header within `handshake_timeout` (`timeout`: closed).
+        pub counter proxy_refused: PerLabel<ProxyRefusal, 4>,
+        /// Requests refused with `400` because a trusted proxy sent a malformed `Forwarded`, `X-Forwarded-For` or
+        /// `X-Real-IP` header (also counted in `http_refused`).
+        pub counter forwarded_refused: AtomicU64,
+        /// Client addresses decided, by where they came from: the TCP peer (`peer`), a PROXY protocol header
+        /// (`proxy_protocol`), or a trusted proxy's `Forwarded` (`forwarded`), `X-Forwarded-For`
+        /// (`x_forwarded_for`) or `X-Real-IP` (`x_real_ip`) header. One per connection whose address was decided
+        /// (connections refused before that are not counted).
+        pub counter proxied_clients: PerLabel<AddrSource, 5>,
         /// Pings sent to WebSocket clients (`ping_interval`).
         pub counter pings_sent: AtomicU64,
         /// WebSocket clients closed for not answering a ping within `pong_timeout` (`1001`).
@@ -218,6 +232,29 @@ impl LabelSet for LoadRefusal {
     const LABEL: &'static str = "reason";
     fn values() -> &'static [&'static str] {
         &["max_connections", "per_ip", "ip_rate", "ip_table_full", "overload", "behind", "poll_held"]
+    }
+}
+
+/// Why a connection was closed for the PROXY protocol (the `reason` label of `proxy_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    Untrusted = 0,
+    Missing = 1,
+    Malformed = 2,
+    Timeout = 3,
+}
+
+impl LabelSet for ProxyRefusal {
+    const LABEL: &'static str = "reason";
+    fn values() -> &'static [&'static str] {
+        &["untrusted", "missing", "malformed", "timeout"]
+    }
+}
+
+impl LabelSet for AddrSource {
+    const LABEL: &'static str = "source";
+    fn values() -> &'static [&'static str] {
+        &["peer", "proxy_protocol", "forwarded", "x_forwarded_for", "x_real_ip"]
     }
 }
 

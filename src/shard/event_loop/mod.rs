@@ -20,7 +20,7 @@ use super::log_limit::LogLimit;
 use super::message_rate::MessageRate;
 use super::output::{self, Flushed};
 use super::poll_history;
-use super::stats::{ShardStats, Shared, Transport};
+use super::stats::{ProxyRefusal, ShardStats, Shared, Transport};
 use super::timers::{DeadlineQueue, ExpiryQueue};
 use super::topic_output;
 use super::Settings;
@@ -28,7 +28,7 @@ use crate::client::control::Control;
 use crate::client::encode::{self, FeedMessage};
 use crate::client::poll::{EncodedRun, PollBody};
 use crate::client::{sse, Position};
-use crate::conn::{BufPool, Conn, ConnKey, GenSlab, Phase, TokenBucket, NO_SLOT};
+use crate::conn::{AddrState, BufPool, Conn, ConnKey, GenSlab, Phase, TokenBucket, NO_SLOT};
 use crate::fanout::{Encoding, FrameLog, Holder, Pins, Relief, Stream, SubBacklog, TopicId, Topics};
 use crate::proto::frame::{encode_frame_into, OpCode};
 use crate::reactor::{self, Reactor};
@@ -67,6 +67,7 @@ macro_rules! input_cx {
             dirty: &mut $shard.dirty,
             dead: &mut $shard.dead,
             publish_buckets: &mut $shard.publish_buckets,
+            proxied_from: &mut $shard.proxied_from,
             keepalive: &mut $shard.keepalive,
             message_rate: &mut $shard.message_rate,
             auth_expiries: &mut $shard.auth_expiries,
@@ -151,6 +152,9 @@ pub struct Shard<R: Reactor> {
     topic_log_bytes: u64,
     /// Connections that published: their rate limits.
     publish_buckets: HashMap<ConnKey, TokenBucket>,
+    /// The proxy a PROXY header named, for connections whose forwarding headers are still to be read
+    /// (`AddrState::AwaitingHead { proxied: true }`; `shard::client`).
+    proxied_from: HashMap<ConnKey, std::net::IpAddr>,
     /// Pings, pong, idle and subscribe deadlines, lifetimes of the open connections.
     keepalive: Keepalive,
     /// Rate limits of the control messages and pings of the clients that sent some.
@@ -229,6 +233,7 @@ impl<R: Reactor> Shard<R> {
             next_heartbeat: Instant::now() + settings.sse_heartbeat,
             sse_topic_conns: Vec::new(),
             publish_buckets: HashMap::new(),
+            proxied_from: HashMap::new(),
             keepalive: Keepalive::new(settings.keepalive),
             message_rate: MessageRate::new(settings.client_message_rate),
             next_shed: Instant::now(),
@@ -846,6 +851,9 @@ impl<R: Reactor> Shard<R> {
                 self.drop_topic_subs(key, &subs);
             }
             self.publish_buckets.remove(&key);
+            if conn.client_addr == (AddrState::AwaitingHead { proxied: true }) {
+                self.proxied_from.remove(&key);
+            }
             self.message_rate.forget(key);
             if conn.client_slot != NO_SLOT {
                 self.shared.admission.release(conn.client_slot);
@@ -875,7 +883,12 @@ impl<R: Reactor> Shard<R> {
         let now = Instant::now();
         while let Some(key) = self.handshake_deadlines.pop_expired(now) {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.phase == Phase::Handshake {
+                if conn.client_addr == AddrState::AwaitingPreface {
+                    // No protocol spoken yet: nothing to answer in.
+                    tracing::debug!(?key, "no PROXY protocol header in time");
+                    self.shared.shards[self.id].proxy_refused.add(ProxyRefusal::Timeout as usize, 1);
+                    kill(conn, key, &mut self.dead);
+                } else if conn.phase == Phase::Handshake {
                     tracing::debug!(?key, "handshake timeout");
                     self.shared.shards[self.id].refused(408);
                     let timeout = crate::proto::handshake::http_response(408, "text/plain", b"request timeout\n");
