@@ -1,20 +1,52 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond the Rust toolchain: Chromium (Debian package) and playwright-core (npm) for
-# the browser test in tests/browser/; Python's websockets package (PyPI) for the Python wss:// client of
-# tests/tls.rs. Idempotent; installs only what is missing.
+# What the test suite needs beyond the Rust toolchain, installed only when missing (idempotent):
+# - Chromium (Debian package) and playwright-core (npm) for the browser tests in tests/browser/;
+# - Python's websockets package (PyPI) for the Python wss:// client of tests/tls.rs;
+# - nginx and HAProxy (Debian packages) and openssl for tests/edge_proxies.rs (which starts its own instances
+#   on loopback with generated configurations) and the TLS browser test. The packages' own services are never
+#   started: the install runs under a policy-rc.d that forbids it (and no test relies on them), so nothing takes
+#   port 80.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
-    echo "install-test-deps: Chromium is missing; install the Debian package 'chromium' (needs root)" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+apt_updated=0
+
+# Installs Debian packages, never starting their services.
+apt_install() {
+  if [ -n "$SUDO" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "install-test-deps: missing Debian package(s) $*; install them (needs root)" >&2
     exit 1
   fi
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  echo "install-test-deps: installing chromium (apt-get)" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
+  echo "install-test-deps: installing $* (apt-get)" >&2
+  if [ "$apt_updated" -eq 0 ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    # exit 101: "action forbidden by policy" (invoke-rc.d), so postinst scripts start nothing.
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    created=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null || rc=$?
+  [ "$created" -eq 0 ] || $SUDO rm -f "$policy"
+  return "$rc"
+}
+
+# Debian puts the daemons in /usr/sbin, which an unprivileged user's PATH may lack.
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+missing=()
+has chromium || missing+=(chromium)
+has nginx || missing+=(nginx)
+has haproxy || missing+=(haproxy)
+has openssl || missing+=(openssl)
+[ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
+
 if ! command -v node >/dev/null 2>&1; then
   echo "install-test-deps: Node.js is missing (needed to drive Chromium); install the Debian package 'nodejs'" >&2
   exit 1

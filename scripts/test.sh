@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, docs, unit + property + integration tests (the
 # integration tests once per I/O backend: epoll, then io_uring), benches compiled and run once in test mode, a real
-# browser against the gateway, and the portable (SIMD-off) unmasking path. Installs what the browser test needs (Chromium, playwright-core) when it is missing.
+# browser against the gateway, and the portable (SIMD-off) unmasking path. Installs what the tests need first when
+# it is missing (Chromium and playwright-core for the browser test; nginx, HAProxy and openssl for
+# tests/edge_proxies.rs): scripts/install-test-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+
+step "test dependencies (scripts/install-test-deps.sh)"
+./scripts/install-test-deps.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -29,8 +34,10 @@ else
 fi
 
 step "browser: headless Chromium drives the gateway through the standard WebSocket API"
-./scripts/install-test-deps.sh
 WSGATE_BIN="$target_dir/debug/wsgate" node --test tests/browser/
+
+step "deployment guide: sysctl file, systemd units, no io_uring under seccomp, Dockerfile (scripts/check-deployment.sh)"
+./scripts/check-deployment.sh
 
 step "unmasking with SIMD disabled (--cfg wsgate_disable_simd)"
 CARGO_TARGET_DIR=target/nosimd RUSTFLAGS="--cfg wsgate_disable_simd -D warnings" cargo test --lib proto::mask

@@ -291,8 +291,19 @@ fn parse_head(buf: &[u8]) -> Option<(Head, usize)> {
     }
 }
 
+/// A stream whose reads can time out: a `TcpStream`, or TLS over one (`tests/edge/`).
+pub trait TimedRead: Read {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl TimedRead for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
 /// Reads a response head; returns it and any bytes read past it.
-pub fn read_head(stream: &mut TcpStream) -> (Head, Vec<u8>) {
+pub fn read_head(stream: &mut impl TimedRead) -> (Head, Vec<u8>) {
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = Vec::new();
     loop {
