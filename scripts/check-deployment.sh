@@ -7,8 +7,8 @@
 #   3. A container's seccomp profile without io_uring (scripts/no-io-uring.py): `--check-io` says why, `--io auto`
 #      serves on epoll with one log line, `--io uring` refuses to start.
 #   4. The Dockerfile: its configuration (docs/deployment/wsgate-container.toml) accepted as its ENTRYPOINT gives
-#      it; the image built and run (`--check-io`, default seccomp and unconfined) when a Docker daemon answers,
-#      otherwise a loud SKIP line.
+#      it; the image built and run (`--check-io`, default seccomp and unconfined) with WSGATE_CHECK_DOCKER=1 where
+#      a Docker daemon answers, otherwise a loud SKIP line.
 # Nothing here leaves loopback, and nothing changes the host's settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,12 +89,13 @@ step "Dockerfile"
 "$bin" --config docs/deployment/wsgate-container.toml --listen 127.0.0.1:9 --print-config \
   | grep -qx 'listen = "127.0.0.1:9"' || fail "a flag after the image's --config does not win"
 echo "  the image's configuration is accepted; flags given to docker run override it"
-if docker info >/dev/null 2>&1; then
+# Building pulls the base images from Docker Hub, which a CI machine may not reach: only on request.
+if [ "${WSGATE_CHECK_DOCKER:-}" = 1 ] && docker info >/dev/null 2>&1; then
   docker build -t wsgate:check .
   echo "  default seccomp: $(docker run --rm wsgate:check --check-io || true)"
   echo "  seccomp=unconfined: $(docker run --rm --security-opt seccomp=unconfined wsgate:check --check-io || true)"
 else
-  echo "SKIP Dockerfile: no Docker daemon answers here (docker info failed); not built" >&2
+  echo "SKIP Dockerfile: not built (set WSGATE_CHECK_DOCKER=1 where a Docker daemon answers and can pull)" >&2
 fi
 
 step "deployment checks passed"
