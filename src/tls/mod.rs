@@ -1,8 +1,8 @@
 //! TLS for the listener, with rustls (the `ring` provider). Sans-IO: bytes in, bytes out.
 //!
-//! - [`certs`]: the certificate and key from their PEM files, the server configuration built once at start
+//! - `certs`: the certificate and key from their PEM files, the server configuration built once at start
 //!   (ALPN `http/1.1`, optional client-certificate auth), and the certificate store that SIGHUP reloads.
-//! - [`session`]: one connection's TLS state on rustls's unbuffered API: received bytes in (decrypted in the
+//! - `session`: one connection's TLS state on rustls's unbuffered API: received bytes in (decrypted in the
 //!   caller's buffer), plaintext out; plaintext slices in, ciphertext into a bounded buffer out. No buffers held idle.
 //!
 //! It does not touch sockets, the loop or the clock: `shard::transport` feeds it what the reactor received and

@@ -175,7 +175,7 @@ impl TlsSession {
         self.cipher_pos < self.cipher.len()
     }
 
-    /// Encrypts the start of `parts` (at most [`SEND_BUDGET`] bytes) into the ciphertext buffer; returns how many
+    /// Encrypts the start of `parts` (at most `SEND_BUDGET` bytes) into the ciphertext buffer; returns how many
     /// plaintext bytes it took. Call only with no ciphertext pending and the handshake complete.
     pub fn encrypt<'a>(&mut self, parts: impl Iterator<Item = &'a [u8]>) -> std::io::Result<usize> {
         debug_assert!(!self.has_cipher() && !self.is_handshaking());
