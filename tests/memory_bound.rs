@@ -28,7 +28,7 @@ const STALLED_PER_TRIAL: usize = 3;
 const BOUND_BYTES: u64 = 64 << 20;
 /// The good client's reads may be delayed by everything else on a 2-core machine: give it room before it counts
 /// as a slow consumer itself (the stalled clients still pass this within a fraction of a second).
-const CONFIG: &str = "max_lag_bytes = 8388608\n";
+const CONFIG: &str = "max_lag_bytes = 12582912\n";
 
 fn backends() -> Vec<String> {
     match std::env::var(IO_ENV) {
