@@ -145,3 +145,96 @@ pub fn flush(tls: &mut ClientConnection, stream: &mut TcpStream, out: &mut Vec<u
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wsgate-loadgen-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A one-connection TLS echo server on a thread: echoes what it reads until the client closes.
+    fn echo_server(cert: &rcgen::CertifiedKey) -> std::net::SocketAddr {
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = tls.read(&mut buf) {
+                if tls.write_all(&buf[..n]).and_then(|()| tls.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+        addr
+    }
+
+    /// Flushes `out` and reads until `want` bytes of plaintext came back (or an error).
+    fn round_trip(client: &Client, addr: std::net::SocketAddr, want: usize) -> io::Result<Vec<u8>> {
+        let std_stream = std::net::TcpStream::connect(addr)?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(std_stream);
+        let mut tls = client.session()?;
+        let mut out = b"GET /ws HTTP/1.1\r\n\r\n".to_vec();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            flush(&mut tls, &mut stream, &mut out)?;
+            match read_plaintext(&mut tls, &mut stream, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => {
+                    let _ = flush(&mut tls, &mut stream, &mut out); // the alert
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn request_written_before_the_handshake_goes_through_and_comes_back() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let addr = echo_server(&cert);
+        let client = Client::new(&write_temp("ok.pem", &cert.cert.pem()), "localhost").unwrap();
+        let want = b"GET /ws HTTP/1.1\r\n\r\n";
+        assert_eq!(round_trip(&client, addr, want.len()).unwrap(), want);
+    }
+
+    #[test]
+    fn an_untrusted_certificate_fails_with_a_tls_reason() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let addr = echo_server(&cert);
+        let client = Client::new(&write_temp("other.pem", &other.cert.pem()), "localhost").unwrap();
+        let e = round_trip(&client, addr, 1).unwrap_err();
+        assert!(crate::addrs::error_reason(&e).starts_with("tls: "), "{e}");
+    }
+
+    #[test]
+    fn bad_ca_files_are_refused() {
+        assert!(Client::new(Path::new("/nonexistent/ca.pem"), "localhost").is_err());
+        assert!(Client::new(&write_temp("empty.pem", ""), "localhost").is_err());
+    }
+}
