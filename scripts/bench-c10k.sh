@@ -8,14 +8,32 @@
 # Settings (environment): SERVERS, RATES (feed messages/s), CONNS, SIZE (message bytes, default 128),
 # THREADS (server loop/worker threads, default 1), PROCS (loadgen processes, default 2), WARMUP and DURATION
 # (seconds of the measured window), REPEAT, SOURCE_IPS, FLAMEGRAPH=1 (profile each wsgate run into flamegraphs/),
-# RESULTS (output folder; default results/c10k-<date>). Leaves per run: .json, .hgrm, logs; per rate: a chart.
+# RESULTS (output folder; default results/c10k-<date>), TLS=1 (wsgate servers only, default SERVERS=wsgate:
+# wss:// with a self-signed certificate made in the results folder; compare with a plain run for the CPU per
+# delivery that TLS costs). Leaves per run: .json, .hgrm, logs; per rate: a chart.
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 
-SERVERS=${SERVERS:-"wsgate fastwebsockets tokio-tungstenite"}
+TLS=${TLS:-0}
+if [ "$TLS" = 1 ]; then
+  SERVERS=${SERVERS:-wsgate}
+  for s in $SERVERS; do
+    case "$s" in wsgate*) ;; *) echo "TLS=1: only wsgate servers speak TLS, not $s" >&2; exit 1 ;; esac
+  done
+else
+  SERVERS=${SERVERS:-"wsgate fastwebsockets tokio-tungstenite"}
+fi
 RATES=${RATES:-"10 100"}
 CONNS=${CONNS:-10000}
-bench_setup c10k "servers=[$SERVERS] rates=[$RATES] conns=$CONNS"
+bench_setup c10k "servers=[$SERVERS] rates=[$RATES] conns=$CONNS tls=$TLS"
+
+server_tls=() loadgen_tls=()
+if [ "$TLS" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -keyout "$RESULTS/tls.key" -out "$RESULTS/tls.pem" 2> /dev/null
+  server_tls=(--tls-cert "$RESULTS/tls.pem" --tls-key "$RESULTS/tls.key")
+  loadgen_tls=(--tls-ca "$RESULTS/tls.pem")
+fi
 
 for rep in $(seq 1 "$REPEAT"); do
   for rate in $RATES; do
@@ -25,7 +43,9 @@ for rep in $(seq 1 "$REPEAT"); do
       mkdir -p "$dir"
       echo "== $run" >&2
       start_feed "$dir" "$rate" "$SIZE"
-      start_server "$dir" "$server" 127.0.0.1:0 "$FEED_ADDR" "$THREADS"
+      start_server "$dir" "$server" 127.0.0.1:0 "$FEED_ADDR" "$THREADS" "${server_tls[@]}"
+      # The certificate names localhost.
+      url=${SERVER_URL/#wss:\/\/127.0.0.1/wss://localhost}
       fg_pid=""
       if [ "${FLAMEGRAPH:-0}" = 1 ]; then
         # Sample 5 s in the middle of the measured window (after the ramp and the warm-up).
@@ -33,7 +53,7 @@ for rep in $(seq 1 "$REPEAT"); do
             "$ROOT/flamegraphs/c10k-$server-c$CONNS-r$rate.svg" 5 "$run" ) > "$dir/flamegraph.log" 2>&1 &
         fg_pid=$!
       fi
-      "$LOADGEN" subscribe --url "$SERVER_URL" --connections "$CONNS" --procs "$PROCS" \
+      "$LOADGEN" subscribe --url "$url" "${loadgen_tls[@]}" --connections "$CONNS" --procs "$PROCS" \
         --source-ips "$SOURCE_IPS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SERVER_PID" \
         --json "$RESULTS/$run.json" --hgrm "$RESULTS/$run.hgrm" > "$dir/loadgen.out" 2> "$dir/loadgen.err" \
         || echo "loadgen failed for $run (see $dir/loadgen.err)" >&2

@@ -118,7 +118,7 @@ start_server() {
     > "$dir/server$n.out" 2> "$dir/server$n.err" &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")
-  SERVER_URL=$(wait_for_line "$dir/server$n.out" 'ws://[0-9.:]+/ws')
+  SERVER_URL=$(wait_for_line "$dir/server$n.out" 'wss?://[0-9.:]+/ws')
 }
 
 # start_standalone OUTDIR NAME [EXTRA...]: a server with no feed (e.g. --echo, or idle connections), one loop
@@ -131,7 +131,7 @@ start_standalone() {
     > "$dir/server0.out" 2> "$dir/server0.err" &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")
-  SERVER_URL=$(wait_for_line "$dir/server0.out" 'ws://[0-9.:]+/ws')
+  SERVER_URL=$(wait_for_line "$dir/server0.out" 'wss?://[0-9.:]+/ws')
 }
 
 # summary_table JSON...: one row per run from the loadgen's JSON summaries.

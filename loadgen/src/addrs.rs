@@ -1,4 +1,4 @@
-//! Where connections go and come from: the `ws://` URL, the `--source-ips` list, and the non-blocking connect
+//! Where connections go and come from: the `ws://` or `wss://` URL, the `--source-ips` list, and the non-blocking connect
 //! with `IP_BIND_ADDRESS_NO_PORT`.
 //!
 //! Why the source addresses: the kernel picks an ephemeral port per (source address, destination) pair, and
@@ -12,19 +12,26 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// A parsed `ws://HOST:PORT/PATH` URL.
+/// A parsed `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` URL.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// `wss://`: TLS, with the URL's host as the server name.
+    #[serde(default)]
+    pub tls: bool,
     /// `Host` header value (`HOST:PORT` as written in the URL).
     pub host: String,
     /// Request target, including any query.
     pub path: String,
 }
 
-/// Parses a `ws://` URL (no TLS) and resolves its host.
+/// Parses a `ws://` or `wss://` URL and resolves its host.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url:?}: only ws:// URLs are supported"))?;
+    let (tls, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(format!("{url:?}: only ws:// and wss:// URLs are supported")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -35,14 +42,24 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url:?}: cannot resolve {with_port}: {e}"))?
         .find(SocketAddr::is_ipv4)
         .ok_or_else(|| format!("{url:?}: {with_port} has no IPv4 address"))?;
-    Ok(Target { addr, host: authority.to_string(), path: path.to_string() })
+    Ok(Target { addr, tls, host: authority.to_string(), path: path.to_string() })
+}
+
+impl Target {
+    /// The host without the port: the TLS server name.
+    pub fn host_name(&self) -> &str {
+        match self.host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            _ => &self.host,
+        }
+    }
 }
 
 /// Parses `--source-ips`: comma-separated IPv4 addresses and inclusive ranges `A-B`
@@ -116,7 +133,10 @@ pub fn error_reason(e: &io::Error) -> String {
         Some(libc::ETIMEDOUT) => "timeout".into(),
         Some(libc::EADDRNOTAVAIL) => "no free local port (EADDRNOTAVAIL: add --source-ips)".into(),
         Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors".into(),
-        _ => format!("io: {}", e.kind()),
+        _ => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => format!("tls: {tls}"),
+            None => format!("io: {}", e.kind()),
+        },
     }
 }
 
@@ -131,7 +151,13 @@ mod tests {
         assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1:9000", "/ws?x=1"));
         let t = parse_url("ws://127.0.0.1").unwrap();
         assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
-        assert!(parse_url("wss://127.0.0.1/ws").is_err());
+        assert!(!t.tls);
+        let t = parse_url("wss://localhost:9443/ws").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.addr.port(), t.host.as_str(), t.host_name()), (9443, "localhost:9443", "localhost"));
+        let t = parse_url("wss://127.0.0.1/ws").unwrap();
+        assert_eq!((t.addr.port(), t.host_name()), (443, "127.0.0.1"));
+        assert!(parse_url("http://127.0.0.1/ws").is_err());
         assert!(parse_url("ws:///ws").is_err());
     }
 

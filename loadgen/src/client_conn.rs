@@ -4,10 +4,14 @@
 //! Buffers: reads go into the worker's one large read buffer (many frames decoded per read); only the bytes of
 //! an incomplete frame are kept per connection (`pending_in`), and only unsent bytes (`out`). Neither allocates
 //! while a connection keeps up.
+//!
+//! `wss://`: a connection with a TLS session ([`crate::tls`]) reads plaintext through it into the same buffer
+//! and hands `out` to it; `pending_in`, `out` and the frame decoding are the same as without TLS.
 
 use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
+use rustls::ClientConnection;
 use wsgate::proto::frame::{encode_masked_frame_into, OpCode};
 use wsgate::proto::handshake::{generate_key, parse_response_with, HandshakeError};
 use wsgate::proto::session::{encode_close_frame_into, Event, Limits, Role, Session};
@@ -33,6 +37,8 @@ pub enum State {
 
 pub struct Conn {
     pub stream: Option<TcpStream>,
+    /// `wss://`: the TLS session over `stream` (boxed: a plain connection pays one pointer).
+    pub tls: Option<Box<ClientConnection>>,
     pub state: State,
     /// The upgrade completed at some point (so a later close is a disconnect, and echo sends are expected).
     pub opened: bool,
@@ -43,7 +49,7 @@ pub struct Conn {
     pub session: Session,
     /// Bytes of an incomplete frame (or response head) carried to the next read.
     pub pending_in: Vec<u8>,
-    /// Bytes not yet accepted by the socket.
+    /// Bytes not yet accepted by the socket (with TLS: plaintext not yet accepted by the TLS session).
     pub out: Vec<u8>,
     /// Sequence accounting per topic id (without `--topics`: every connection takes the whole feed).
     pub tracks: Vec<SeqTrack>,
@@ -102,6 +108,7 @@ impl Conn {
     pub fn new(index: u64) -> Self {
         Conn {
             stream: None,
+            tls: None,
             state: State::Idle,
             opened: false,
             started_ns: 0,
@@ -118,6 +125,7 @@ impl Conn {
     /// index, whether it ever opened, the stream accounting and the topic checkers.
     pub fn reset_for_reconnect(&mut self) {
         self.stream = None;
+        self.tls = None;
         self.state = State::Idle;
         self.session = Session::new(Role::Client);
         self.pending_in = Vec::new();
@@ -138,9 +146,17 @@ impl Conn {
         }
     }
 
-    /// Writes as much of `out` as the socket takes.
+    /// Something is waiting to be written: bytes in `out`, or TLS records (handshake, encrypted `out`).
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Writes as much of `out` as the socket takes (with TLS: through the session).
     pub fn flush(&mut self) -> io::Result<()> {
         let Some(stream) = &mut self.stream else { return Ok(()) };
+        if let Some(tls) = &mut self.tls {
+            return crate::tls::flush(tls, stream, &mut self.out);
+        }
         let mut done = 0;
         while done < self.out.len() {
             match stream.write(&self.out[done..]) {
@@ -155,10 +171,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends one complete frame: straight from `frame` when nothing is queued, else queued behind the rest.
-    /// Returns `false` (nothing sent) when the queue is over [`MAX_OUT_BYTES`].
+    /// Sends one complete frame: straight from `frame` when nothing is queued (and no TLS), else queued behind
+    /// the rest. Returns `false` (nothing sent) when the queue is over [`MAX_OUT_BYTES`].
     pub fn send_frame(&mut self, frame: &[u8]) -> io::Result<bool> {
-        if !self.out.is_empty() {
+        if !self.out.is_empty() || self.tls.is_some() {
             if self.out.len() + frame.len() > MAX_OUT_BYTES {
                 return Ok(false);
             }
@@ -192,7 +208,7 @@ impl Conn {
         protocol: Option<&str>,
         mask: &mut impl FnMut() -> [u8; 4],
     ) -> ReadOutcome {
-        let Conn { stream, state, opened, session, pending_in, out, tracks, sub, index, .. } = self;
+        let Conn { stream, tls, state, opened, session, pending_in, out, tracks, sub, index, .. } = self;
         let Some(stream) = stream.as_mut() else { return ReadOutcome::Ok };
         let mut len = pending_in.len();
         rbuf[..len].copy_from_slice(pending_in);
@@ -201,7 +217,11 @@ impl Conn {
         let mut ended = None;
         loop {
             let space = rbuf.len() - len;
-            match stream.read(&mut rbuf[len..]) {
+            let read = match tls.as_deref_mut() {
+                None => stream.read(&mut rbuf[len..]),
+                Some(tls) => crate::tls::read_plaintext(tls, stream, &mut rbuf[len..]),
+            };
+            match read {
                 Ok(0) => {
                     ended = Some(Ended::Eof);
                     break;
@@ -239,8 +259,9 @@ impl Conn {
                     rbuf.copy_within(pos..len, 0);
                     len -= pos;
                     // A short read drained the socket: with edge-triggered epoll, data arriving later raises a
-                    // new edge, so the extra read() that would only return EAGAIN is skipped.
-                    if n < space {
+                    // new edge, so the extra read() that would only return EAGAIN is skipped. (Not with TLS: a
+                    // short plaintext read says nothing about the socket.)
+                    if n < space && tls.is_none() {
                         break;
                     }
                 }
@@ -255,7 +276,7 @@ impl Conn {
         if ended.is_none() {
             pending_in.extend_from_slice(&rbuf[..len]);
         }
-        if !self.out.is_empty() {
+        if self.wants_write() {
             if let Err(e) = self.flush() {
                 ended = ended.or(Some(Ended::Io(crate::addrs::error_reason(&e))));
             }

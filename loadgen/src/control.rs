@@ -50,6 +50,9 @@ pub struct WorkerSpec {
     /// Subscribe: the topic workload (`--topics`); `None` = every connection takes the whole feed.
     #[serde(default)]
     pub topics: Option<TopicPlan>,
+    /// `wss://`: the PEM file of the certificates to trust (`--tls-ca`).
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Parent → worker.

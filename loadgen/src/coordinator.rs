@@ -23,9 +23,13 @@ use crate::topics::TopicPlan;
 /// Options shared by `subscribe` and `echo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Gateway URL, `ws://HOST:PORT/PATH`.
+    /// Gateway URL, `ws://HOST:PORT/PATH`, or `wss://HOST:PORT/PATH` with `--tls-ca`.
     #[arg(long)]
     pub url: String,
+    /// `wss://`: PEM file of the certificates to trust (a CA, or the gateway's self-signed certificate); the
+    /// server name checked is the URL's host. No system store is used.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Connections to open (over all processes).
     #[arg(long, default_value_t = 1000)]
     pub connections: u64,
@@ -120,6 +124,13 @@ pub fn plan_procs(connections: u64, requested: usize) -> Result<(usize, u64), St
 /// workload of `subscribe --topics`.
 pub fn run(mode: Mode, args: &CommonArgs, topics: Option<&TopicPlan>) -> Result<Report, String> {
     let target: Target = crate::addrs::parse_url(&args.url)?;
+    match (&args.tls_ca, target.tls) {
+        // Checked here once, so a bad file fails the run before any worker starts.
+        (Some(ca), true) => drop(crate::tls::Client::new(ca, target.host_name())?),
+        (None, true) => return Err(format!("{}: wss:// needs --tls-ca FILE (the certificate to trust)", args.url)),
+        (Some(_), false) => return Err(format!("--tls-ca is for wss:// URLs, not {}", args.url)),
+        (None, false) => {}
+    }
     let source_ips: Vec<Ipv4Addr> = match &args.source_ips {
         Some(s) => crate::addrs::parse_source_ips(s)?,
         None => Vec::new(),
@@ -164,6 +175,7 @@ pub fn run(mode: Mode, args: &CommonArgs, topics: Option<&TopicPlan>) -> Result<
             min_wake_us: args.min_wake_us,
             salt,
             topics: topics.cloned(),
+            tls_ca: args.tls_ca.clone(),
         };
         first_index += count;
         let mut child = Command::new(&exe)

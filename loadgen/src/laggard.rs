@@ -60,6 +60,10 @@ struct Outcome {
 
 pub fn run(args: Args) -> ExitCode {
     let target = match addrs::parse_url(&args.url) {
+        Ok(t) if t.tls => {
+            eprintln!("wsgate-loadgen laggard: wss:// is not supported (only subscribe and echo speak TLS)");
+            return ExitCode::FAILURE;
+        }
         Ok(t) => t,
         Err(e) => {
             eprintln!("wsgate-loadgen laggard: {e}");

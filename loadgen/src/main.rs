@@ -26,6 +26,7 @@ mod resume;
 mod seqtrack;
 mod subscribe;
 mod timer;
+mod tls;
 mod topic_conn;
 mod topic_rx;
 mod topiccheck;

@@ -109,6 +109,8 @@ struct Worker {
     _waker: std::sync::Arc<Waker>,
     ctrl: mpsc::Receiver<Control>,
     echo: Option<Echo>,
+    /// `wss://`: the TLS configuration every connection's session is made from.
+    tls: Option<crate::tls::Client>,
     /// Topic churn and storm: drops on purpose and the reconnection queue.
     resumer: Option<Resumer>,
     rng: u64,
@@ -179,6 +181,10 @@ impl Worker {
                 c
             })
             .collect();
+        let tls = match (&spec.tls_ca, spec.target.tls) {
+            (Some(ca), true) => Some(crate::tls::Client::new(ca, spec.target.host_name()).map_err(io::Error::other)?),
+            _ => None,
+        };
         let mut rec = Recorder::new(echo.is_some());
         if let Some(plan) = &spec.topics {
             rec = rec.with_topics(plan);
@@ -197,6 +203,7 @@ impl Worker {
             _waker: waker,
             ctrl,
             echo,
+            tls,
             next_to_start: 0,
             in_flight: 0,
             ramp_t0: now,
@@ -280,19 +287,21 @@ impl Worker {
         }
     }
 
-    /// Starts the TCP connect of slot `i`.
+    /// Starts the TCP connect of slot `i` (with a new TLS session for `wss://`).
     fn begin_connect(&mut self, i: usize, now: u64) {
         let conn = &mut self.conns[i];
         let src = (!self.spec.source_ips.is_empty())
             .then(|| self.spec.source_ips[(conn.index % self.spec.source_ips.len() as u64) as usize]);
         conn.started_ns = now;
         let result = addrs::start_connect(self.spec.target.addr, src).and_then(|mut stream| {
+            let tls = self.tls.as_ref().map(crate::tls::Client::session).transpose()?;
             self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-            Ok(stream)
+            Ok((stream, tls))
         });
         match result {
-            Ok(stream) => {
+            Ok((stream, tls)) => {
                 conn.stream = Some(stream);
+                conn.tls = tls;
                 conn.state = State::Connecting;
                 self.in_flight += 1;
             }
@@ -560,7 +569,7 @@ impl Worker {
                             }
                         }
                     }
-                    if ev.is_writable() && !conn.out.is_empty() {
+                    if ev.is_writable() && conn.wants_write() {
                         if let Err(e) = conn.flush() {
                             if conn.state == State::Handshaking {
                                 self.in_flight -= 1;
@@ -630,9 +639,9 @@ fn close(
     conn: &mut Conn,
     reason: String,
 ) {
+    let _ = conn.flush(); // best effort: a close frame or alert still queued
     if let Some(mut s) = conn.stream.take() {
         let _ = poll.registry().deregister(&mut s);
-        let _ = conn_flush_best_effort(&mut s, &conn.out);
     }
     let was_open = conn.state == State::Open;
     let reconnecting = conn.sub.as_ref().is_some_and(|s| s.reconnecting);
@@ -717,13 +726,6 @@ fn storm_result(conns: &[Conn]) -> StormResult {
         }
     }
     s
-}
-
-fn conn_flush_best_effort(s: &mut mio::net::TcpStream, out: &[u8]) -> io::Result<usize> {
-    if out.is_empty() {
-        return Ok(0);
-    }
-    s.write(out)
 }
 
 fn xorshift(mut x: u64) -> u64 {
