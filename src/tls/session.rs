@@ -325,15 +325,18 @@ mod tests {
         (client, TlsSession::new(&tls.config).unwrap())
     }
 
-    /// Runs the handshake; returns what the server got as plaintext.
-    fn exchange(client: &mut rustls::ClientConnection, server: &mut TlsSession) -> Vec<u8> {
+    /// Runs the handshake, the client's bytes reaching the server `chunk` bytes at a time; returns what the
+    /// server got as plaintext.
+    fn exchange(client: &mut rustls::ClientConnection, server: &mut TlsSession, chunk: usize) -> Vec<u8> {
         let mut plain = Vec::new();
         for _ in 0..10 {
             let mut wire = Vec::new();
             while client.wants_write() {
                 client.write_tls(&mut wire).unwrap();
             }
-            let _ = server.handle_input(&mut wire, &mut plain).unwrap();
+            for b in wire.chunks_mut(chunk) {
+                let _ = server.handle_input(b, &mut plain).unwrap();
+            }
             let mut back = &server.cipher[server.cipher_pos..];
             let n = back.len();
             while !back.is_empty() {
@@ -349,7 +352,7 @@ mod tests {
     fn a_handshake_then_data_both_ways_in_chunks() {
         let (mut client, mut server) = pair();
         client.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let plain = exchange(&mut client, &mut server);
+        let plain = exchange(&mut client, &mut server, usize::MAX);
         assert!(!server.is_handshaking());
         assert_eq!(plain, b"GET / HTTP/1.1\r\n\r\n");
         let parts: [&[u8]; 3] = [b"abc", b"", b"defg"];
@@ -368,25 +371,8 @@ mod tests {
 
     #[test]
     fn records_arriving_a_byte_at_a_time_and_parts_of_every_size() {
-        const CHUNK: usize = 1;
         let (mut client, mut server) = pair();
-        let mut plain = Vec::new();
-        for _ in 0..10 {
-            let mut wire = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut wire).unwrap();
-            }
-            for b in wire.chunks_mut(CHUNK) {
-                let _ = server.handle_input(b, &mut plain).unwrap();
-            }
-            let mut back = &server.cipher[server.cipher_pos..];
-            let n = back.len();
-            while !back.is_empty() {
-                client.read_tls(&mut back).unwrap();
-                client.process_new_packets().unwrap();
-            }
-            server.sent(n);
-        }
+        let mut plain = exchange(&mut client, &mut server, 1);
         assert!(!server.is_handshaking());
         client.writer().write_all(b"hello").unwrap();
         let mut wire = Vec::new();
@@ -419,7 +405,7 @@ mod tests {
             cuts in proptest::collection::vec(1usize..20_000, 1..40),
         ) {
             let (mut client, mut server) = pair();
-            let _ = exchange(&mut client, &mut server);
+            let _ = exchange(&mut client, &mut server, usize::MAX);
             let mut want = Vec::new();
             let mut wire = Vec::new();
             for (i, n) in writes.iter().enumerate() {
@@ -455,7 +441,7 @@ mod tests {
             let (mut client, mut server) = pair();
             let mut wire = Vec::new();
             if handshake_first {
-                let _ = exchange(&mut client, &mut server);
+                let _ = exchange(&mut client, &mut server, usize::MAX);
                 client.writer().write_all(b"GET / HTTP/1.1\r\n").unwrap();
                 client.write_tls(&mut wire).unwrap();
                 wire.truncate(cut_hello.min(wire.len()));
@@ -483,7 +469,7 @@ mod tests {
     #[test]
     fn alpn_is_http_1_1_and_other_offers_are_refused() {
         let (mut client, mut server) = pair_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
-        let _ = exchange(&mut client, &mut server);
+        let _ = exchange(&mut client, &mut server, usize::MAX);
         assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
         let (mut client, mut server) = pair_with_alpn(vec![b"h2".to_vec()]);
         let mut wire = Vec::new();
@@ -495,7 +481,7 @@ mod tests {
     #[test]
     fn encrypt_takes_at_most_the_budget() {
         let (mut client, mut server) = pair();
-        let _ = exchange(&mut client, &mut server);
+        let _ = exchange(&mut client, &mut server, usize::MAX);
         let big = vec![7u8; SEND_BUDGET * 2];
         assert_eq!(server.encrypt([&big[..]].into_iter()).unwrap(), SEND_BUDGET);
         assert!(server.cipher.len() < SEND_BUDGET + 1024);
