@@ -206,8 +206,12 @@ fn main() -> ExitCode {
             }
             Ok(Stop::Signal(SIGHUP)) => match gateway.reload_tls() {
                 None => tracing::info!("SIGHUP: nothing to reload (TLS is off)"),
-                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded: new connections get it"),
-                Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload failed: the old certificate stays"),
+                Some(Ok(())) => tracing::info!(
+                    "SIGHUP: TLS certificate reloaded (and tls_client_ca, when set): new connections get them"
+                ),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed: the old certificate and client CAs stay")
+                }
             },
             Ok(Stop::Signal(sig)) => {
                 if let Some(h) = &handoff_listener {

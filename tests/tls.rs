@@ -1,8 +1,8 @@
 //! TLS on the listener (`--tls-cert`, `--tls-key`): wss:// and https:// with an independent rustls client, on the
 //! backend `WSGATE_TEST_IO` names. A client that does not trust the CA fails; plain HTTP to the TLS port is
 //! refused (counted) while the gateway goes on serving; a handshake that stalls is closed at
-//! `handshake_timeout`; SIGHUP reloads the certificate without dropping connections; `tls_client_ca` requires
-//! client certificates.
+//! `handshake_timeout`; SIGHUP reloads the certificate and the client CA file without dropping connections;
+//! `tls_client_ca` requires client certificates.
 
 mod common;
 #[path = "common/tls.rs"]
@@ -263,27 +263,61 @@ fn sighup_reloads_the_certificate_and_keeps_connections() {
     assert_eq!(old.read().unwrap(), Message::Text("after reload".into()));
 }
 
+/// Whether the gateway refuses this client: TLS 1.3 clients learn of a refused certificate at their first read
+/// after the handshake.
+fn refused(stream: &mut tls_client::TlsStream) -> bool {
+    tls_client::handshake(stream)
+        .and_then(|()| write!(stream, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .and_then(|()| stream.read(&mut [0u8; 64]).map(|_| ()))
+        .is_err()
+}
+
 #[test]
 fn client_certificates_are_required_with_tls_client_ca() {
     let pki = Pki::new();
     let ca = pki.ca_file.to_str().unwrap().to_string();
     let gw = start_serving_healthz(&pki, &["--tls-client-ca", &ca]);
     let mut anonymous = tls_client::connect(gw.ws_addr, &pki.client(None));
-    // TLS 1.3: the client learns of the refusal at its first read after the handshake.
-    let refused = tls_client::handshake(&mut anonymous)
-        .and_then(|()| write!(anonymous, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .and_then(|()| anonymous.read(&mut [0u8; 64]).map(|_| ()));
-    assert!(refused.is_err(), "served without a client certificate");
+    assert!(refused(&mut anonymous), "served without a client certificate");
 
     let stranger = Pki::new();
     let mut other = tls_client::connect(gw.ws_addr, &pki.client(Some(stranger.client_identity())));
-    let refused = tls_client::handshake(&mut other)
-        .and_then(|()| write!(other, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .and_then(|()| other.read(&mut [0u8; 64]).map(|_| ()));
-    assert!(refused.is_err(), "served with a certificate of another CA");
+    assert!(refused(&mut other), "served with a certificate of another CA");
 
     let config = pki.client(Some(pki.client_identity()));
     assert!(tls_client::https_get(gw.ws_addr, &config, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn sighup_reloads_the_client_ca_file_and_keeps_connections() {
+    let pki = Pki::new();
+    let next = Pki::new();
+    let client_ca = common::unique_temp_path("client-ca.pem");
+    std::fs::copy(&pki.ca_file, &client_ca).unwrap();
+    let gw = start_serving_healthz(&pki, &["--tls-client-ca", client_ca.to_str().unwrap()]);
+    let first = pki.client(Some(pki.client_identity()));
+    let second = pki.client(Some(next.client_identity()));
+    let mut old = tls_client::wss_connect(gw.ws_addr, &first);
+    assert!(refused(&mut tls_client::connect(gw.ws_addr, &second)), "the next CA is not trusted yet");
+
+    // The CA file now names the next CA only.
+    std::fs::copy(&next.ca_file, &client_ca).unwrap();
+    gw.signal(libc::SIGHUP);
+    assert!(common::poll_until(Duration::from_secs(5), || gw.stderr().contains("TLS certificate reloaded")));
+    assert!(tls_client::https_get(gw.ws_addr, &second, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
+    assert!(refused(&mut tls_client::connect(gw.ws_addr, &first)), "a certificate of the old CA is refused");
+
+    // A CA file with no certificate: logged, the last good configuration stays.
+    std::fs::write(&client_ca, "not a certificate").unwrap();
+    gw.signal(libc::SIGHUP);
+    assert!(common::poll_until(Duration::from_secs(5), || gw.stderr().contains("TLS reload failed")));
+    assert!(gw.stderr().contains("tls_client_ca"), "the log names the setting: {}", gw.stderr());
+    assert!(tls_client::https_get(gw.ws_addr, &second, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
+
+    // The connection made under the first CA is not dropped by either reload.
+    let mut p = gw.publisher();
+    common::write_all(&mut p, b"after reload\n");
+    assert_eq!(old.read().unwrap(), Message::Text("after reload".into()));
 }
 
 /// A measurement, not a check (run with `--ignored --nocapture`): the gateway's live heap and RSS per idle TLS

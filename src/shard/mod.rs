@@ -405,8 +405,8 @@ impl Gateway {
         self.tls.is_some()
     }
 
-    /// Reads the TLS certificate and key files again (SIGHUP): `None` when TLS is off. Open connections keep
-    /// their sessions; new handshakes get the new certificate. On error the old one stays.
+    /// Reads the TLS certificate, key and client CA files again (SIGHUP): `None` when TLS is off. Open
+    /// connections keep their sessions; new handshakes get the new configuration. On error the old one stays.
     pub fn reload_tls(&self) -> Option<Result<(), String>> {
         self.tls.as_ref().map(|tls| tls.reload())
     }

@@ -48,7 +48,7 @@ pub fn on_input(
     }
     let session = match sessions.get_mut(key) {
         Some(session) => session,
-        None => match TlsSession::new(&tls.config) {
+        None => match TlsSession::new(&tls.config()) {
             Ok(session) => sessions.insert(key, Box::new(session)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a TLS session");

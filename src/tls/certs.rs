@@ -18,11 +18,11 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The listener's TLS: one `ServerConfig` for the life of the process, whose certificate can be swapped.
+/// The listener's TLS: the `ServerConfig` new connections take, swapped whole by a reload.
 pub struct Tls {
-    /// Shared by every connection of every loop thread (one `Arc` clone per connection, at its first input).
-    pub config: Arc<ServerConfig>,
-    certs: Arc<CertStore>,
+    /// Shared by every connection of every loop thread: one read lock and one `Arc` clone per connection, at its
+    /// first input. A session keeps the configuration it started with, so a reload never touches open ones.
+    current: RwLock<Arc<ServerConfig>>,
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
 }
@@ -37,38 +37,21 @@ impl Tls {
     /// Reads the files and builds the configuration. The error names the setting at fault.
     pub fn new(files: TlsFiles) -> Result<Self, String> {
         let provider = super::provider();
-        let key = load(&files.cert, &files.key, &provider)?;
-        let certs = Arc::new(CertStore { current: RwLock::new(Arc::new(key)) });
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?;
-        let builder = match &files.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs("tls_client_ca", path)? {
-                    roots.add(cert).map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_cert_resolver(certs.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // Each connection's session is kept as long as the connection; resumption costs a cache the loops
-        // would have to share: off (a reconnecting client makes a full handshake).
-        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-        Ok(Self { config: Arc::new(config), certs, files, provider })
+        let config = build(&files, &provider)?;
+        Ok(Self { current: RwLock::new(Arc::new(config)), files, provider })
     }
 
-    /// Reads the certificate and key files again: new connections get the new certificate, connections already
-    /// open keep their session. On error the old certificate stays, and the error says why.
+    /// The configuration a new connection's session starts with.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the certificate, the key and the client CA file again and builds a new configuration: new
+    /// handshakes get the new certificate and are checked against the new client CAs; connections already open
+    /// keep their session. On any error nothing changes, and the error says why.
     pub fn reload(&self) -> Result<(), String> {
-        let key = load(&self.files.cert, &self.files.key, &self.provider)?;
-        *self.certs.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        let config = build(&self.files, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         Ok(())
     }
 
@@ -77,16 +60,41 @@ impl Tls {
     }
 }
 
-/// The certificate new handshakes get: read once per handshake (a read lock and an `Arc` clone), swapped by
-/// [`Tls::reload`].
-#[derive(Debug)]
-struct CertStore {
-    current: RwLock<Arc<CertifiedKey>>,
+/// Everything the files name, read now: the server certificate, its key, and the client CAs when set.
+fn build(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, String> {
+    let key = Arc::new(load(&files.cert, &files.key, provider)?);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs("tls_client_ca", path)? {
+                roots.add(cert).map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(OneCert(key)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Each connection's session is kept as long as the connection; resumption costs a cache the loops
+    // would have to share: off (a reconnecting client makes a full handshake).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
-impl ResolvesServerCert for CertStore {
+/// The one certificate every handshake of a configuration gets.
+#[derive(Debug)]
+struct OneCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(self.0.clone())
     }
 }
 
@@ -137,13 +145,31 @@ mod tests {
         let (cert, key) = self_signed("localhost");
         let files = TlsFiles { cert: write(&d, "c.pem", &cert), key: write(&d, "k.pem", &key), client_ca: None };
         let tls = Tls::new(files.clone()).unwrap();
-        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(tls.config().alpn_protocols, vec![b"http/1.1".to_vec()]);
         let (cert2, key2) = self_signed("other");
         write(&d, "c.pem", &cert2);
         write(&d, "k.pem", &key2);
         tls.reload().unwrap();
         write(&d, "k.pem", "garbage");
         assert!(tls.reload().unwrap_err().starts_with("tls_key:"), "a bad new key is refused");
+    }
+
+    #[test]
+    fn a_bad_client_ca_file_on_reload_keeps_the_last_configuration() {
+        let d = dir("ca");
+        let (cert, key) = self_signed("localhost");
+        let (ca, _) = self_signed("a client CA");
+        let client_ca = write(&d, "ca.pem", &ca);
+        let files =
+            TlsFiles { cert: write(&d, "c.pem", &cert), key: write(&d, "k.pem", &key), client_ca: Some(client_ca) };
+        let tls = Tls::new(files).unwrap();
+        let before = tls.config();
+        write(&d, "ca.pem", "");
+        assert!(tls.reload().unwrap_err().starts_with("tls_client_ca:"), "an empty CA file is refused");
+        assert!(Arc::ptr_eq(&before, &tls.config()), "the configuration stays");
+        write(&d, "ca.pem", &ca);
+        tls.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &tls.config()), "a good reload swaps the configuration");
     }
 
     #[test]

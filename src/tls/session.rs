@@ -322,7 +322,7 @@ mod tests {
         config.alpn_protocols = alpn;
         let client =
             rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
-        (client, TlsSession::new(&tls.config).unwrap())
+        (client, TlsSession::new(&tls.config()).unwrap())
     }
 
     /// Runs the handshake, the client's bytes reaching the server `chunk` bytes at a time; returns what the
