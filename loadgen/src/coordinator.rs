@@ -17,7 +17,7 @@ use crate::addrs::Target;
 use crate::control::{Mode, ToParent, ToWorker, WorkerResult, WorkerSpec};
 use crate::msg::monotonic_ns;
 use crate::procstat;
-use crate::report::{Report, Sampled};
+use crate::report::{ConnectPhase, Report, Sampled};
 use crate::topics::TopicPlan;
 
 /// Options shared by `subscribe` and `echo`.
@@ -154,6 +154,11 @@ pub fn run(mode: Mode, args: &CommonArgs, topics: Option<&TopicPlan>) -> Result<
     }
 
     let rss_before = procstat::total_rss_bytes(&args.server_pids);
+    let connect_start = ConnectStart {
+        at: Instant::now(),
+        server_cpu_ns: procstat::total_cpu_ns(&args.server_pids),
+        self_cpu_ns: procstat::self_cpu_ns(),
+    };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     let salt = u64::from(std::process::id()) << 32 ^ monotonic_ns();
     let (tx, rx) = mpsc::channel();
@@ -226,7 +231,7 @@ pub fn run(mode: Mode, args: &CommonArgs, topics: Option<&TopicPlan>) -> Result<
         quiet: args.quiet,
         phase: "connecting",
     };
-    let result = coord.drive(args, rss_before);
+    let result = coord.drive(args, rss_before, &connect_start);
     for w in &mut coord.workers {
         w.stdin = None;
         if result.is_err() {
@@ -332,11 +337,31 @@ impl Coordinator {
         Ok(())
     }
 
-    fn drive(&mut self, args: &CommonArgs, rss_before: Option<u64>) -> Result<(Sampled, Vec<WorkerResult>), String> {
+    /// The opening of the connections, from before the first worker started to every worker up: its length,
+    /// the gateway's CPU over it and the loadgen's (workers, from their start, and this process).
+    fn connect_phase(&self, args: &CommonArgs, start: &ConnectStart) -> ConnectPhase {
+        let workers: u64 = self.workers.iter().filter_map(|w| procstat::cpu_ns(w.pid).ok()).sum();
+        ConnectPhase {
+            wall_ns: start.at.elapsed().as_nanos() as u64,
+            server_cpu_ns: start
+                .server_cpu_ns
+                .zip(procstat::total_cpu_ns(&args.server_pids))
+                .map(|(a, b)| b.saturating_sub(a)),
+            loadgen_cpu_ns: workers + procstat::self_cpu_ns().saturating_sub(start.self_cpu_ns),
+        }
+    }
+
+    fn drive(
+        &mut self,
+        args: &CommonArgs,
+        rss_before: Option<u64>,
+        connect_start: &ConnectStart,
+    ) -> Result<(Sampled, Vec<WorkerResult>), String> {
         let n = args.connections as f64;
         let connect_budget = args.ramp.map_or(0.0, |r| n / r) + args.handshake_timeout + n / 500.0 + 30.0;
         self.wait_until(Instant::now() + Duration::from_secs_f64(connect_budget), |ws| ws.iter().all(|w| w.up))?;
         let rss_after = procstat::total_rss_bytes(&args.server_pids);
+        let connect = self.connect_phase(args, connect_start);
         let start_ns = monotonic_ns() + (args.warmup * 1e9) as u64;
         let end_ns = start_ns + (args.duration * 1e9) as u64;
         for w in &mut self.workers {
@@ -374,12 +399,20 @@ impl Coordinator {
             server_cpu_ns: server_cpu_start.zip(server_cpu_end).map(|(a, b)| b.saturating_sub(a)),
             server_rss_before: rss_before,
             server_rss_after: rss_after,
+            connect,
             worker_cpu_ns,
             parent_cpu_ns: self_cpu,
         };
         let results = self.workers.iter_mut().map(|w| w.result.take().expect("waited for")).collect();
         Ok((sampled, results))
     }
+}
+
+/// What was sampled just before the first worker started (see [`Coordinator::connect_phase`]).
+struct ConnectStart {
+    at: Instant,
+    server_cpu_ns: Option<u64>,
+    self_cpu_ns: u64,
 }
 
 /// Size of the kernel's ephemeral port range (`ip_local_port_range`), 28232 if unreadable.

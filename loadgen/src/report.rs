@@ -23,9 +23,21 @@ pub struct Sampled {
     /// Gateway VmRSS before the first connection and once all were up.
     pub server_rss_before: Option<u64>,
     pub server_rss_after: Option<u64>,
+    /// The opening of the connections (before the window).
+    pub connect: ConnectPhase,
     /// Each worker's CPU over the window.
     pub worker_cpu_ns: Vec<Option<u64>>,
     pub parent_cpu_ns: u64,
+}
+
+/// From before the first connection attempt to every connection up (or failed): what opening them cost.
+#[derive(Debug, Clone)]
+pub struct ConnectPhase {
+    pub wall_ns: u64,
+    /// Gateway utime+stime over the phase, all `--server-pid`s summed.
+    pub server_cpu_ns: Option<u64>,
+    /// Workers (from their start) and the parent.
+    pub loadgen_cpu_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +81,14 @@ pub struct Report {
     pub server_cpu_cores: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_bytes_per_conn: Option<f64>,
+    /// Gateway CPU while the connections were opened ÷ connections opened: accept, TLS handshake, upgrade.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_conn_opened: Option<f64>,
+    /// The same CPU over the phase's length: near the gateway's loop threads, the gateway was the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_server_cpu_cores: Option<f64>,
+    /// The loadgen's CPU over the same phase: near its process count, the client was the limit.
+    pub connect_loadgen_cpu_cores: f64,
     pub loadgen_cpu_ns_per_msg: Option<f64>,
     pub loadgen_cpu_cores: f64,
     /// Largest share of one core used by a single worker process during the window.
@@ -200,6 +220,13 @@ impl Report {
                 (Some(b), Some(a)) if connections_ok > 0 => Some((a as f64 - b as f64) / connections_ok as f64),
                 _ => None,
             },
+            server_cpu_us_per_conn_opened: s
+                .connect
+                .server_cpu_ns
+                .filter(|_| connections_ok > 0)
+                .map(|c| c as f64 / 1e3 / connections_ok as f64),
+            connect_server_cpu_cores: s.connect.server_cpu_ns.map(|c| c as f64 / s.connect.wall_ns.max(1) as f64),
+            connect_loadgen_cpu_cores: s.connect.loadgen_cpu_ns as f64 / s.connect.wall_ns.max(1) as f64,
             loadgen_cpu_ns_per_msg: per_msg(loadgen_cpu),
             loadgen_cpu_cores: loadgen_cpu as f64 / s.window_ns as f64,
             loadgen_max_proc_core_fraction: max_fraction,
@@ -226,6 +253,13 @@ impl Report {
             "  connections   ok {}  failed {}  handshakes {:.0}/s  disconnects {}",
             self.connections_ok, self.connections_failed, self.handshakes_per_s, self.disconnects
         );
+        if let (Some(us), Some(cores)) = (self.server_cpu_us_per_conn_opened, self.connect_server_cpu_cores) {
+            let _ = writeln!(
+                o,
+                "  opening       server {us:.0} µs/connection ({cores:.2} cores), loadgen {:.2} cores",
+                self.connect_loadgen_cpu_cores
+            );
+        }
         for (reason, n) in &self.failure_reasons {
             let _ = writeln!(o, "    failed: {reason}: {n}");
         }

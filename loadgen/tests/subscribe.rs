@@ -93,6 +93,9 @@ fn subscribe_accounts_for_every_message() {
         "latency_us",
         "server_cpu_ns_per_msg",
         "server_rss_bytes_per_conn",
+        "server_cpu_us_per_conn_opened",
+        "connect_server_cpu_cores",
+        "connect_loadgen_cpu_cores",
         "loadgen_cpu_ns_per_msg",
         "duration_s",
         "messages_per_s",
@@ -124,6 +127,11 @@ fn subscribe_accounts_for_every_message() {
     let received = u(&report, "messages_received");
     assert!(samples <= received && samples + CONNECTIONS >= received, "{samples} samples, {received} received");
     assert!(report["server_cpu_ns_per_msg"].as_f64().unwrap() > 0.0);
+    // The opening: 500 connections cost the gateway well under a second of CPU (10 ms ticks: it may read 0),
+    // and the loadgen's workers spent some CPU starting and connecting.
+    let opened_us = report["server_cpu_us_per_conn_opened"].as_f64().unwrap();
+    assert!((0.0..2000.0).contains(&opened_us), "{opened_us} µs per connection opened");
+    assert!(report["connect_loadgen_cpu_cores"].as_f64().unwrap() > 0.0, "{report:#}");
     assert!(report["latency_us"]["p50"].as_f64().unwrap() > 0.0);
     assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{hgrm}");
     assert!(hgrm.contains("#[Mean    ="), "{hgrm}");
