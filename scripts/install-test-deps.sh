@@ -2,8 +2,8 @@
 # What the test suite needs beyond the Rust toolchain, installed only when missing (idempotent):
 # - Chromium (Debian package) and playwright-core (npm) for the browser tests in tests/browser/;
 # - Python's websockets package (PyPI) for the Python wss:// client of tests/tls.rs;
-# - nginx and HAProxy (Debian packages) and openssl for tests/edge_proxies.rs (which starts its own instances
-#   on loopback with generated configurations) and the TLS browser test. The packages' own services are never
+# - nginx (with its stream module) and HAProxy (Debian packages) and openssl for tests/edge_proxies.rs (which
+#   starts its own instances on loopback with generated configurations) and the TLS browser test. The packages' own services are never
 #   started: the install runs under a policy-rc.d that forbids it (and no test relies on them), so nothing takes
 #   port 80.
 set -euo pipefail
@@ -43,6 +43,8 @@ has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
 has chromium || missing+=(chromium)
 has nginx || missing+=(nginx)
+# nginx's stream module, for the TCP pass-through configuration (docs/deployment/nginx-wsgate-stream.conf).
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 has haproxy || missing+=(haproxy)
 has openssl || missing+=(openssl)
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"

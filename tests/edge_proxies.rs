@@ -10,6 +10,9 @@
 //!   survive a restart: an honest `gap` (reason `epoch`), then the new process's messages;
 //! - two gateways behind one proxy: clients spread over both, each resuming on its own (the hash on the client's
 //!   address in the templates);
+//! - TLS at the gateway behind each proxy's TCP pass-through (HAProxy `mode tcp`, nginx's stream module), with
+//!   a PROXY protocol header naming each client: the broadcast, idle and restart checks above, and the client
+//!   address applied to the per-address limit;
 //! - as the control, each proxy does cut a WebSocket whose backend sends no pings at its timeout; and
 //!   `docs/deployment.md` shows the configurations verbatim.
 //!
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::json::{self, Value};
 use common::raw::{read_head, Head};
 use common::{Gateway, IO_TIMEOUT};
-use edge::{Entry, Kind, Options, Proxy, Stream};
+use edge::{Entry, Kind, Options, Proxy, Stream, TestCertificate};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocket};
@@ -63,21 +66,44 @@ struct Edge {
     gw: Gateway,
     proxy: Proxy,
     listen: String,
+    /// The gateway's flags beyond `GATEWAY_ARGS` (a restarted one gets them too).
+    gateway_args: Vec<String>,
     publisher: TcpStream,
+    /// Where the gateway's certificate lives, with TLS at the gateway.
+    _certificate_dir: Option<TempDir>,
 }
 
 impl Edge {
+    /// TLS (if any) at the proxy, which speaks HTTP to the gateway.
     fn start(kind: Kind) -> Edge {
         let listen = format!("127.0.0.1:{}", edge::free_port());
-        let gw = start_gateway(&listen);
+        let gw = start_gateway(&listen, &[]);
         let proxy =
             Proxy::start(kind, &Options { gateways: vec![gw.ws_addr], timeout: PROXY_TIMEOUT, send_proxy: false });
         let publisher = gw.publisher();
-        Edge { gw, proxy, listen, publisher }
+        Edge { gw, proxy, listen, gateway_args: Vec::new(), publisher, _certificate_dir: None }
     }
 
+    /// TLS at the gateway: the proxy's TCP pass-through configuration forwards the encrypted bytes after a PROXY
+    /// protocol header, which the gateway requires (`--proxy-protocol`) from the proxy's address only.
+    fn start_passthrough(kind: Kind) -> Edge {
+        let dir = TempDir::new("gateway-tls");
+        let certificate = TestCertificate::make(&dir.0);
+        let mut gateway_args = certificate.gateway_args();
+        gateway_args.extend(PASSTHROUGH_ARGS.iter().map(|s| s.to_string()));
+        let listen = format!("127.0.0.1:{}", edge::free_port());
+        let gw = start_gateway(&listen, &gateway_args);
+        let proxy = Proxy::start_passthrough(kind, &[gw.ws_addr], PROXY_TIMEOUT, &certificate);
+        let publisher = gw.publisher();
+        Edge { gw, proxy, listen, gateway_args, publisher, _certificate_dir: Some(dir) }
+    }
+
+    /// The gateway's epoch, from `/healthz` through the proxy (a gateway that requires PROXY headers answers
+    /// no direct request).
     fn epoch(&self) -> u64 {
-        self.gw.health().get("epoch").and_then(Value::as_u64).expect("/healthz epoch")
+        let (head, body) = get(&self.proxy.entries()[0], "/healthz");
+        assert_eq!(head.status, 200, "/healthz through the proxy: {head:?} {body}");
+        json::parse(&body).unwrap().get("epoch").and_then(Value::as_u64).expect("/healthz epoch")
     }
 
     /// Publishes `{"topic":T,"n":N}` for each `n`.
@@ -87,10 +113,32 @@ impl Edge {
     }
 }
 
-fn start_gateway(listen: &str) -> Gateway {
+/// The gateway's flags behind a pass-through proxy (beside its certificate): the PROXY protocol required, from
+/// loopback only. Its `/healthz` and `/metrics` are then reached through the proxy, as HAProxy's checks do.
+const PASSTHROUGH_ARGS: &[&str] = &["--proxy-protocol", "--trusted-proxies", "127.0.0.1/32"];
+
+fn start_gateway(listen: &str, extra: &[String]) -> Gateway {
     let mut args = vec!["--listen", listen];
     args.extend_from_slice(GATEWAY_ARGS);
+    args.extend(extra.iter().map(String::as_str));
     Gateway::start(&args)
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = common::unique_temp_path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A `wsgate.v1.json` WebSocket client on `path` through `entry`; the error says what failed (an HTTP refusal
@@ -532,7 +580,7 @@ fn restart(e: &mut Edge, topic: &str) {
         assert!(events.iter().any(|e| e.starts_with("retry: ")), "the stream's last events: {events:?}");
     }
 
-    e.gw = start_gateway(&e.listen);
+    e.gw = start_gateway(&e.listen, &e.gateway_args);
     e.publisher = e.gw.publisher();
     let new_epoch = e.epoch();
     assert_ne!(new_epoch, old_epoch);
@@ -589,6 +637,36 @@ fn websocket_sse_and_polls_through_nginx_plain_and_tls_idle_and_restart() {
 #[test]
 fn websocket_sse_and_polls_through_haproxy_plain_and_tls_idle_and_restart() {
     through(Kind::Haproxy);
+}
+
+/// TLS at the gateway behind the proxy's TCP pass-through (HAProxy `mode tcp` with `send-proxy-v2`, nginx's
+/// stream module with `proxy_protocol on`): the same broadcast, idle and restart checks, the clients trusting
+/// the gateway's certificate through the proxy.
+fn through_passthrough(kind: Kind) {
+    let mut e = Edge::start_passthrough(kind);
+    let entry = &e.proxy.entries()[0];
+    broadcast(&mut e, entry, "T");
+    idle_across_the_proxy_timeout(&mut e, "IDLE");
+    restart(&mut e, "R");
+    // Every client connection came with a PROXY header naming its own address (HAProxy's health checks with
+    // a LOCAL one), and the proxy's bytes went to the gateway's TLS unread.
+    let (head, text) = get(entry, "/metrics");
+    assert_eq!(head.status, 200, "/metrics through the proxy: {head:?} {text}");
+    let scrape = common::prom::parse(&text).unwrap();
+    let proxied = scrape.sum("wsgate_proxied_clients_total", &[("source", "proxy_protocol")]);
+    assert!(proxied > 0.0, "no client address from a PROXY header");
+    assert_eq!(scrape.sum("wsgate_proxy_refused_total", &[]), 0.0, "PROXY headers refused");
+    assert!(scrape.sum("wsgate_tls_handshakes_total", &[("result", "ok")]) > 0.0);
+}
+
+#[test]
+fn tls_at_the_gateway_through_haproxy_tcp_passthrough_idle_and_restart() {
+    through_passthrough(Kind::Haproxy);
+}
+
+#[test]
+fn tls_at_the_gateway_through_nginx_stream_passthrough_idle_and_restart() {
+    through_passthrough(Kind::Nginx);
 }
 
 /// A stand-in for a gateway that never sends anything after the upgrade (no pings): answers an upgrade with
@@ -658,7 +736,7 @@ fn without_pings_each_proxy_cuts_an_idle_websocket_at_its_timeout() {
 fn several_gateways(kind: Kind) {
     let mut gateways: Vec<(Gateway, TcpStream)> = (0..2)
         .map(|_| {
-            let gw = start_gateway("127.0.0.1:0");
+            let gw = start_gateway("127.0.0.1:0", &[]);
             let publisher = gw.publisher();
             (gw, publisher)
         })
@@ -719,6 +797,8 @@ fn the_deployment_guide_shows_the_tested_files_verbatim() {
     for file in [
         edge::NGINX_TEMPLATE,
         edge::HAPROXY_TEMPLATE,
+        edge::NGINX_PASSTHROUGH_TEMPLATE,
+        edge::HAPROXY_PASSTHROUGH_TEMPLATE,
         "docs/deployment/sysctl-wsgate.conf",
         "docs/deployment/wsgate-container.toml",
         "Dockerfile",
@@ -733,17 +813,29 @@ fn the_deployment_guide_shows_the_tested_files_verbatim() {
 /// `X-Forwarded-For`), so `max_connections_per_ip 1` admits one client from 127.0.0.2 and one from 127.0.0.3 and
 /// refuses a second from 127.0.0.2 with its own `503` (with `Retry-After`, which the proxies' own 503s lack),
 /// even when that client names another address in forwarding headers of its own. Through the plain and the TLS
-/// listener, with the gateway's per-address refusals counted.
-fn client_address(kind: Kind) {
-    let mut args =
-        vec!["--listen", "127.0.0.1:0", "--max-connections-per-ip", "1", "--trusted-proxies", "127.0.0.1/32"];
-    if kind == Kind::Haproxy {
-        args.push("--proxy-protocol");
+/// listener, with the gateway's per-address refusals counted. With `passthrough`, through the proxy's TCP
+/// pass-through to a gateway that terminates TLS (a PROXY header from either proxy).
+fn client_address(kind: Kind, passthrough: bool) {
+    let certificate_dir = TempDir::new("gateway-tls");
+    let certificate = TestCertificate::make(&certificate_dir.0);
+    let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--max-connections-per-ip", "1"].map(String::from).into();
+    if passthrough {
+        args.extend(certificate.gateway_args());
+        args.extend(PASSTHROUGH_ARGS.iter().map(|s| s.to_string()));
+    } else {
+        args.extend(["--trusted-proxies", "127.0.0.1/32"].map(String::from));
+        if kind == Kind::Haproxy {
+            args.push("--proxy-protocol".into());
+        }
     }
-    args.extend_from_slice(GATEWAY_ARGS);
-    let gw = Gateway::start(&args);
-    let opts = Options { gateways: vec![gw.ws_addr], timeout: PROXY_TIMEOUT, send_proxy: kind == Kind::Haproxy };
-    let proxy = Proxy::start(kind, &opts);
+    args.extend(GATEWAY_ARGS.iter().map(|s| s.to_string()));
+    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let proxy = if passthrough {
+        Proxy::start_passthrough(kind, &[gw.ws_addr], PROXY_TIMEOUT, &certificate)
+    } else {
+        let opts = Options { gateways: vec![gw.ws_addr], timeout: PROXY_TIMEOUT, send_proxy: kind == Kind::Haproxy };
+        Proxy::start(kind, &opts)
+    };
     let forged = [("Forwarded", "for=127.0.0.77"), ("X-Forwarded-For", "127.0.0.78"), ("X-Real-IP", "127.0.0.79")];
     for (i, entry) in proxy.entries().iter().enumerate() {
         // Other source addresses per listener: the first listener's clients may still be closing.
@@ -758,8 +850,14 @@ fn client_address(kind: Kind) {
             from(b, &[]).unwrap_or_else(|e| panic!("{kind:?} via {entry:?}: the first client from {b:?}: {e}"));
         for headers in [&[][..], &forged[..]] {
             let err = from(a, headers).map(|_| ()).expect_err("a second client from the same address was admitted");
-            assert!(err.starts_with("HTTP 503 (Retry-After: "), "{kind:?} via {entry:?} {headers:?}: {err}");
-            assert!(!err.ends_with("none)"), "a 503 without Retry-After is the proxy's, not the gateway's: {err}");
+            if passthrough {
+                // The PROXY header names the client before the TLS handshake: a refusal then is a close, as the
+                // client could not read a plain 503 (docs/tls.md); the count below shows it was the gateway's.
+                assert!(!err.starts_with("HTTP "), "{kind:?} via {entry:?} {headers:?}: {err}");
+            } else {
+                assert!(err.starts_with("HTTP 503 (Retry-After: "), "{kind:?} via {entry:?} {headers:?}: {err}");
+                assert!(!err.ends_with("none)"), "a 503 without Retry-After is the proxy's, not the gateway's: {err}");
+            }
         }
     }
     // Scraped through the proxy: with the PROXY protocol on, the listener takes nothing without a header.
@@ -767,15 +865,25 @@ fn client_address(kind: Kind) {
     assert_eq!(head.status, 200, "/metrics via {kind:?}: {head:?} {text}");
     let scrape = common::prom::parse(&text).unwrap_or_else(|e| panic!("/metrics via {kind:?}: {e}"));
     let refused = scrape.sum("wsgate_load_refused_total", &[("reason", "per_ip")]);
-    assert_eq!(refused, 4.0, "per-address refusals counted by the gateway");
+    assert_eq!(refused, 2.0 * proxy.entries().len() as f64, "per-address refusals counted by the gateway");
 }
 
 #[test]
 fn haproxy_proxy_protocol_v2_gives_the_gateway_the_client_address() {
-    client_address(Kind::Haproxy);
+    client_address(Kind::Haproxy, false);
 }
 
 #[test]
 fn nginx_x_forwarded_for_gives_the_gateway_the_client_address() {
-    client_address(Kind::Nginx);
+    client_address(Kind::Nginx, false);
+}
+
+#[test]
+fn haproxy_tcp_passthrough_gives_a_tls_gateway_the_client_address() {
+    client_address(Kind::Haproxy, true);
+}
+
+#[test]
+fn nginx_stream_passthrough_gives_a_tls_gateway_the_client_address() {
+    client_address(Kind::Nginx, true);
 }

@@ -111,7 +111,9 @@ impl Admission {
 /// `Retry-After` and closes it once that is written (through the connection, so that the answer is not lost to
 /// a reset; the slot is held at most the linger time). Returns whether it was admitted. Called at accept with
 /// the TCP peer, or once a PROXY header or trusted forwarding headers named the client (`shard::client`).
-pub fn charge(conn: &mut Conn, key: ConnKey, ip: IpAddr, cx: &mut InputCx<'_>) -> bool {
+/// `answered`: the client can read the `503`. Not so before a TLS handshake: the transport then sends nothing
+/// but closes (`docs/tls.md` says why), and the log line says so.
+pub fn charge(conn: &mut Conn, key: ConnKey, ip: IpAddr, answered: bool, cx: &mut InputCx<'_>) -> bool {
     let admission = &cx.shared.admission;
     let Some(table) = &admission.clients else { return true };
     if conn.client_slot != NO_SLOT {
@@ -130,7 +132,8 @@ pub fn charge(conn: &mut Conn, key: ConnKey, ip: IpAddr, cx: &mut InputCx<'_>) -
         IpRefusal::TableFull => (LoadRefusal::IpTableFull, admission.retry_after_s),
     };
     cx.stats.refused_for_load(reason);
-    admission.log.warn(&format!("{}: refused {ip} with 503", refusal.reason()));
+    let how = if answered { "with 503" } else { "by a close (TLS listener: no answer before the handshake)" };
+    admission.log.warn(&format!("{}: refused {ip} {how}", refusal.reason()));
     let response = busy_response(refusal.reason(), retry_after_s);
     input::respond(conn, key, &response, cx);
     false

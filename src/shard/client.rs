@@ -56,7 +56,7 @@ pub fn accepted(conn: &mut Conn, key: ConnKey, peer: Option<SocketAddr>, cx: &mu
         Some(peer) => from(conn, key, peer.ip(), AddrSource::Peer, cx),
         // Nothing needs the address (or the peer is already gone: its first read says so).
         None => {
-            known(conn, key, None, AddrSource::Peer, cx);
+            known(conn, key, None, AddrSource::Peer, false, cx);
         }
     }
 }
@@ -71,20 +71,29 @@ pub(super) fn from(conn: &mut Conn, key: ConnKey, ip: IpAddr, source: AddrSource
             cx.proxied_from.insert(key, ip);
         }
     } else {
-        known(conn, key, Some(ip), source, cx); // refused for load: answered, closing
+        known(conn, key, Some(ip), source, false, cx); // refused for load: answered, closing
     }
 }
 
 /// The client address is `ip` (`None`: not needed), from `source`: counted, and charged on. Returns whether it
-/// was admitted (else it is answered `503` and closing).
-fn known(conn: &mut Conn, key: ConnKey, ip: Option<IpAddr>, source: AddrSource, cx: &mut InputCx<'_>) -> bool {
+/// was admitted (else it is answered `503` and closing). `head_read`: known from the request head, so a TLS
+/// client has finished its handshake and can read the answer.
+fn known(
+    conn: &mut Conn,
+    key: ConnKey,
+    ip: Option<IpAddr>,
+    source: AddrSource,
+    head_read: bool,
+    cx: &mut InputCx<'_>,
+) -> bool {
     conn.client_addr = AddrState::Known(source);
     cx.stats.proxied_clients.add(source as usize, 1);
     let Some(ip) = ip else { return true };
     if source != AddrSource::Peer {
         tracing::debug!(?key, client = %ip, ?source, "client address");
     }
-    admission::charge(conn, key, ip, cx)
+    let answered = head_read || cx.settings.tls.is_none();
+    admission::charge(conn, key, ip, answered, cx)
 }
 
 /// Once the request head is parsed, before routing: for a request from a trusted proxy, the client its
@@ -104,8 +113,8 @@ pub fn at_head(conn: &mut Conn, key: ConnKey, head: &RequestHead, cx: &mut Input
     };
     let fallback = if proxied { AddrSource::ProxyProtocol } else { AddrSource::Peer };
     match forwarded::client_from_headers(head, proxy, &cx.settings.trusted_proxies) {
-        Ok(Some((client, header))) => known(conn, key, Some(client), source_of(header), cx),
-        Ok(None) => known(conn, key, Some(proxy), fallback, cx),
+        Ok(Some((client, header))) => known(conn, key, Some(client), source_of(header), true, cx),
+        Ok(None) => known(conn, key, Some(proxy), fallback, true, cx),
         Err(e) => {
             ShardStats::add(&cx.stats.forwarded_refused, 1);
             cx.stats.refused(400);

@@ -191,10 +191,12 @@ impl Dispatch<'_> {
             // always has room for the answer.
             let admission = &self.cx.shared.admission;
             if self.cx.settings.tls.is_none() {
-                // (A TLS client could not read a plain answer: it is closed.)
                 admission::refuse_now(&stream, "server at max_connections: try again later", admission.retry_after_s());
+                admission.log_refusal("max_connections reached: refused with 503");
+            } else {
+                // A TLS client could not read a plain answer: it is closed.
+                admission.log_refusal("max_connections reached: refused by a close (TLS listener)");
             }
-            admission.log_refusal("max_connections reached: refused with 503");
             self.cx.stats.refused_for_load(LoadRefusal::MaxConnections);
             return;
         }

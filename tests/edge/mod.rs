@@ -1,7 +1,7 @@
 //! Real reverse proxies in front of the gateway, for `tests/edge_proxies.rs`: nginx and HAProxy (Debian's
 //! packages, `scripts/install-test-deps.sh`) started on loopback from the configurations in `docs/deployment/`
-//! with their placeholders filled in, a self-signed certificate made with `openssl` for TLS at the proxy, and a
-//! client stream that is plain TCP or rustls over it.
+//! with their placeholders filled in, a self-signed certificate made with `openssl` for TLS at the proxy (or, for
+//! the TCP pass-through configurations, at the gateway), and a client stream that is plain TCP or rustls over it.
 //!
 //! Each [`Proxy`] lives in its own temporary directory (configuration, certificate, logs, pid file, nginx's
 //! temporary files), is stopped on drop, and prints its logs when the owning test panics. Nothing here
@@ -27,6 +27,11 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The configuration templates the deployment guide shows verbatim (`docs/deployment.md`).
 pub const NGINX_TEMPLATE: &str = "docs/deployment/nginx-wsgate.conf";
 pub const HAPROXY_TEMPLATE: &str = "docs/deployment/haproxy-wsgate.cfg";
+/// TLS at the gateway: the proxies forward TCP with a PROXY protocol header.
+pub const NGINX_PASSTHROUGH_TEMPLATE: &str = "docs/deployment/nginx-wsgate-stream.conf";
+pub const HAPROXY_PASSTHROUGH_TEMPLATE: &str = "docs/deployment/haproxy-wsgate-passthrough.cfg";
+/// Where Debian's libnginx-mod-stream puts nginx's stream module.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 /// Which proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,16 +60,36 @@ pub struct Options {
     pub send_proxy: bool,
 }
 
-/// A running nginx or HAProxy with a plain and a TLS listener on loopback.
+/// A running nginx or HAProxy on loopback: a plain and a TLS listener, or one TCP pass-through listener.
 pub struct Proxy {
     pub kind: Kind,
     child: Option<Child>,
     dir: PathBuf,
-    /// The plain listener.
-    pub plain: SocketAddr,
-    /// The TLS listener (certificate: [`Proxy::tls_config`]).
-    pub tls: SocketAddr,
-    tls_config: Arc<rustls::ClientConfig>,
+    entries: Vec<Entry>,
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 (made with openssl), its files, and a client that
+/// trusts it: the proxy's, or (pass-through) the gateway's.
+pub struct TestCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate and key in one PEM file, as HAProxy wants them.
+    pub pem: PathBuf,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl TestCertificate {
+    /// Made in `dir`, which must exist.
+    pub fn make(dir: &Path) -> TestCertificate {
+        let (cert, key, pem) = make_certificate(dir);
+        let client = client_config(&cert);
+        TestCertificate { cert, key, pem, client }
+    }
+
+    /// `--tls-cert FILE --tls-key FILE` for a gateway.
+    pub fn gateway_args(&self) -> Vec<String> {
+        vec!["--tls-cert".into(), self.cert.display().to_string(), "--tls-key".into(), self.key.display().to_string()]
+    }
 }
 
 /// Absolute path of `name`, looked up in `PATH`, then in the sbin directories Debian installs daemons to.
@@ -171,6 +196,36 @@ fn nginx_main(dir: &Path) -> String {
     )
 }
 
+/// The `nginx.conf` around the stream template: the module loaded, the block in the main context.
+fn nginx_stream_main(dir: &Path) -> String {
+    let d = dir.display();
+    assert!(
+        Path::new(NGINX_STREAM_MODULE).is_file(),
+        "nginx's stream module is not installed ({NGINX_STREAM_MODULE}): run scripts/install-test-deps.sh"
+    );
+    format!(
+        "load_module {NGINX_STREAM_MODULE};\nuser root;\nworker_processes 1;\nerror_log {d}/error.log info;\n\
+         pid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\ninclude {d}/wsgate-stream.conf;\n"
+    )
+}
+
+/// nginx in the foreground with `main` as its nginx.conf, everything inside `dir`.
+fn nginx_command(dir: &Path, main: &str) -> Command {
+    std::fs::write(dir.join("nginx.conf"), main).unwrap();
+    let mut c = Command::new(binary("nginx"));
+    c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(dir).args(["-g", "daemon off;"]);
+    c
+}
+
+/// HAProxy in the foreground with a minimal `global` section and `cfg`.
+fn haproxy_command(dir: &Path, cfg: &str) -> Command {
+    std::fs::write(dir.join("global.cfg"), "global\n    maxconn 4096\n").unwrap();
+    std::fs::write(dir.join("wsgate.cfg"), cfg).unwrap();
+    let mut c = Command::new(binary("haproxy"));
+    c.arg("-f").arg(dir.join("global.cfg")).arg("-f").arg(dir.join("wsgate.cfg")).arg("-db");
+    c
+}
+
 /// Seconds as both proxies write them (`3s`).
 fn secs(d: Duration) -> String {
     assert!(d.subsec_nanos() == 0 && d.as_secs() > 0, "proxy timeouts here are whole seconds: {d:?}");
@@ -183,11 +238,10 @@ impl Proxy {
     pub fn start(kind: Kind, opts: &Options) -> Proxy {
         let dir = common::unique_temp_path(kind.name());
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key, pem) = make_certificate(&dir);
+        let certificate = TestCertificate::make(&dir);
         let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let mut command = match kind {
+        let command = match kind {
             Kind::Nginx => {
                 let conf = fill(
                     NGINX_TEMPLATE,
@@ -195,17 +249,14 @@ impl Proxy {
                     &[
                         ("listen", plain.to_string()),
                         ("listen_tls", tls.to_string()),
-                        ("cert", cert.display().to_string()),
-                        ("key", key.display().to_string()),
+                        ("cert", certificate.cert.display().to_string()),
+                        ("key", certificate.key.display().to_string()),
                         ("timeout", secs(opts.timeout)),
                     ],
                 );
                 assert!(!opts.send_proxy, "nginx here forwards X-Forwarded-For, not the PROXY protocol");
                 std::fs::write(dir.join("wsgate.conf"), conf).unwrap();
-                std::fs::write(dir.join("nginx.conf"), nginx_main(&dir)).unwrap();
-                let mut c = Command::new(binary("nginx"));
-                c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir).args(["-g", "daemon off;"]);
-                c
+                nginx_command(&dir, &nginx_main(&dir))
             }
             Kind::Haproxy => {
                 let cfg = fill(
@@ -214,18 +265,53 @@ impl Proxy {
                     &[
                         ("listen", plain.to_string()),
                         ("listen_tls", tls.to_string()),
-                        ("pem", pem.display().to_string()),
+                        ("pem", certificate.pem.display().to_string()),
                         ("timeout", secs(opts.timeout)),
                         ("send_proxy", if opts.send_proxy { "send-proxy-v2".into() } else { String::new() }),
                     ],
                 );
-                std::fs::write(dir.join("global.cfg"), "global\n    maxconn 4096\n").unwrap();
-                std::fs::write(dir.join("wsgate.cfg"), cfg).unwrap();
-                let mut c = Command::new(binary("haproxy"));
-                c.arg("-f").arg(dir.join("global.cfg")).arg("-f").arg(dir.join("wsgate.cfg")).arg("-db");
-                c
+                haproxy_command(&dir, &cfg)
             }
         };
+        let entries = vec![Entry { addr: plain, tls: None }, Entry { addr: tls, tls: Some(certificate.client) }];
+        Proxy::spawn(kind, command, dir, entries)
+    }
+
+    /// Starts `kind` from its TCP pass-through template (`docs/deployment/`): one loopback listener whose bytes
+    /// go unread to the gateways, after a PROXY protocol header (v2 from HAProxy, v1 from nginx). The gateways
+    /// terminate TLS with `gateway_certificate`, which the entry's clients (and HAProxy's health checks) trust.
+    pub fn start_passthrough(
+        kind: Kind,
+        gateways: &[SocketAddr],
+        timeout: Duration,
+        gateway_certificate: &TestCertificate,
+    ) -> Proxy {
+        let dir = common::unique_temp_path(kind.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let command = match kind {
+            Kind::Nginx => {
+                let values = [("listen", listen.to_string()), ("timeout", secs(timeout))];
+                let conf = fill(NGINX_PASSTHROUGH_TEMPLATE, gateways, &values);
+                std::fs::write(dir.join("wsgate-stream.conf"), conf).unwrap();
+                nginx_command(&dir, &nginx_stream_main(&dir))
+            }
+            Kind::Haproxy => {
+                let values = [
+                    ("listen", listen.to_string()),
+                    ("timeout", secs(timeout)),
+                    ("ca", gateway_certificate.cert.display().to_string()),
+                ];
+                haproxy_command(&dir, &fill(HAPROXY_PASSTHROUGH_TEMPLATE, gateways, &values))
+            }
+        };
+        let entries = vec![Entry { addr: listen, tls: Some(gateway_certificate.client.clone()) }];
+        Proxy::spawn(kind, command, dir, entries)
+    }
+
+    /// Runs `command` in `dir` with its output in `stderr.log`, and waits until every entry accepts connections.
+    fn spawn(kind: Kind, mut command: Command, dir: PathBuf, entries: Vec<Entry>) -> Proxy {
+        let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let child = command
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -233,9 +319,9 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", kind.name()));
-        let mut proxy = Proxy { kind, child: Some(child), dir, plain, tls, tls_config: client_config(&cert) };
+        let mut proxy = Proxy { kind, child: Some(child), dir, entries };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        for addr in [plain, tls] {
+        for addr in proxy.entries.iter().map(|e| e.addr).collect::<Vec<_>>() {
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if let Some(status) = proxy.child.as_mut().unwrap().try_wait().unwrap() {
                     proxy.child = None;
@@ -259,14 +345,9 @@ impl Proxy {
         out
     }
 
-    /// The TLS client configuration that trusts this proxy's certificate.
-    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
-        self.tls_config.clone()
-    }
-
-    /// The plain and the TLS entry points.
-    pub fn entries(&self) -> [Entry; 2] {
-        [Entry { addr: self.plain, tls: None }, Entry { addr: self.tls, tls: Some(self.tls_config()) }]
+    /// The entry points: plain and TLS (at the proxy), or the one pass-through listener (TLS at the gateway).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.clone()
     }
 }
 
