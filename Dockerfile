@@ -3,8 +3,10 @@
 #   docker build -t wsgate .
 #   docker run --rm -p 8080:8080 --ulimit nofile=1048576:1048576 wsgate --demo
 #
-# Default seccomp profiles of container runtimes block io_uring: the gateway then runs on epoll and says so in
-# one log line (`--io uring` refuses to start instead). docs/deployment.md says how to allow it.
+# podman takes the same arguments (scripts/check-container.sh builds and runs this file with podman).
+# The default seccomp profiles of Docker 25.0+ and containerd 2.0+ (EPERM) and of podman (ENOSYS) refuse
+# io_uring: the gateway then runs on epoll and says so in one log line (`--io uring` refuses to start instead).
+# docs/deployment.md gives the sources, what was checked, and how to allow io_uring.
 
 # The workspace's rust-version is 1.89; the toolchain here matches the one CI uses.
 FROM rust:1.95-bookworm AS build

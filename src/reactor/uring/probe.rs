@@ -85,7 +85,11 @@ fn wait_one(ring: &mut IoUring) -> io::Result<cqueue::Entry> {
 
 fn setup_error(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ENOSYS) => "the kernel has no io_uring".into(),
+        // A kernel built without io_uring, or a seccomp filter whose answer is ENOSYS (podman's default profile
+        // answers every syscall it does not list so, io_uring's among them).
+        Some(libc::ENOSYS) => {
+            "io_uring_setup is not implemented (a kernel without io_uring, or a seccomp filter that says so)".into()
+        }
         Some(libc::EPERM) => {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
             format!("io_uring is not permitted (kernel.io_uring_disabled = {}, or a seccomp filter)", disabled.trim())
