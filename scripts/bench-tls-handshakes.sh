@@ -61,7 +61,10 @@ for rep in $(seq 1 "$REPEAT"); do
   done
 done
 
-python3 - "$RESULTS"/*.json << 'PY' | tee "$RESULTS/summary.txt"
+shopt -s nullglob
+runs=("$RESULTS"/*.json)
+[ ${#runs[@]} -gt 0 ] || { echo "no run produced a report: see $RESULTS/*.d/loadgen.err" >&2; exit 1; }
+python3 - "${runs[@]}" << 'PY' | tee "$RESULTS/summary.txt"
 import json, os, sys
 head = ["run", "ok", "failed", "handshakes/s", "gateway µs/conn", "gateway cores", "loadgen cores"]
 rows = []

@@ -29,6 +29,8 @@ IMAGE=localhost/wsgate:check
 for tool in podman debootstrap curl python3; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed (apt-get install -y podman debootstrap)"
 done
+python3 -c 'import websockets.sync.client' 2>/dev/null \
+  || fail "Python's websockets 11 or later is missing (scripts/install-test-deps.sh installs it)"
 # The stand-ins must be the images the Dockerfile names, or the build would test something else.
 if [ "$(grep -c '^FROM ' Dockerfile)" -ne 2 ] || ! grep -qx 'FROM rust:1.95-bookworm AS build' Dockerfile \
   || ! grep -qx 'FROM debian:bookworm-slim' Dockerfile; then
@@ -143,8 +145,8 @@ else
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
   rm -rf "$tmp/rust"
 fi
-pm run --rm --network none "$RUST" rustc --version | grep -q "^rustc $RUST_VERSION " \
-  || fail "$RUST does not run rustc $RUST_VERSION"
+rustc_version=$(pm run --rm --network none "$RUST" rustc --version)
+[[ $rustc_version == "rustc $RUST_VERSION "* ]] || fail "$RUST does not run rustc $RUST_VERSION: $rustc_version"
 
 step "podman build --pull=never -t $IMAGE . (the Dockerfile unchanged)"
 started=$(date +%s)
@@ -172,6 +174,14 @@ esac
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
+# Whether container $1 has printed the gateway's listening line (read whole: a `podman logs | grep -q` pipeline
+# can fail under pipefail when grep exits first).
+listening() {
+  local logs
+  logs=$(podman logs "$1" 2>/dev/null) || return 1
+  [[ $logs == *"listening on"* ]]
+}
+
 # demo NAME [SECCOMP-OPT...]: the documented `run --demo`, published on 127.0.0.1:$port; waits until it listens,
 # then reads /healthz and demo messages from this host. Leaves the container's log in $tmp/NAME.log.
 demo() {
@@ -181,11 +191,11 @@ demo() {
   pm run "${ulimits[@]}" -d --name "$name" --network slirp4netns \
     -p "127.0.0.1:$port:8080" "$@" "$IMAGE" --demo --demo-rate 50 >/dev/null
   for _ in $(seq 100); do
-    podman logs "$name" 2>/dev/null | grep -q "listening on" && break
+    listening "$name" && break
     [ "$(podman inspect --format '{{.State.Running}}' "$name")" = true ] || break
     sleep 0.1
   done
-  podman logs "$name" 2>/dev/null | grep -q "listening on" || { podman logs "$name" >&2; fail "$name did not start"; }
+  listening "$name" || { podman logs "$name" >&2; fail "$name did not start"; }
   local health=""
   for _ in $(seq 50); do health=$(curl -sS --max-time 2 "http://127.0.0.1:$port/healthz" 2>/dev/null) && break; sleep 0.1; done
   [ -n "$health" ] || fail "$name: no /healthz answer on 127.0.0.1:$port"

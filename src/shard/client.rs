@@ -71,7 +71,8 @@ pub(super) fn from(conn: &mut Conn, key: ConnKey, ip: IpAddr, source: AddrSource
             cx.proxied_from.insert(key, ip);
         }
     } else {
-        known(conn, key, Some(ip), source, false, cx); // refused for load: answered, closing
+        // Refused for load: answered and closing (on a TLS listener, closed: no handshake yet).
+        known(conn, key, Some(ip), source, false, cx);
     }
 }
 

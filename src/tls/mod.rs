@@ -18,13 +18,13 @@ pub use session::{Progress, TlsSession};
 /// key exchange; the `aws-lc-rs` provider has one but builds a large C library (cmake), which this project keeps
 /// out of its build. Swapping providers changes only this function.
 ///
-/// Key exchange preference: X25519, then P-256, then P-384. rustls 0.23.48 lists `ring`'s groups P-384 first, and
-/// `ring` computes P-384 with generic big-number code: several times the CPU of X25519 per handshake
-/// (`docs/benchmarks.md`, "Handshakes per second"). A client sends a key share for its first group only, and the
-/// server takes a share it supports rather than ask for another (a round trip more); so this order is what makes
-/// the loadgen (which uses this provider) agree on X25519 with the gateway. Browsers and OpenSSL offer X25519
-/// first anyway; a rustls client on `ring`'s defaults still gets P-384. P-256 is the group RFC 8446 makes
-/// mandatory; P-384 stays for clients that offer nothing else.
+/// Key exchange groups: X25519, P-256, P-384. A rustls server follows the client's order (the first group of the
+/// client's list that it supports, asked for by HelloRetryRequest when the client sent no key share for it), so
+/// for the gateway this list says only which groups it accepts. The order matters to the loadgen, which uses this
+/// provider as a client: rustls 0.23.48 lists `ring`'s groups P-384 first, and `ring` computes P-384 with generic
+/// big-number code, several times the CPU of X25519 per handshake on both sides (`docs/benchmarks.md`,
+/// "Handshakes per second"). X25519 first is what browsers and OpenSSL do. P-256 is the group RFC 8446 makes
+/// mandatory; P-384 stays for clients that prefer it (a rustls client on `ring`'s own defaults does).
 #[allow(deprecated)]
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring::{default_provider, kx_group};
