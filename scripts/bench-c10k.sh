@@ -29,10 +29,9 @@ bench_setup c10k "servers=[$SERVERS] rates=[$RATES] conns=$CONNS tls=$TLS"
 
 server_tls=() loadgen_tls=()
 if [ "$TLS" = 1 ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost -keyout "$RESULTS/tls.key" -out "$RESULTS/tls.pem" 2> /dev/null
-  server_tls=(--tls-cert "$RESULTS/tls.pem" --tls-key "$RESULTS/tls.key")
-  loadgen_tls=(--tls-ca "$RESULTS/tls.pem")
+  make_cert "$RESULTS" ecdsa
+  server_tls=(--tls-cert "$RESULTS/ecdsa.pem" --tls-key "$RESULTS/ecdsa.key")
+  loadgen_tls=(--tls-ca "$RESULTS/ecdsa.pem")
 fi
 
 for rep in $(seq 1 "$REPEAT"); do

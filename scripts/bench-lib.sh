@@ -25,6 +25,20 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT INT TERM
 
+# make_cert DIR KIND: a self-signed certificate for `localhost`, KIND ecdsa (P-256) or rsa (2048 bits), as
+# DIR/KIND.pem with its key in DIR/KIND.key (the loadgen's --tls-ca takes the .pem).
+make_cert() {
+  local dir=$1 kind=$2 key
+  case "$kind" in
+    ecdsa) key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+    rsa) key=(-newkey rsa:2048) ;;
+    *) echo "make_cert: unknown kind $kind (ecdsa, rsa)" >&2; return 1 ;;
+  esac
+  mkdir -p "$dir"
+  openssl req -x509 "${key[@]}" -nodes -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$dir/$kind.key" -out "$dir/$kind.pem" 2> /dev/null
+}
+
 # bench_setup KIND SUMMARY: the settings every benchmark shares (environment overrides the defaults), the results
 # folder, the builds it needs (the peers only when $SERVERS names one), and params.txt recording the run.
 bench_setup() {

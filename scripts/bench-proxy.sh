@@ -51,10 +51,8 @@ PY
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 certs="$RESULTS/certs"
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$certs/key.pem" -out "$certs/cert.pem" 2>/dev/null
-cat "$certs/cert.pem" "$certs/key.pem" > "$certs/both.pem"
+make_cert "$certs" ecdsa
+cat "$certs/ecdsa.pem" "$certs/ecdsa.key" > "$certs/both.pem"
 
 # start_proxy DIR VIA GATEWAY: sets PROXY_URL and PROXY_PIDS (the processes doing the work).
 start_proxy() {
@@ -65,7 +63,7 @@ start_proxy() {
   case "$via" in
     nginx)
       fill "$ROOT/docs/deployment/nginx-wsgate.conf" "$dir/wsgate.conf" "listen=127.0.0.1:$port" \
-        "listen_tls=127.0.0.1:$tls_port" "cert=$certs/cert.pem" "key=$certs/key.pem" "gateway=$gateway" \
+        "listen_tls=127.0.0.1:$tls_port" "cert=$certs/ecdsa.pem" "key=$certs/ecdsa.key" "gateway=$gateway" \
         "timeout=60s"
       mkdir -p "$dir/nginx"
       cat > "$dir/nginx.conf" <<EOF

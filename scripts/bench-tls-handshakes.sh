@@ -26,11 +26,8 @@ REPEAT=${REPEAT:-3}
 SERVERS=wsgate bench_setup tls-handshakes "conns=$CONNS ios=[$IOS] kinds=[$KINDS] max_pending=$MAX_PENDING"
 
 certs="$RESULTS/certs"
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$certs/ecdsa.key" -out "$certs/ecdsa.pem" 2> /dev/null
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$certs/rsa.key" -out "$certs/rsa.pem" 2> /dev/null
+make_cert "$certs" ecdsa
+make_cert "$certs" rsa
 
 for rep in $(seq 1 "$REPEAT"); do
   for io in $IOS; do

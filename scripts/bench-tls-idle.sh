@@ -11,8 +11,7 @@
 # Settings (environment): CONNS (5000), IOS ("epoll uring"), REPEAT (3), WSGATE (target/release/wsgate, built
 # when missing), RESULTS (default results/tls-idle-<date>). Prints one line per run and leaves them in summary.txt.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WSGATE=${WSGATE:-$ROOT/target/release/wsgate}
+source "$(dirname "$0")/bench-lib.sh" # ROOT, WSGATE, make_cert (its exit trap is replaced below)
 CONNS=${CONNS:-5000}
 IOS=${IOS:-epoll uring}
 REPEAT=${REPEAT:-3}
@@ -22,11 +21,8 @@ mkdir -p "$RESULTS"
 { uname -a; nproc; date -u; echo "conns=$CONNS ios=[$IOS] repeat=$REPEAT wsgate=$WSGATE"; } > "$RESULTS/params.txt"
 
 certs="$RESULTS/certs"
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$certs/ecdsa.key" -out "$certs/ecdsa.pem" 2>/dev/null
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$certs/rsa.key" -out "$certs/rsa.pem" 2>/dev/null
+make_cert "$certs" ecdsa
+make_cert "$certs" rsa
 
 gw_pid=""
 stop_gateway() {
